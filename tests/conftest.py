@@ -1,0 +1,13 @@
+import os
+
+import pytest
+
+# Never touch the real ~/.demystify, never wait on the hub, keep CPU use predictable.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def isolated_progress(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEMYSTIFY_PROGRESS", str(tmp_path / "progress.json"))
+    yield tmp_path / "progress.json"

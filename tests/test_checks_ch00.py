@@ -1,0 +1,108 @@
+"""Chapter 00's checks accept correct implementations and name each catalogued mistake."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils import progress
+from utils.checks import CheckFailure
+from utils.checks import ch00 as check
+
+
+def loss_with_cross_entropy(logits, tokens):
+    b, p, v = logits.shape
+    return F.cross_entropy(logits[:, :-1].reshape(-1, v), tokens[:, 1:].reshape(-1), reduction="none").view(b, p - 1)
+
+
+def loss_with_loops(logits, tokens):
+    out = torch.empty(logits.shape[0], logits.shape[1] - 1)
+    for b in range(logits.shape[0]):
+        for i in range(logits.shape[1] - 1):
+            row = logits[b, i]
+            out[b, i] = torch.logsumexp(row, 0) - row[tokens[b, i + 1]]
+    return out
+
+
+def loss_float64(logits, tokens):
+    return loss_with_cross_entropy(logits.double(), tokens)
+
+
+@pytest.mark.parametrize("fn", [loss_with_cross_entropy, loss_with_loops, loss_float64])
+def test_correct_implementations_pass(fn, capsys):
+    check.per_token_loss(fn)
+    check.per_token_loss(fn, cases=[7, 8, 9])
+    out = capsys.readouterr()
+    assert out.out.count("PASS 00/per_token_loss") == 2 and out.err == ""
+
+
+@pytest.mark.parametrize("wrong", check.PER_TOKEN_LOSS.misconceptions, ids=lambda m: m.name)
+def test_each_misconception_is_named(wrong, capsys):
+    with pytest.raises(CheckFailure) as info:
+        check.per_token_loss(wrong.implementation)
+    assert wrong.explanation in str(info.value)
+    assert capsys.readouterr().err == ""
+
+
+def test_misconceptions_are_distinct_on_the_check_inputs():
+    """Every variant differs from the truth, so none can pass by accident."""
+    inputs = check._random_inputs(0)
+    expected = check._reference(**inputs)
+    for wrong in check.PER_TOKEN_LOSS.misconceptions:
+        out = wrong.implementation(**inputs)
+        assert out.shape != expected.shape or not torch.allclose(out, expected)
+
+
+def test_stub_and_crash_fail_clearly(capsys):
+    def stub(logits, tokens):
+        raise NotImplementedError()
+
+    with pytest.raises(CheckFailure, match="not implemented yet"):
+        check.per_token_loss(stub)
+
+    def crashes(logits, tokens):
+        return logits @ tokens
+
+    with pytest.raises(CheckFailure, match="raised RuntimeError"):
+        check.per_token_loss(crashes)
+    with pytest.raises(CheckFailure, match="torch.Tensor|shape|differs"):
+        check.per_token_loss(lambda logits, tokens: 0.0)
+    with pytest.raises(CheckFailure, match="pass your function"):
+        check.per_token_loss(3)
+    assert capsys.readouterr().err == ""
+
+
+def test_unknown_wrong_answer_reports_location():
+    with pytest.raises(CheckFailure, match="max abs error"):
+        check.per_token_loss(lambda logits, tokens: loss_with_cross_entropy(logits, tokens) + 0.01)
+
+
+def test_in_place_edits_cannot_corrupt_the_reference():
+    def mutating(logits, tokens):
+        result = loss_with_cross_entropy(logits, tokens)
+        logits.zero_()
+        return result
+
+    check.per_token_loss(mutating)
+
+
+def test_multiple_choice():
+    for bad in ("a", "c", "d"):
+        with pytest.raises(CheckFailure, match=check.HOOK_EXPLANATIONS[bad][:20]):
+            check.hook_question(bad)
+    with pytest.raises(CheckFailure, match="set your answer"):
+        check.hook_question(None)
+    with pytest.raises(CheckFailure, match="not one of"):
+        check.hook_question("e")
+    check.hook_question("b")
+
+
+def test_progress_is_recorded_and_shown(isolated_progress, capsys):
+    progress.show_progress()
+    assert "0/2" in capsys.readouterr().out
+    check.per_token_loss(loss_with_cross_entropy)
+    check.hook_question("b")
+    progress.show_progress("00")
+    out = capsys.readouterr().out
+    assert "2/2" in out and "all done" in out
+    isolated_progress.write_text("{not json")
+    progress.show_progress()  # a corrupt file reads as no progress, never crashes
+    assert "0/2" in capsys.readouterr().out

@@ -1,0 +1,109 @@
+"""Tokenizer, bundled corpus and model loading."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from utils.data import END_OF_TEXT, analysis_tokens, load_corpus_tokens, load_tokenizer
+from utils.data.corpus import Document, pydoc_documents, stdlib_documents
+from utils.data.dataset import batches
+from utils.paths import ASSETS
+
+SAMPLES = [
+    "def f(x):\n    return x ** 2  # square\n",
+    "To be, or not to be, that is the question:\n",
+    "Unicode survives: café, naïve, 日本語, emoji 🙂, tabs\tand\r\nCRLF",
+    "",
+    "   leading spaces and trailing   ",
+]
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_tokenizer_round_trip(text):
+    tok = load_tokenizer()
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text
+    assert all(0 < i < tok.vocab_size for i in ids)
+
+
+def test_tokenizer_facts():
+    tok = load_tokenizer()
+    assert tok.vocab_size == 4096
+    assert tok.convert_tokens_to_ids(END_OF_TEXT) == 0 == tok.bos_token_id == tok.eos_token_id
+    # Common words and keywords of the corpus are single tokens.
+    for word in [" import", " return", " the", " def"]:
+        assert len(tok.encode(word, add_special_tokens=False)) == 1, word
+
+
+def test_corpus_tokens_match_the_stats_and_the_tokenizer():
+    stats = json.loads((ASSETS / "corpus_stats.json").read_text())
+    corpus = load_corpus_tokens()
+    for split in ("train", "val"):
+        assert len(corpus[split]) == stats[split]["tokens"]
+        assert corpus[split].max() < 4096 and corpus[split].min() >= 0
+        assert corpus[split][0] == 0  # every document starts with <|endoftext|>
+    # Decoding a stretch of validation text gives readable text, not byte soup.
+    text = load_tokenizer().decode(corpus["val"][:200].tolist())
+    assert sum(c.isalpha() for c in text) > 0.5 * len(text.replace(" ", "").replace("\n", ""))
+
+
+def test_split_is_by_document_name_and_stable():
+    a = Document("cpython/os.py", "code", "x")
+    assert a.split == Document("cpython/os.py", "code", "different text").split
+    docs = list(pydoc_documents())
+    assert docs and all(d.source == "pydoc" for d in docs)
+    assert [d.name for d in docs] == sorted(d.name for d in docs)
+    code = list(stdlib_documents())
+    assert len(code) > 100 and all(d.name.startswith("cpython/") for d in code)
+    assert not any("/test/" in d.name for d in code)
+
+
+def test_analysis_tokens_and_batches():
+    rows = analysis_tokens(seq_len=16, n_seqs=5)
+    assert rows.shape == (5, 16) and (rows[:, 0] == 0).all()
+    assert torch.equal(rows, analysis_tokens(seq_len=16, n_seqs=5))
+    val = load_corpus_tokens()["val"]
+    assert torch.equal(rows[0, 1:], val[:15]) and torch.equal(rows[1, 1:], val[15:30])
+    with pytest.raises(ValueError):
+        analysis_tokens(seq_len=1)
+    with pytest.raises(ValueError, match="only"):
+        analysis_tokens(seq_len=128, n_seqs=10 ** 9)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(next(batches("train", 4, 32, g1)), next(batches("train", 4, 32, g2)))
+
+
+@pytest.mark.parametrize("name", ["attn-only-1l", "attn-only-2l", "gelu-1l"])
+def test_bundled_models_load_and_predict(name):
+    from utils.models import load_model
+
+    model = load_model(name, device="cpu")
+    assert model.W_E.dtype == torch.float32 and not model.training
+    tokens = analysis_tokens(seq_len=64, n_seqs=8)
+    loss = model(tokens, return_type="loss").item()
+    card = json.loads((ASSETS / "models" / f"{name}.train.json").read_text())
+    assert loss < 6.0, f"{name} looks untrained (loss {loss:.2f})"
+    assert abs(card["final_val_loss"] - model(analysis_tokens(seq_len=128, n_seqs=256), return_type="loss").item()) < 0.05
+    text = model.generate("def main():", max_new_tokens=5, seed=0)
+    assert isinstance(text, str) and text.startswith("def main():")
+
+
+def test_unknown_model_name_is_a_clear_error():
+    from utils.models import load_model
+
+    with pytest.raises(ValueError, match="available"):
+        load_model("gpt2")
+
+
+def test_load_model_offline_in_a_fresh_process_under_5s():
+    """Import plus load, timed inside a fresh interpreter with the hub marked offline."""
+    code = ("import time; t = time.time(); from utils.models import load_model; "
+            "m = load_model('attn-only-1l'); print(time.time() - t)")
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+           "HOME": "/tmp", "DEMYSTIFY_PROGRESS": "/tmp/demystify-test-progress.json"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)  # warm the file cache
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    seconds = float(out.stdout.strip().splitlines()[-1])
+    assert seconds < 5.0, f"import + load_model took {seconds:.1f} s"

@@ -1,0 +1,77 @@
+"""Solution notebooks run top to bottom; student chapters fail every graded check with stubs."""
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from utils.notebook_setup import SETUP_CELL
+from utils.paths import REPO
+
+SOLUTIONS = sorted((REPO / "solutions").glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb"))
+# Seconds each solution notebook may take on a 2-core CPU (the chapter's "done means").
+BUDGET_SECONDS = {"00": 60, "01": 180, "02": 180, "03": 180, "04": 240, "05": 240, "06": 240}
+
+
+def _execute(path: Path, tmp_path: Path, allow_errors: bool) -> nbformat.NotebookNode:
+    nb = nbformat.read(path, as_version=4)
+    env_backup = dict(os.environ)
+    os.environ.update({"HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg",
+                       "DEMYSTIFY_PROGRESS": str(tmp_path / "progress.json")})
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=allow_errors,
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(env_backup)
+    return nb
+
+
+def _errors(cell) -> list:
+    return [o for o in cell.get("outputs", []) if o.output_type == "error"]
+
+
+def _is_graded_test(cell) -> bool:
+    meta = cell.metadata.get("nbgrader", {})
+    return cell.cell_type == "code" and meta.get("grade") and not meta.get("solution")
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.parent.name)
+def test_solution_notebook_executes(path, tmp_path):
+    start = time.time()
+    nb = _execute(path, tmp_path, allow_errors=False)
+    seconds = time.time() - start
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            assert not (out.output_type == "stream" and out.name == "stderr" and _is_graded_test(cell)), \
+                f"a graded cell wrote to stderr: {out.text[:200]}"
+    graded = [c for c in nb.cells if _is_graded_test(c)]
+    assert graded, "a chapter must have graded checks"
+    for cell in graded:
+        text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+        assert "PASS" in text, f"check cell printed no PASS line: {cell.source[:80]}"
+    budget = BUDGET_SECONDS[path.name[:2]]
+    print(f"{path.name}: {seconds:.1f} s (budget {budget} s)")
+    assert seconds < budget, f"{path.name} took {seconds:.0f} s, over its {budget} s budget"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.parent.name)
+def test_chapter_stubs_fail_every_check(path, tmp_path):
+    chapter = REPO / "chapters" / path.parent.name / path.name
+    assert chapter.exists(), "run `python -m utils.build`"
+    nb = _execute(chapter, tmp_path, allow_errors=True)
+    graded = [c for c in nb.cells if _is_graded_test(c)]
+    passed = [c.source[:60] for c in graded if not _errors(c)]
+    assert not passed, f"checks that pass on the unmodified student notebook: {passed}"
+    for cell in graded:
+        assert "HIDDEN TESTS" not in cell.source
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.parent.name)
+def test_every_notebook_starts_with_the_setup_cell(path):
+    for nb_path in (path, REPO / "chapters" / path.parent.name / path.name):
+        first = nbformat.read(nb_path, as_version=4).cells[0]
+        assert first.cell_type == "code" and first.source == SETUP_CELL, \
+            f"{nb_path.name}: the first cell must be utils.notebook_setup.SETUP_CELL"

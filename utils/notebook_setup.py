@@ -1,0 +1,23 @@
+"""The one setup cell every notebook starts with; the repository URL lives only here.
+
+``utils.build`` and tests/test_notebooks.py keep the first cell of every solution notebook equal
+to SETUP_CELL, so changing the URL here and rebuilding updates the whole course.
+"""
+REPO_URL = "https://github.com/demystify-course/demystify"
+
+SETUP_CELL = f'''# Setup: run this cell first. In Colab it installs the course package; locally it only checks it.
+import subprocess, sys
+
+REPO_URL = "{REPO_URL}"
+IN_COLAB = "google.colab" in sys.modules
+if IN_COLAB:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"demystify @ git+{{REPO_URL}}"], check=True)
+try:
+    import utils
+except ImportError as exc:
+    raise ImportError("The course package is not installed: from the repository root run "
+                      "`pip install -e .` (see README.md), then restart the kernel.") from exc
+import torch
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+print(f"demystify {{utils.__version__}}, torch {{torch.__version__}}, device: {{device}}")'''
