@@ -329,8 +329,9 @@ class HookedTinyTransformer(HookedRootModule):
         (use them to steer). Returns a string for string input, else tokens [batch, pos]."""
         if temperature < 0:
             raise ValueError("temperature must be >= 0")
-        generator = torch.Generator(device=self.W_E.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
+        if seed is None:  # draw from the global generator, so torch.manual_seed makes this repeatable
+            seed = int(torch.randint(0, 2 ** 62, (1,)))
+        generator = torch.Generator(device=self.W_E.device).manual_seed(seed)
         tokens = self._as_tokens(input)
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         eos = self.tokenizer.eos_token_id if self.tokenizer is not None else 0
