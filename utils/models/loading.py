@@ -122,7 +122,7 @@ def write_model_card(model_dir: Union[str, Path, None] = None) -> Path:
             f"| final train loss | {report['final_train_loss']:.3f} nats |",
             f"| final held-out loss | {report['final_val_loss']:.3f} nats |",
             f"| training time | {report['train_seconds'] / 60:.1f} min on {report['device']} "
-            f"({report['torch_threads']} threads, {report['tokens_per_second']:,} tokens/s) |",
+            f"(torch threads: {report['torch_threads']}, {report['tokens_per_second']:,} tokens/s) |",
             f"| seed / date / torch | {tc['seed']} / {report['date']} / {report['torch']} |",
             "",
         ]
