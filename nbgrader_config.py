@@ -22,6 +22,8 @@ import os
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import ClearHiddenTests, GetGrades
 
+from utils.grading.nbgrader_plugins import ClearHiddenTracebacks
+
 c = get_config()  # noqa: F821  (injected by traitlets when it loads this file)
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -83,9 +85,12 @@ c.OverwriteCells.add_missing_cells = True
 
 # Autograded notebooks carry the hidden tests (nbgrader restores the full grade cells before
 # running them). nbgrader's feedback shows them verbatim; clearing the hidden-test regions after
-# GetGrades keeps the scores and visible tests but not the hidden source. (A failing hidden test's
-# traceback still quotes its own line; our checks raise AssertionError with a diagnosis, so that
-# line is a function call, not the expected answer.) Expect one harmless warning per run,
-# "Config option `display_data_priority` not recognized by `ClearHiddenTests`": it comes from
-# nbconvert's HTMLExporter defaults (NbConvertBase.display_data_priority), not from this file.
-c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, ClearHiddenTests]
+# GetGrades keeps the scores and visible tests but not the hidden source. That alone is not enough:
+# IPython's traceback of a failing check quotes the lines around it, so a failing visible check (or
+# a test cell that add_missing_cells restored) showed the hidden calls below it in the feedback
+# (tests/test_nbgrader_workflow.py caught it). ClearHiddenTracebacks, before ClearHiddenTests,
+# shortens errors in cells with hidden tests to "Name: message" (the check's diagnosis).
+# Expect one harmless warning per run, "Config option `display_data_priority` not recognized by
+# `ClearHiddenTests`": it comes from nbconvert's HTMLExporter defaults
+# (NbConvertBase.display_data_priority), not from this file.
+c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, ClearHiddenTracebacks, ClearHiddenTests]

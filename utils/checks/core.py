@@ -6,13 +6,43 @@ exactly one line on success, never writes to stderr (nbgrader scores any stderr 
 and raises ``CheckFailure`` (an AssertionError) with the diagnosis otherwise.
 
 Hidden tests call the same check with other seeds: ``check.per_token_loss(fn, cases=[11, 12])``.
+
+Grading contract (what ``python -m utils.grading`` relies on; nothing to register)
+-------------------------------------------------------------------------------
+The sandboxed grader never runs a check in the student's process. It reads each graded cell of
+the trusted solution notebook (``check.NAME(symbol, cases=[...])`` calls only), then drives the
+very same check function in its own process with a stand-in for the student's function, in two
+passes (see ``grading_session``): "plan" records the arguments each case hands the student's
+function, the student's process computes the outputs for exactly those arguments, and "grade"
+feeds them back and records a pass or a diagnosis per case. A chapter's check therefore works
+with the grader for free when it follows the pattern every check here follows:
+
+* a check function ``NAME(fn, cases: Cases = None)`` calls ``run_check(EXERCISE, fn_or_wrapper(fn),
+  cases)`` (several run_check calls are fine; mixing them with check_choice in one check is not);
+  a wrapper may adapt the calling convention or post-process the output (``_nan_as_inf`` in ch01,
+  the statistics in ch04) and may seed ``torch`` before the call (the torch RNG state is sent
+  along; numpy's and ``random``'s are not), and must call the student's function exactly once per
+  case, only from inside run_check's cases, with arguments computed from the case's inputs; what
+  it does with the output (shape checks, statistics) runs in the trusted process;
+* ``make_inputs(seed)`` and ``extra_inputs`` are deterministic (the grader computes them twice);
+* a multiple-choice (or any value) question ``NAME(answer)`` calls ``check_choice(...)``: the
+  answer must be plain data (str, number, bool, None, or lists/tuples/dicts of them);
+* the inputs ``make_inputs``/``extra_inputs`` produce are tensors, numbers, strings, None and
+  tuples/lists/dicts of them (they are sent to the student's process as JSON + safetensors);
+* a graded test cell holds only such calls (``check.NAME(symbol, literal args...)``), the hidden
+  ones between the nbgrader HIDDEN TESTS markers.
+
+``tests/test_grading.py::test_every_graded_cell_is_gradable`` plans every graded cell of every
+solution notebook, so a check that breaks the contract fails there with the reason.
 """
 from __future__ import annotations
 
 import hashlib
 import traceback
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -99,18 +129,27 @@ def _clone_inputs(inputs: dict) -> dict:
     return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
 
+def not_implemented_message(exercise: str) -> str:
+    return f"{exercise}: not implemented yet (the function raised NotImplementedError)."
+
+
+def raised_message(exercise: str, exc: BaseException, skip_frames: int = 1) -> str:
+    """What a check says when the student's function raised ``exc`` (the innermost line is quoted)."""
+    frames = traceback.extract_tb(exc.__traceback__)[skip_frames:]
+    where = f" (line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
+    return f"{exercise}: your function raised {type(exc).__name__}: {exc}{where}"
+
+
 def _call_student(fn: Callable, inputs: dict, exercise: str) -> Any:
     try:
         with torch.no_grad():
             return fn(**_clone_inputs(inputs))
     except NotImplementedError:
-        raise CheckFailure(f"{exercise}: not implemented yet (the function raised NotImplementedError).") from None
+        raise CheckFailure(not_implemented_message(exercise)) from None
     except CheckFailure:
         raise
     except Exception as exc:  # the student's bug, reported as a failure of this check
-        frames = traceback.extract_tb(exc.__traceback__)[1:]
-        where = f" (line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
-        raise CheckFailure(f"{exercise}: your function raised {type(exc).__name__}: {exc}{where}") from None
+        raise CheckFailure(raised_message(exercise, exc)) from None
 
 
 def _resolve_cases(cases: Cases, default: Sequence[int]) -> list[int]:
@@ -138,39 +177,160 @@ def diagnose(got: Any, inputs: dict, ex: Exercise, expected: Any) -> Optional[Mi
     return None
 
 
+def not_callable_message(exercise: str, fn: Any) -> str:
+    return f"{exercise}: pass your function itself (got a {type(fn).__name__})."
+
+
+def check_case(ex: Exercise, fn: Callable, inputs: dict, label: str) -> None:
+    """One case: the student's output on ``inputs`` against the reference; CheckFailure names the
+    misconception it matches, or where it differs."""
+    expected = ex.reference(**_clone_inputs(inputs))
+    got = _call_student(fn, inputs, ex.name)
+    if outputs_match(got, expected, ex.rtol, ex.atol):
+        return
+    wrong = diagnose(got, inputs, ex, expected)
+    if wrong is not None:
+        raise CheckFailure(f"{ex.name} ({label}): {wrong.explanation}")
+    raise CheckFailure(f"{ex.name} ({label}): {_describe_difference(got, expected)}")
+
+
 def run_check(ex: Exercise, fn: Callable, cases: Cases = None, quiet: bool = False) -> int:
     """Check ``fn`` against ``ex`` on every case; returns the number of cases passed (all)."""
     if not callable(fn):
-        raise CheckFailure(f"{ex.name}: pass your function itself (got a {type(fn).__name__}).")
+        raise CheckFailure(not_callable_message(ex.name, fn))
     seeds = _resolve_cases(cases, ex.default_cases)
     inputs_list = [ex.make_inputs(seed_for(ex.name, s)) for s in seeds]
     if cases is None:
         inputs_list += [make() for make in ex.extra_inputs]
+    session = _SESSION.get()
+    if session is not None:
+        return session._run_exercise(ex, fn, inputs_list)
     for i, inputs in enumerate(inputs_list):
-        expected = ex.reference(**_clone_inputs(inputs))
-        got = _call_student(fn, inputs, ex.name)
-        if outputs_match(got, expected, ex.rtol, ex.atol):
-            continue
-        label = f"case {i + 1} of {len(inputs_list)}"
-        wrong = diagnose(got, inputs, ex, expected)
-        if wrong is not None:
-            raise CheckFailure(f"{ex.name} ({label}): {wrong.explanation}")
-        raise CheckFailure(f"{ex.name} ({label}): {_describe_difference(got, expected)}")
+        check_case(ex, fn, inputs, f"case {i + 1} of {len(inputs_list)}")
     if not quiet:
         print(f"PASS {ex.chapter}/{ex.name}: {len(inputs_list)} cases")
     progress.record(ex.chapter, ex.name)
     return len(inputs_list)
 
 
+def choice_failure(name: str, answer: Any, correct: Any, options: Sequence[Any],
+                   explanations: Optional[dict] = None) -> Optional[str]:
+    """Why ``answer`` is not the right option, or None when it is."""
+    if answer is None or answer is ...:
+        return f"{name}: set your answer first (one of {list(options)})."
+    if answer not in options:
+        return f"{name}: {answer!r} is not one of the options {list(options)}."
+    if answer != correct:
+        why = (explanations or {}).get(answer, "Not quite: reread the explanation above and try again.")
+        return f"{name}: {why}"
+    return None
+
+
 def check_choice(chapter: str, name: str, answer: Any, correct: Any, options: Sequence[Any],
                  explanations: Optional[dict] = None) -> None:
     """A multiple-choice question stored as a variable (the answer is a letter or option)."""
-    if answer is None or answer is ...:
-        raise CheckFailure(f"{name}: set your answer first (one of {list(options)}).")
-    if answer not in options:
-        raise CheckFailure(f"{name}: {answer!r} is not one of the options {list(options)}.")
-    if answer != correct:
-        why = (explanations or {}).get(answer, "Not quite: reread the explanation above and try again.")
-        raise CheckFailure(f"{name}: {why}")
+    session = _SESSION.get()
+    if session is not None:
+        return session._run_choice(chapter, name, answer, correct, options, explanations)
+    failure = choice_failure(name, answer, correct, options, explanations)
+    if failure is not None:
+        raise CheckFailure(failure)
     print(f"PASS {chapter}/{name}")
     progress.record(chapter, name)
+
+
+# --------------------------------------------------------------------------- trusted grading
+
+
+class StopCheck(BaseException):
+    """Ends a check early while a grader plans it (a BaseException, so no ``except Exception`` in a
+    check or wrapper can swallow it)."""
+
+
+@dataclass
+class CaseOutcome:
+    """One case of one check, as the grader saw it."""
+
+    exercise: str
+    label: str
+    passed: bool
+    message: str = ""
+
+
+@dataclass
+class GradingSession:
+    """What run_check and check_choice do while ``grading_session`` is active.
+
+    mode "plan": nothing is compared. run_check calls the (wrapped) stand-in once per case with
+    ``current`` set to (exercise, case index), so the stand-in can record the arguments the
+    student's function would get, and raise StopCheck; check_choice only notes that the check is
+    a value question.
+    mode "grade": every case is checked (no early stop), each outcome recorded in ``outcomes``;
+    afterwards the first failure is raised as usual, so a check that rewrites messages still can.
+    Nothing is printed and no progress is recorded.
+    """
+
+    mode: str
+    kind: Optional[str] = None  # "function" or "choice", set by the first run_check / check_choice
+    exercises: list = field(default_factory=list)  # (Exercise, number of cases) per run_check call
+    outcomes: list = field(default_factory=list)
+    current: Optional[tuple] = None  # (exercise name, case index) while a case runs
+
+    def _note(self, kind: str) -> None:
+        if self.kind not in (None, kind):
+            raise RuntimeError("a check that mixes run_check and check_choice cannot be graded")
+        self.kind = kind
+
+    def _run_exercise(self, ex: Exercise, fn: Callable, inputs_list: list) -> int:
+        self._note("function")
+        self.exercises.append((ex, len(inputs_list)))
+        first: Optional[CheckFailure] = None
+        for i, inputs in enumerate(inputs_list):
+            label = f"case {i + 1} of {len(inputs_list)}"
+            self.current = (ex.name, i)
+            try:
+                if self.mode == "plan":
+                    with torch.no_grad():
+                        fn(**_clone_inputs(inputs))
+                    continue
+                check_case(ex, fn, inputs, label)
+                self.outcomes.append(CaseOutcome(ex.name, label, True))
+            except StopCheck:
+                continue  # the stand-in recorded this case's call
+            except CheckFailure as failure:
+                if self.mode == "plan":
+                    continue  # a wrapper refused before calling the student: the grader will notice
+                self.outcomes.append(CaseOutcome(ex.name, label, False, str(failure)))
+                first = first or failure
+            finally:
+                self.current = None
+        if first is not None:
+            raise first
+        return len(inputs_list)
+
+    def _run_choice(self, chapter: str, name: str, answer: Any, correct: Any, options: Sequence[Any],
+                    explanations: Optional[dict]) -> None:
+        self._note("choice")
+        if self.mode == "plan":
+            return None
+        failure = choice_failure(name, answer, correct, options, explanations)
+        self.outcomes.append(CaseOutcome(name, "answer", failure is None, failure or ""))
+        if failure is not None:
+            raise CheckFailure(failure)
+        return None
+
+
+_SESSION: ContextVar[Optional[GradingSession]] = ContextVar("demystify_grading_session", default=None)
+
+
+@contextmanager
+def grading_session(mode: str) -> Iterator[GradingSession]:
+    """Run check functions for a trusted grader (``utils.grading``); see GradingSession."""
+    if mode not in ("plan", "grade"):
+        raise ValueError(f"mode must be 'plan' or 'grade', not {mode!r}")
+    session = GradingSession(mode)
+    token = _SESSION.set(session)
+    try:
+        yield session
+    finally:
+        _SESSION.reset(token)

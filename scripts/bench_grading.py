@@ -1,0 +1,150 @@
+"""Benchmark the sandboxed grader: a batch of chapter-00 submissions, serial vs parallel.
+
+    python scripts/bench_grading.py [--n 20] [--jobs 1 2] [--sandbox auto]
+
+Prints, per --jobs setting, the batch's wall time (start-up included: planning the chapter and the
+zygote's imports, which overlap) and, per submission, the grader's overhead beyond the
+submission's own execution:
+
+* own execution, in the batch: the time the submission's process spent in its cells and in the
+  calls of its functions (measured inside that process);
+* overhead, in the batch: wall time per submission (fork, sandbox set-up, feeding, watching,
+  scoring in the grader) minus its own execution, plus the batch's start-up divided by N;
+* baseline: the same notebooks run the plain way, each in a fresh Python process (imports
+  included, as a kernel would), without any grader, to compare the totals.
+
+The submissions: 60% correct, 20% partly wrong, 20% unmodified stubs, all complete chapter-00
+notebooks (the chapter's demos included), as students would hand them in.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import grading_submissions as subs  # noqa: E402  (tests/grading_submissions: builds notebooks)
+
+from utils.grading.batch import Gradebook, columns, discover, run_batch  # noqa: E402
+from utils.grading.grade import Options, Runtime  # noqa: E402
+from utils.grading.plan import build_plan  # noqa: E402
+from utils.grading.sandbox import Limits, resolve_sandbox  # noqa: E402
+
+SLUG = "00_orientation"
+BASELINE = """
+import sys, time, nbformat
+from IPython.core.interactiveshell import InteractiveShell
+nb = nbformat.read(sys.argv[1], as_version=4)
+shell = InteractiveShell.instance()
+for cell in nb.cells:
+    meta = cell.metadata.get("nbgrader", {})
+    if cell.cell_type == "code" and not (meta.get("grade") and not meta.get("solution")):
+        shell.run_cell(cell.source, silent=True)
+"""
+
+
+def make_batch(root: Path, n: int) -> dict[str, str]:
+    kinds = {}
+    for i in range(n):
+        kind = "correct" if i % 5 < 3 else ("partly_wrong" if i % 5 == 3 else "stub")
+        if kind == "correct":
+            nb = subs.correct(SLUG)
+        elif kind == "partly_wrong":
+            nb = subs.correct(SLUG)
+            subs.set_cell(nb, subs.PER_TOKEN_LOSS, subs.PARTLY_WRONG_LOSS)
+        else:
+            nb = subs.chapter(SLUG)
+        subs.write(root, SLUG, f"student{i:02d}", nb)
+        kinds[f"student{i:02d}"] = kind
+    return kinds
+
+
+def baseline(root: Path, kinds: dict[str, str]) -> dict[str, float]:
+    """Seconds to run one notebook of each kind in a fresh Python process, no grader."""
+    env = dict(os.environ, MPLBACKEND="Agg", DEMYSTIFY_PROGRESS=os.devnull)
+    out = {}
+    for kind in sorted(set(kinds.values())):
+        student = next(s for s, k in kinds.items() if k == kind)
+        path = root / student / SLUG / f"{SLUG}.ipynb"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", BASELINE, str(path)], env=env, capture_output=True, check=False,
+                       cwd=tempfile.gettempdir())
+        out[kind] = time.perf_counter() - t0
+    return out
+
+
+def grade(root: Path, jobs: int, sandbox: str, work: Path):
+    base = tempfile.mkdtemp(prefix="bench-", dir=work)
+    options = Options(limits=Limits(timeout_cell=120, timeout_total=600), sandbox=sandbox, scratch_base=base,
+                      hide_dirs=[str(root), base], protected=[str(root), base])
+    t0 = time.perf_counter()
+    runtime = Runtime(options).start()  # the zygote imports while the chapter is planned
+    try:
+        plan = build_plan(SLUG)
+        runtime.set_plan(plan)
+        runtime.get_zygote()
+        startup = time.perf_counter() - t0
+        gradebook = Gradebook(work / f"grades-jobs{jobs}.csv", columns(plan))
+        report = run_batch(discover(root, SLUG), plan, options, gradebook, jobs=jobs, runtime=runtime)
+    finally:
+        runtime.close()
+    return time.perf_counter() - t0, startup, report
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--sandbox", default="auto", choices=("auto", "namespace", "basic"))
+    args = p.parse_args()
+    sandbox = resolve_sandbox(args.sandbox)
+    with tempfile.TemporaryDirectory(prefix="bench-grading-") as tmp:
+        work = Path(tmp)
+        root = work / "submitted"
+        kinds = make_batch(root, args.n)
+        print(f"{args.n} chapter-00 submissions ({', '.join(f'{v} {k}' for k, v in sorted(_count(kinds).items()))}); "
+              f"sandbox {sandbox}; {os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f}")
+        base = baseline(root, kinds)
+        base_total = sum(base[k] for k in kinds.values())
+        print(f"baseline, each notebook alone in a fresh Python process: "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(base.items())) + f"; {base_total:.1f} s for all, one by one")
+        walls = {}
+        for jobs in args.jobs:
+            wall, startup, report = grade(root, jobs, sandbox, work)
+            walls[jobs] = wall
+            grades = report.graded
+            assert len(grades) == args.n and all(g.status == "graded" for g in grades), [g.error for g in grades]
+            own = [g.own_seconds for g in grades]
+            per_sub = [g.seconds - g.own_seconds for g in grades]
+            amortised = (wall * jobs - sum(own)) / args.n
+            print(f"--jobs {jobs}: {wall:.1f} s in all ({startup:.1f} s start-up: plan + zygote imports), "
+                  f"{wall / args.n:.2f} s per submission")
+            print(f"    own execution (cells + calls, inside the sandbox): {statistics.mean(own):.2f} s mean")
+            print(f"    overhead beyond it, per submission: {statistics.mean(per_sub):.2f} s mean, {max(per_sub):.2f} s "
+                  f"max (fork, sandbox, feeding, watching, scoring); {amortised:.2f} s with the start-up and idle "
+                  f"workers shared out")
+            print(f"    vs the baseline (every notebook alone, one by one): {wall / base_total:.2f}x its time")
+        if 1 in walls:
+            for jobs, wall in walls.items():
+                if jobs != 1:
+                    print(f"speed-up of --jobs {jobs} over --jobs 1: {walls[1] / wall:.2f}x")
+
+
+def _count(kinds: dict[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k in kinds.values():
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,422 @@
+"""The sandboxed grader (python -m utils.grading): honest submissions get exactly their points, and
+every adversarial submission of issue 9 is graded correctly (no false pass), without touching the
+honest ones' grades or files, and the batch completes.
+
+Most submissions are chapter 00 (fast), built at test time from the committed chapter
+(tests/grading_submissions). The big batch runs once per module through the real command line
+with tight limits; the other tests read its gradebook and feedback.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+import grading_submissions as subs
+from utils.checks import core
+from utils.grading import codec
+from utils.grading.batch import Gradebook, columns, discover
+from utils.grading.cli import main as cli_main
+from utils.grading.plan import PlanError, build_plan, parse_test_cell
+from utils.grading.sandbox import namespaces_available
+from utils.paths import REPO
+
+SLUG = "00_orientation"
+# DEMYSTIFY_TEST_SANDBOX=basic runs everything as on a machine without user namespaces.
+LIMITS = ["--timeout-cell", "15", "--timeout-total", "90", "--memory-mb", "1024",
+          "--sandbox", os.environ.get("DEMYSTIFY_TEST_SANDBOX", "auto")]
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
+
+
+trim = subs.trim
+
+
+def _grade(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "utils.grading", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    with open(path, newline="") as f:
+        return {r["student"]: r for r in csv.DictReader(f)}
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """All chapter-00 submissions graded in one batch, 2 at a time."""
+    tmp = tmp_path_factory.mktemp("grading")
+    root, out, feedback = tmp / "submitted", tmp / "grades.csv", tmp / "feedback"
+    paths = subs.build_ch00(root, out, feedback, slim=trim)
+    wrong = subs.correct("01_tensorized_attention")
+    paths["wrong_chapter"] = subs.write(root, SLUG, "wrong_chapter", wrong)
+    before = _digest(root)
+    done = _grade(str(root), "--chapter", "00", "--out", str(out), "--feedback", str(feedback), "--jobs", "2",
+                  *LIMITS)
+    return dict(root=root, out=out, feedback=feedback, paths=paths, before=before, done=done, rows=_rows(out))
+
+
+def _row(batch, name):
+    assert batch["done"].returncode == 0, batch["done"].stdout + batch["done"].stderr
+    return batch["rows"][name]
+
+
+def _flags(row) -> str:
+    return row["flags"]
+
+
+# --------------------------------------------------------------------------- honest submissions
+
+
+def test_batch_completes_with_one_row_each(batch):
+    assert batch["done"].returncode == 0, batch["done"].stdout + batch["done"].stderr
+    assert set(batch["rows"]) == set(batch["paths"])
+    assert all(r["status"] in ("graded", "invalid") for r in batch["rows"].values())
+    assert "sandbox" in batch["done"].stdout
+
+
+def test_correct_submission_gets_full_marks(batch):
+    row = _row(batch, "honest_correct")
+    assert (row["status"], row["total"], row["max_total"]) == ("graded", "3", "3")
+    assert (row["per_token_loss_check"], row["per_token_loss_check cases"]) == ("2", "9/9")
+    assert (row["hook_question_check"], row["flags"]) == ("1", "")
+
+
+def test_partly_wrong_points_are_exact(batch):
+    """2 points shared by the 9 cases, lost on batches of exactly 2; the hook answer is wrong."""
+    plan = build_plan("00")
+    cell = next(c for c in plan.cells if c.grade_id == "per_token_loss_check")
+    batches = [plan.requests[k].kwargs["logits"].shape[0] for call in cell.calls for k in call.requests]
+    ok = sum(b != 2 for b in batches)
+    assert 0 < ok < len(batches) == 9  # the seeds do exercise both branches
+    row = _row(batch, "honest_partly_wrong")
+    assert row["per_token_loss_check cases"] == f"{ok}/9"
+    assert float(row["per_token_loss_check"]) == pytest.approx(round(2 * ok / 9, 2))
+    assert float(row["total"]) == pytest.approx(round(2 * ok / 9, 2))  # and the wrong hook answer: 0
+    assert "hook_attn_scores holds the scaled" in row["hook_question_check message"]
+    assert "differs from the expected one" in row["per_token_loss_check message"]
+
+
+def test_stub_submission_gets_zero(batch):
+    row = _row(batch, "honest_stub")
+    assert row["total"] == "0" and "not implemented yet" in row["per_token_loss_check message"]
+    assert row["flags"] == ""
+
+
+# --------------------------------------------------------------------------- the adversarial set
+
+
+def test_infinite_loop_is_stopped(batch):
+    row = _row(batch, "infinite_loop")
+    assert row["total"] == "0" and "timeout" in _flags(row)
+
+
+def test_memory_bomb_is_stopped(batch):
+    row = _row(batch, "memory_bomb")
+    assert row["total"] == "0" and "memory" in _flags(row)
+
+
+def test_os_exit_is_a_crash(batch):
+    row = _row(batch, "os_exit")
+    assert row["total"] == "0" and "crashed" in _flags(row)
+
+
+def test_raising_in_every_cell(batch):
+    row = _row(batch, "raises_everywhere")
+    assert (row["status"], row["total"]) == ("graded", "0")
+    assert "not defined in your notebook" in row["per_token_loss_check message"]
+    text = (batch["feedback"] / "raises_everywhere.md").read_text()
+    assert "raised RuntimeError: every cell fails" in text
+
+
+def test_bad_files_are_invalid_with_a_reason(batch):
+    assert _row(batch, "malformed_json")["status"] == "invalid"
+    assert "malformed JSON" in _row(batch, "malformed_json")["error"]
+    assert "not a notebook" in _row(batch, "not_a_notebook")["error"]
+    row = _row(batch, "wrong_chapter")
+    assert row["status"] == "invalid" and "01_tensorized_attention" in row["error"] and row["total"] == "0"
+
+
+def test_edited_locked_test_cells(batch):
+    row = _row(batch, "edited_tests")
+    assert (row["total"], row["max_total"]) == ("0", "3")  # trusted tests and points, not the student's
+    assert "test cell per_token_loss_check edited" in _flags(row)
+    assert "test cell hook_question_check edited" in _flags(row)
+
+
+def test_deleted_test_cells(batch):
+    row = _row(batch, "deleted_tests")
+    assert row["total"] == "0" and "test cell per_token_loss_check deleted" in _flags(row)
+
+
+def test_stripped_metadata_is_flagged_and_graded_by_name(batch):
+    row = _row(batch, "stripped_metadata")
+    assert row["total"] == "3" and "nbgrader metadata stripped" in _flags(row)
+
+
+def test_rebinding_a_check_has_no_effect(batch):
+    row = _row(batch, "rebound_check")
+    assert row["total"] == "0" and "rebinds a check (check.per_token_loss)" in _flags(row)
+    assert "core.run_check" in _flags(row)
+
+
+def test_spoofed_utils_next_to_the_notebook_is_ignored(batch):
+    row = _row(batch, "spoofed_utils")
+    assert row["total"] == "0" and "not implemented yet" in row["per_token_loss_check message"]
+    assert "ignored file next to the notebook: utils/" in _flags(row)
+
+
+def test_writing_into_other_submissions_fails(batch):
+    row = _row(batch, "tamper_others")
+    assert row["total"] == "0" and "sandbox refused" in _flags(row)
+    after = _digest(batch["root"])
+    if row["sandbox"] == "basic":  # no namespaces here: a native extension's write gets through, but
+        after = {k: v for k, v in after.items() if k in batch["before"]}  # nothing existing changes
+    assert after == batch["before"], "a submission changed files under SUBMISSIONS"
+    assert not (batch["root"] / "intruder").exists()
+    assert _row(batch, "honest_correct")["total"] == "3"
+    assert "3 / 3" in (batch["feedback"] / "honest_correct.md").read_text()
+    assert batch["out"].read_text().count("\nhonest_correct,") == 1
+
+
+def test_reading_the_expected_outputs_gets_nothing(batch):
+    row = _row(batch, "reads_expected")
+    assert row["total"] == "0" and "sandbox refused" in _flags(row)
+    assert "gc.get_objects" in _flags(row)
+
+
+def test_non_tensor_output_is_flagged(batch):
+    row = _row(batch, "non_tensor_output")
+    assert (row["total"], row["per_token_loss_check flags"]) == ("1", "non-tensor output")
+    assert "should be a torch.Tensor, but it is a ndarray" in row["per_token_loss_check message"]
+
+
+def test_a_function_that_never_returns_times_out(batch):
+    row = _row(batch, "slow_function")
+    assert (row["total"], row["hook_question_check"]) == ("1", "1")  # the rest of the notebook still counts
+    assert "did not return within 15 s" in row["per_token_loss_check message"]
+    assert "timeout" in _flags(row)
+
+
+def test_feedback_never_shows_hidden_test_source(batch):
+    files = sorted(batch["feedback"].glob("*.md"))
+    assert len(files) == len(batch["paths"])
+    trusted = nbformat.read(REPO / "solutions" / SLUG / f"{SLUG}.ipynb", as_version=4)
+    hidden_lines = [line for c in trusted.cells for line in c.source.splitlines() if "cases=[" in line]
+    assert hidden_lines
+    for path in files:
+        text = path.read_text()
+        assert "HIDDEN TESTS" not in text and "cases=" not in text and "check." not in text
+        assert not any(line.strip() in text for line in hidden_lines)
+
+
+# --------------------------------------------------------------------------- the gradebook
+
+
+def test_rerun_skips_unchanged_and_replaces_changed(batch, tmp_path):
+    """Same gradebook, two of the batch's students: both unchanged (skipped, rows kept), then one
+    resubmits a fixed notebook (regraded, its row replaced); other students' rows stay."""
+    root = tmp_path / "submitted"
+    for name in ("honest_correct", "malformed_json"):
+        subs.write(root, SLUG, name, raw=batch["paths"][name].read_bytes())
+    out = tmp_path / "grades.csv"
+    out.write_bytes(batch["out"].read_bytes())
+    rows = _rows(out)
+    again = _grade(str(root), "--chapter", "00", "--out", str(out), "--jobs", "1", *LIMITS)
+    assert again.returncode == 0, again.stderr
+    assert "unchanged, kept from the gradebook: 2" in again.stdout and _rows(out) == rows
+    nb = trim(subs.correct(SLUG))
+    subs.set_cell(nb, subs.HOOK_ANSWER, 'answer_hook = "c"\n')
+    subs.write(root, SLUG, "malformed_json", nb)  # a fixed resubmission
+    third = _grade(str(root), "--chapter", "00", "--out", str(out), "--jobs", "1", *LIMITS)
+    assert third.returncode == 0 and "kept from the gradebook: 1" in third.stdout
+    new = _rows(out)
+    assert set(new) == set(rows) and new["honest_correct"] == rows["honest_correct"]
+    assert (new["malformed_json"]["status"], new["malformed_json"]["total"]) == ("graded", "2")
+    assert out.read_text().count("\n") == len(rows) + 1  # compacted: header + one row per student
+
+
+def test_gradebook_survives_a_crash_mid_write(tmp_path):
+    plan = build_plan("00")
+    cols = columns(plan)
+    path = tmp_path / "grades.csv"
+    book = Gradebook(path, cols)
+    book.append(dict.fromkeys(cols, "") | {"student": "a", "status": "graded", "sha256": "x"})
+    book.file.close()
+    with open(path, "a") as f:
+        f.write("b,graded,1,3,")  # the process died inside this write
+    reopened = Gradebook(path, cols)
+    assert set(reopened.previous) == {"a"}
+    reopened.append(dict.fromkeys(cols, "") | {"student": "c", "status": "graded"})
+    reopened.compact()
+    assert list(_rows(path)) == ["a", "c"]
+    with pytest.raises(Exception, match="another chapter"):
+        Gradebook(path, cols[:-1])
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "text_file", "chapter"])
+def test_bad_input_gets_a_clear_error(case, tmp_path, capsys):
+    target = tmp_path / "subs"
+    chapter = "00"
+    expect = {"missing": "no such file", "empty": "no notebooks found", "text_file": "not a notebook",
+              "chapter": "unknown chapter"}[case]
+    if case == "empty":
+        target.mkdir()
+    elif case == "text_file":
+        target = tmp_path / "grades.txt"
+        target.write_text("hello")
+    elif case == "chapter":
+        target.mkdir()
+        chapter = "99"
+    code = cli_main([str(target), "--chapter", chapter, "--out", str(tmp_path / "g.csv")])
+    assert code == 2 and expect in capsys.readouterr().err
+
+
+def test_discover_layouts(tmp_path):
+    subs.write(tmp_path / "a", SLUG, "alice", raw=b"{}")  # nbgrader: <student>/<assignment>/<nb>
+    (tmp_path / "a" / "bob.ipynb").write_bytes(b"{}")  # flat
+    (tmp_path / "a" / "carol").mkdir()
+    (tmp_path / "a" / "carol" / "x.ipynb").write_bytes(b"{}")
+    (tmp_path / "a" / "carol" / "y.ipynb").write_bytes(b"{}")
+    found = {s.student: s for s in discover(tmp_path / "a", SLUG)}
+    assert set(found) == {"alice", "bob", "carol"}
+    assert found["alice"].data == b"{}" and not found["alice"].problem
+    assert "several notebooks" in found["carol"].problem
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+@pytest.mark.parametrize("notebook", sorted((REPO / "solutions").glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb")),
+                         ids=lambda p: p.parent.name)
+def test_every_graded_cell_is_gradable(notebook):
+    """The contract in utils/checks/core.py: every chapter's graded cells can be planned."""
+    plan = build_plan(notebook.parent.name)
+    assert plan.cells and plan.max_points > 0
+    for cell in plan.cells:
+        for call in cell.calls:
+            assert call.kind in ("function", "choice") and call.n_cases == len(call.requests)
+
+
+def test_plan_refuses_cells_it_cannot_grade():
+    aliases = {"check": "utils.checks.ch00"}
+    with pytest.raises(PlanError, match="not a check call"):
+        parse_test_cell("assert per_token_loss(1) == 2", aliases, "cell")
+    with pytest.raises(PlanError, match="not a literal"):
+        parse_test_cell("check.per_token_loss(per_token_loss, cases=seeds)", aliases, "cell")
+    calls = parse_test_cell("check.a(f)\n### BEGIN HIDDEN TESTS\ncheck.a(f, cases=[1, 2])\n### END HIDDEN TESTS",
+                            aliases, "cell")
+    assert [(c.hidden, c.kwargs) for _, c in calls] == [(False, {}), (True, {"cases": [1, 2]})]
+
+
+def test_codec_round_trip_and_refusals():
+    from transformer_lens import FactoredMatrix
+
+    value = (torch.arange(6.0).view(2, 3), [1, 2.5, float("nan"), "x", None, True], {"k": torch.ones(2, dtype=torch.int64)},
+             FactoredMatrix(torch.ones(3, 2), torch.ones(2, 4)))
+    tensors: dict = {}
+    tree = codec.encode(value, tensors)
+    back = codec.decode(json.loads(json.dumps(tree)), codec.tensors_from_bytes(codec.tensors_to_bytes(tensors)))
+    assert torch.equal(back[0], value[0]) and torch.equal(back[2]["k"], value[2]["k"])
+    assert isinstance(back[3], FactoredMatrix) and torch.equal(back[3].AB, value[3].AB)
+    assert back[1][:2] == [1, 2.5] and back[1][3:] == ["x", None, True]
+    import numpy as np
+
+    opaque = codec.decode(codec.encode(np.zeros(3), {}), {})
+    assert codec.is_opaque(opaque) and type(opaque).__name__ == "ndarray"
+    for bad in ({"tensor": "t9"}, {"pickle": "..."}, {"a": 1, "b": 2}, [1, 2]):
+        with pytest.raises(codec.CodecError):
+            codec.decode(bad, {})
+
+
+def test_grading_session_scores_every_case_quietly(capsys, isolated_progress):
+    from utils.checks import ch00
+
+    def half_right(logits, tokens):
+        right = ch00._reference(logits, tokens)
+        return right if logits.shape[0] != 2 else right + 1
+
+    with core.grading_session("grade") as session:
+        with pytest.raises(core.CheckFailure):
+            ch00.per_token_loss(half_right, cases=[1, 2, 3, 4, 5, 6])
+    assert len(session.outcomes) == 6 and 0 < sum(o.passed for o in session.outcomes) < 6
+    assert capsys.readouterr().out == "" and not isolated_progress.exists()
+    ch00.per_token_loss(ch00._reference, cases=[1])  # outside a session: unchanged behaviour
+    assert "PASS" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- other sandboxes, other chapters
+
+
+@pytest.mark.skipif(not namespaces_available(), reason="compares with the namespace sandbox")
+def test_basic_sandbox_still_protects_grades(tmp_path):
+    """Without namespaces (some CI machines), the audit hook and the snapshot still hold."""
+    root, out, fb = tmp_path / "submitted", tmp_path / "grades.csv", tmp_path / "feedback"
+    subs.write(root, SLUG, "honest_correct", trim(subs.correct(SLUG)))
+    nb = trim(subs.chapter(SLUG))
+    subs.insert_after(nb, None, subs.tamper_others(str(root), str(out), str(fb)))
+    subs.write(root, SLUG, "tamper_others", nb)
+    before = _digest(root / "honest_correct")
+    done = _grade(str(root), "--chapter", "00", "--out", str(out), "--feedback", str(fb), "--jobs", "2",
+                  *LIMITS, "--sandbox", "basic")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _rows(out)
+    assert rows["honest_correct"]["total"] == "3" and rows["tamper_others"]["total"] == "0"
+    assert "sandbox refused" in rows["tamper_others"]["flags"] and rows["honest_correct"]["sandbox"] == "basic"
+    # Python-level writes are refused; a native extension writing files directly is only stopped by
+    # the namespace sandbox, so only the notebook itself is compared here.
+    assert _digest(root / "honest_correct")[f"{SLUG}/{SLUG}.ipynb"] == before[f"{SLUG}/{SLUG}.ipynb"]
+
+
+@pytest.mark.parametrize("slug", [p.parent.name for p in sorted((REPO / "solutions").glob("[0-9][0-9]_*/*.ipynb"))
+                                  if p.parent.name[:2] not in ("00", "01")])
+def test_later_chapters_give_their_solutions_full_marks(slug, tmp_path):
+    """Chapters written after the grader work with it unchanged (ch02's checks take FactoredMatrix
+    outputs, ch04's run the student's generator under a seed): solutions full marks, stubs zero."""
+    root, out = tmp_path / "submitted", tmp_path / "grades.csv"
+    subs.write(root, slug, "correct", trim(subs.correct(slug)))
+    subs.write(root, slug, "stub", trim(subs.chapter(slug)))
+    done = _grade(str(root), "--chapter", slug[:2], "--out", str(out), "--jobs", "2", *LIMITS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _rows(out)
+    assert rows["correct"]["total"] == rows["correct"]["max_total"], rows["correct"]
+    assert rows["correct"]["flags"] == "" and rows["stub"]["total"] == "0"
+
+
+def test_chapter_01_generalises(tmp_path):
+    slug = "01_tensorized_attention"
+    root, out = tmp_path / "submitted", tmp_path / "grades.csv"
+    subs.write(root, slug, "correct", trim(subs.correct(slug)))
+    nb = trim(subs.correct(slug))
+    source = next(c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") ==
+                  "attention_pattern_solution")
+    subs.set_cell(nb, "attention_pattern_solution", source + "\n\n_right = attention_pattern\n"
+                  "def attention_pattern(qk_input, W_Q, W_K, b_Q, b_K):\n"
+                  "    q, k = qk_input @ W_Q + b_Q, qk_input @ W_K + b_K\n"
+                  "    return (q @ k.transpose(-1, -2) / W_Q.shape[-1] ** 0.5).softmax(-1)\n")
+    subs.set_cell(nb, "bias_question_answer", 'answer_bias = "a"\n')
+    subs.write(root, slug, "no_mask", nb)
+    done = _grade(str(root), "--chapter", "01", "--out", str(out), "--jobs", "2", *LIMITS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _rows(out)
+    assert rows["correct"]["total"] == rows["correct"]["max_total"] == "20"
+    row = rows["no_mask"]
+    assert row["total"] == "17" and row["attention_pattern_check"] == "0"
+    assert "There is no causal mask" in row["attention_pattern_check message"]
+    assert "b_V is not zero in general" in row["bias_question_check message"]

@@ -1,0 +1,145 @@
+"""``python -m utils.grading SUBMISSIONS --chapter NN --out grades.csv [options]``
+
+Exit status: 0 when every submission was graded (bad notebooks included: they get an ``invalid``
+row), 1 when a grader-side error left some ungraded (they are retried by the next run), 2 for bad
+arguments or input (the message says what is wrong), 130 when interrupted (nothing graded is lost).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from utils import build
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m utils.grading",
+        description="Grade student notebooks in a sandbox: each submission runs in its own process and "
+                    "scratch folder; the checks run in the grader, on the outputs it sends back.")
+    p.add_argument("submissions", type=Path, help="a folder of submissions (nbgrader's submitted/, "
+                   "<student>/<notebook>.ipynb or <student>.ipynb) or a single notebook")
+    p.add_argument("--chapter", required=True, help="chapter number or slug, e.g. 00 or 00_orientation")
+    p.add_argument("--out", required=True, type=Path, help="CSV gradebook (appended to; see --regrade)")
+    p.add_argument("--feedback", type=Path, help="folder for one <student>.md feedback file each")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="submissions run at once (default: CPU cores)")
+    p.add_argument("--timeout-cell", type=float, default=120.0, help="seconds per cell and per call of a "
+                   "student's function (default 120, as in nbgrader_config.py)")
+    p.add_argument("--timeout-total", type=float, default=600.0, help="seconds per submission (default 600)")
+    p.add_argument("--memory-mb", type=int, default=4096, help="memory a submission may use on top of "
+                   "Python, torch and the course package (default 4096)")
+    p.add_argument("--sandbox", choices=("auto", "namespace", "basic"), default="auto",
+                   help="namespace: hidden files, read-only filesystem, no network, no other processes "
+                        "(needs user namespaces); basic: limits and the audit hook only; auto (default): "
+                        "namespace where it works")
+    p.add_argument("--regrade", action="store_true", help="grade every submission again, even unchanged ones")
+    p.add_argument("--solutions", type=Path, default=build.SOLUTIONS, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from utils.grading.batch import BatchError, cleanup, discover
+
+    if args.jobs < 1 or args.timeout_cell <= 0 or args.timeout_total <= 0 or args.memory_mb < 64:
+        return _fail("--jobs must be >= 1, timeouts > 0 and --memory-mb >= 64")
+    try:
+        slug = build.resolve([args.chapter], args.solutions)[0]
+    except ValueError as e:
+        return _fail(str(e))
+    try:
+        subs = discover(args.submissions, slug)
+    except BatchError as e:
+        return _fail(str(e))
+    base = tempfile.mkdtemp(prefix="demystify-grading-")
+    try:
+        return _grade(args, slug, subs, base)
+    finally:
+        cleanup(base)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _grade(args, slug: str, subs: list, base: str) -> int:
+    from utils.grading.batch import BatchError, Gradebook, columns, essential_paths, run_batch, summary
+    from utils.grading.grade import Options, Runtime
+    from utils.grading.plan import PlanError, build_plan, grade_ids_of, trusted_notebook
+    from utils.grading.sandbox import Limits, SandboxError, resolve_sandbox
+
+    try:
+        sandbox = resolve_sandbox(args.sandbox)
+    except RuntimeError as e:
+        return _fail(str(e))
+    limits = Limits(timeout_cell=args.timeout_cell, timeout_total=args.timeout_total, memory_mb=args.memory_mb)
+    options = Options(limits=limits, sandbox=sandbox, scratch_base=base)
+    runtime = Runtime(options).start()  # the zygote imports torch & co. while the chapter is planned
+    try:
+        try:
+            plan = build_plan(slug, args.solutions)
+        except (PlanError, ValueError) as e:
+            return _fail(f"cannot grade {slug}: {e}")
+        try:
+            gradebook = Gradebook(args.out, columns(plan))
+        except (BatchError, OSError) as e:
+            return _fail(str(e))
+        if args.feedback is not None:
+            try:
+                args.feedback.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                return _fail(f"--feedback {args.feedback}: {e}")
+        if sandbox == "basic":
+            print("warning: grading with the basic sandbox (limits and an audit hook; submissions can see the "
+                  "filesystem): user namespaces are unavailable here or --sandbox basic was given", file=sys.stderr)
+
+        # What a submission must never see: the other submissions, the grader's scratch folders, the
+        # gradebook, the feedback, the trusted solutions.
+        root = args.submissions if args.submissions.is_dir() else None
+        essentials = essential_paths()
+
+        def hideable(path) -> bool:
+            real = os.path.realpath(path)
+            inside = [e for e in essentials if e == real or e.startswith(real.rstrip("/") + "/")]
+            if inside:
+                print(f"warning: cannot hide {path} from submissions: it contains {inside[0]}", file=sys.stderr)
+            return not inside
+
+        options.hide_dirs = [os.path.realpath(p) for p in (root, base, args.feedback, args.solutions)
+                             if p is not None and hideable(p)]
+        options.hide_files = [os.path.realpath(p) for p in [args.out] + ([args.submissions] if root is None else [])]
+        options.protected = options.hide_dirs + options.hide_files
+        for other in build.discover(args.solutions):
+            if other != slug:
+                try:
+                    options.other_chapters[other] = grade_ids_of(build.read_source(trusted_notebook(other,
+                                                                                                   args.solutions)))
+                except build.BuildError:
+                    pass
+        print(f"grading {len(subs)} submission(s) of {slug} ({plan.max_points:g} points) with the {sandbox} "
+              f"sandbox, {args.jobs} at a time", flush=True)
+
+        def progress(grade) -> None:
+            print(f"  {grade.student}: {grade.status} {grade.total:g}/{grade.max_total:g} ({grade.seconds:.1f} s)",
+                  flush=True)
+
+        try:
+            report = run_batch(subs, plan, options, gradebook, feedback=args.feedback, jobs=args.jobs,
+                               regrade=args.regrade, on_grade=progress, runtime=runtime)
+        except SandboxError as e:
+            return _fail(str(e))
+        except KeyboardInterrupt:
+            print("interrupted: the gradebook keeps every submission graded so far", file=sys.stderr)
+            return 130
+    finally:
+        runtime.close()
+    print(summary(report, plan), end="")
+    print(f"gradebook: {args.out}" + (f"; feedback: {args.feedback}/" if args.feedback else ""))
+    return 1 if any(g.status == "error" for g in report.graded) else 0

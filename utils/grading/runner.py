@@ -1,0 +1,328 @@
+"""The process side of the grader: ``python -I -B -m utils.grading.runner --zygote FD``.
+
+A ZYGOTE is started once per grading worker with a minimal environment and ``-I`` (so neither its
+folder nor PYTHON* variables are on the import path: ``utils`` is the installed course package).
+It imports what every submission of the chapter needs (torch, the course package, the modules
+the trusted notebook imports, IPython), then forks one child per submission on request: the
+imports are paid once, not once per student. It never runs student code itself.
+
+Each CHILD (one submission, see ``serve``):
+
+1. starts its own session; gets its stdin (the submission's request), its result pipe and its
+   output pipe from the grader (file descriptors passed over the zygote's control socket);
+2. enters the sandbox (``jail``): new user, mount, pid and network namespaces (the submission's
+   code runs as pid 1 of its own namespace, seeing no other process), hidden files, a read-only
+   filesystem but for its scratch folder; then limits and the audit hook;
+3. writes the copy of the submission into its scratch folder and runs its non-test cells in an
+   IPython shell, one by one, as a notebook would (an error in a cell is reported and the next
+   cell runs; graded test cells are never sent, so no check runs here);
+4. calls the student's functions on the grader's arguments and sends back each output.
+
+Frames go back on the result pipe (``codec``): the pid to watch, a cell or call starting (the grader
+enforces the time limits from these), its end, each result and every refused action. Nothing is
+compared here: the expected values never exist in this process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import sys
+import time
+
+CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x00020000, 0x20000000, 0x40000000
+PR_SET_PDEATHSIG = 1
+
+
+# --------------------------------------------------------------------------- frames (stdlib only)
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            raise EOFError("truncated request")
+        data += chunk
+    return bytes(data)
+
+
+def read_frame(fd: int) -> tuple[dict, bytes]:
+    (length,) = struct.unpack(">I", _read_exact(fd, 4))
+    header = json.loads(_read_exact(fd, length))
+    size = header.get("blob", 0)
+    return header, _read_exact(fd, size) if size else b""
+
+
+def make_sender(fd: int):
+    def send(message: dict, payload: bytes = b"") -> None:
+        if payload:
+            message = dict(message, blob=len(payload))
+        data = json.dumps(message).encode()
+        view = memoryview(struct.pack(">I", len(data)) + data + payload)
+        while view:
+            view = view[os.write(fd, view):]
+
+    return send
+
+
+# --------------------------------------------------------------------------- the zygote
+
+
+def _preload_common() -> None:
+    """What every chapter needs; imported while the grader is still planning."""
+    import torch
+
+    torch.set_num_threads(1)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import utils
+    import utils.checks.core
+    from IPython.core.interactiveshell import InteractiveShell  # noqa: F401
+
+    from utils.grading import codec, jail  # noqa: F401
+
+
+def _preload(work: dict):
+    """Everything this chapter's cells import, and an IPython shell (copied into each child)."""
+    import importlib
+
+    for name in work.get("imports", []):  # what the chapter itself imports (the trusted notebook's list)
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass  # "from X import name" where name is not a module
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    cfg = Config()
+    cfg.HistoryManager.enabled = False
+    cfg.InteractiveShell.colors = "NoColor"
+    cfg.InteractiveShell.autocall = 0
+    return InteractiveShell.instance(config=cfg)
+
+
+def zygote(control_fd: int) -> None:
+    import select
+    import socket
+
+    _preload_common()
+    work, blob = read_frame(0)
+    shell = _preload(work)
+    from utils.grading import codec
+
+    tensors = codec.tensors_from_bytes(blob)
+    sock = socket.socket(fileno=control_fd)
+    sock.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
+    children: set[int] = set()
+    while True:
+        readable, _, _ = select.select([sock], [], [], 0.05)
+        if readable:
+            try:
+                msg, fds, _, _ = socket.recv_fds(sock, 4096, 3)
+            except OSError:
+                msg, fds = b"", []
+            if not msg:  # the grader went away: so do we, and every submission still running
+                for pid in children:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                os._exit(0)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    sock.close()
+                    _child(fds, work, tensors, shell)
+                finally:
+                    os._exit(70)
+            for fd in fds:
+                os.close(fd)
+            children.add(pid)
+            sock.send(json.dumps({"spawned": pid}).encode())
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            children.discard(pid)
+            sock.send(json.dumps({"exited": pid, "status": status}).encode())
+
+
+# --------------------------------------------------------------------------- one submission
+
+
+def _child(fds: list, work: dict, tensors: dict, shell) -> None:
+    """A forked child of the zygote: becomes the submission's process (never returns)."""
+    import ctypes
+
+    os.setsid()  # its own process group: the grader kills the whole group
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the zygote
+    stdin_fd, result_fd, out_fd = fds
+    os.dup2(stdin_fd, 0)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    os.dup2(result_fd, 3)
+    for fd in set(fds) - {0, 1, 2, 3}:
+        os.close(fd)
+    os.closerange(4, 1024)
+    send = make_sender(3)
+    header, _ = read_frame(0)
+    config = header["config"]
+    try:
+        if config["sandbox"] == "namespace":
+            uid, gid = os.getuid(), os.getgid()
+            if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "unshare")
+            for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+            pid = os.fork()  # the grandchild is pid 1 of the new pid namespace
+            if pid:
+                send({"t": "pid", "pid": pid})
+                os.close(0)
+                os.close(3)
+                _, status = os.waitpid(pid, 0)
+                if os.WIFSIGNALED(status):
+                    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+                    os.kill(os.getpid(), os.WTERMSIG(status))
+                os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 71)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            from utils.grading import jail
+
+            jail.enter_namespace(config["scratch"], config["hide_dirs"], config["hide_files"], config["scratch_mb"],
+                                 mount_proc=True)
+        else:
+            send({"t": "pid", "pid": os.getpid()})
+            os.makedirs(config["scratch"], exist_ok=True)
+        serve(header, work, tensors, shell, send)
+    except BaseException as e:
+        try:
+            send({"t": "fatal", "error": f"{type(e).__name__}: {e}"})
+        finally:
+            os._exit(3)
+    os._exit(0)
+
+
+def serve(header: dict, work: dict, tensors: dict, shell, send) -> None:
+    started = time.perf_counter()
+    config = header["config"]
+    scratch = config["scratch"]
+    os.chdir(scratch)
+    env = dict(config["env"])
+    os.environ.clear()
+    os.environ.update(env)
+    import tempfile
+
+    tempfile.tempdir = None
+    for sub in ("tmp", ".config", ".cache", ".ipython"):
+        os.makedirs(sub, exist_ok=True)
+    with open(config["notebook_name"], "w", encoding="utf-8") as f:  # the scratch copy of the submission
+        f.write(header["notebook"])
+
+    import torch
+
+    import utils
+    from utils.checks.core import raised_message
+    from utils.grading import codec, jail
+
+    if os.path.realpath(utils.__file__).startswith(os.path.realpath(scratch)):
+        raise RuntimeError(f"utils imported from the scratch directory ({utils.__file__})")
+    jail.set_limits(int(config["memory_mb"]) * 2**20, int(config["fsize_mb"]) * 2**20, int(config["cpu_seconds"]))
+    jail.install_guard(scratch, config["protected"], lambda what: send({"t": "violation", "what": what}))
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    send({"t": "ready", "setup_s": time.perf_counter() - started, "rss": rss})
+
+    # ------------------------------------------------------------------ the notebook's own cells
+    cells_s = 0.0
+    for cell in header["cells"]:
+        send({"t": "cell", "i": cell["index"], "phase": "start"})
+        t0 = time.perf_counter()
+        error = None
+        try:
+            result = shell.run_cell(cell["source"], store_history=False, silent=False)
+            exc = result.error_before_exec or result.error_in_exec
+            if exc is not None:
+                error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        except BaseException as exc:  # KeyboardInterrupt outside IPython's own handler: a timeout
+            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        dt = time.perf_counter() - t0
+        cells_s += dt
+        send({"t": "cell", "i": cell["index"], "phase": "end", "error": error, "seconds": dt})
+
+    # ------------------------------------------------------------------ the calls the grader asked for
+    calls_s = 0.0
+    namespace = shell.user_ns
+    stuck: set = set()  # symbols whose call timed out once: their other calls are not attempted
+    for k, req in enumerate(work["requests"]):
+        send({"t": "call", "k": k, "phase": "start"})
+        t0 = time.perf_counter()
+        symbol = req["symbol"]
+        out: dict = {"t": "result", "k": k}
+        payload = b""
+        try:
+            if symbol in stuck:
+                out["error"] = {"kind": "timeout"}
+            elif symbol not in namespace:
+                out["error"] = {"kind": "missing"}
+            elif req["kind"] == "value":
+                value_tensors: dict = {}
+                out["value"] = codec.encode(namespace[symbol], value_tensors)
+                payload = codec.tensors_to_bytes(value_tensors)
+            else:
+                fn = namespace[symbol]
+                if not callable(fn):
+                    out["error"] = {"kind": "not_callable", "type": type(fn).__name__}
+                else:
+                    args, kwargs = codec.decode(req["call"], tensors)
+                    if req.get("rng") is not None:
+                        torch.set_rng_state(tensors[req["rng"]])
+                    try:
+                        with torch.no_grad():
+                            got = fn(*args, **kwargs)
+                    except NotImplementedError:
+                        out["error"] = {"kind": "not_implemented"}
+                    except KeyboardInterrupt:
+                        out["error"] = {"kind": "timeout"}
+                        stuck.add(symbol)
+                    except MemoryError:
+                        out["error"] = {"kind": "memory"}
+                    except BaseException as exc:  # SystemExit included: the student's bug
+                        out["error"] = {"kind": "raised", "message": raised_message("{exercise}", exc)[:2000]}
+                    else:
+                        out_tensors: dict = {}
+                        out["value"] = codec.encode(got, out_tensors)
+                        payload = codec.tensors_to_bytes(out_tensors)
+        except KeyboardInterrupt:
+            out, payload = {"t": "result", "k": k, "error": {"kind": "timeout"}}, b""
+            stuck.add(symbol)
+        except BaseException as exc:  # a value that broke the encoder (a hostile __len__, ...)
+            out, payload = {"t": "result", "k": k, "error": {"kind": "unsendable", "type": type(exc).__name__}}, b""
+        dt = time.perf_counter() - t0
+        calls_s += dt
+        out["seconds"] = dt
+        try:
+            send(out, payload)
+        except (OSError, ValueError, TypeError):  # an unencodable header: report the call as unsendable
+            send({"t": "result", "k": k, "error": {"kind": "unsendable", "type": "header"}, "seconds": dt})
+    send({"t": "done", "cells_s": cells_s, "calls_s": calls_s})
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        pass
+    os._exit(0)  # skip atexit handlers and finalizers a submission may have registered
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--zygote":
+        zygote(int(sys.argv[2]))
+    else:
+        sys.exit("usage: python -I -B -m utils.grading.runner --zygote FD (started by utils.grading.sandbox)")

@@ -1,0 +1,446 @@
+"""Start one submission's process and watch it: time limits per cell and in total, a memory
+watchdog, a cap on what it may send back. Grader side; ``runner`` is the process side and ``jail``
+the walls.
+
+Processes come from a ZYGOTE (``runner.zygote``): one per grading worker, it pays the imports once
+and forks a fresh child per submission. The zygote is trusted code started with a minimal
+environment; no student code ever runs in it.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from utils.grading import codec
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Limits:
+    timeout_cell: float = 120.0  # seconds per notebook cell, and per call of a student's function
+    timeout_total: float = 600.0  # seconds for the whole submission
+    memory_mb: int = 4096  # what the submission may allocate on top of Python + torch + the course
+    scratch_mb: int = 512  # size of its scratch directory (namespace sandbox)
+    fsize_mb: int = 256  # largest file it may write
+    output_mb: int = 512  # most it may send back
+    grace: float = 5.0  # seconds between the interrupt of a slow cell and the kill
+    setup_timeout: float = 60.0  # from the fork to the first cell (counts towards timeout_total)
+    threads: int = 1
+
+
+@dataclass
+class RunResult:
+    """What came back from one submission's process."""
+
+    ended: str = "done"  # done | timeout | memory | crashed | fatal | protocol | output
+    detail: str = ""
+    ready: bool = False
+    cells: dict = field(default_factory=dict)  # cell index -> {"error": str|None, "seconds": float}
+    timed_out_cells: list = field(default_factory=list)
+    results: dict = field(default_factory=dict)  # request index -> (header, tensors)
+    timed_out_calls: list = field(default_factory=list)
+    violations: list = field(default_factory=list)
+    exit_code: Optional[int] = None
+    wall_s: float = 0.0
+    setup_s: float = 0.0
+    cells_s: float = 0.0
+    calls_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    output_tail: str = ""
+    last_phase: Optional[tuple] = None  # ("cell", index) or ("call", k) when it stopped early
+
+
+class SandboxError(RuntimeError):
+    """The grader could not start a submission's process (never the submission's fault)."""
+
+
+# --------------------------------------------------------------------------- the environment
+
+
+def child_env(scratch: str, threads: int) -> dict:
+    """The whole environment of a submission's process: nothing of the grader's leaks in."""
+    t = str(threads)
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "TMPDIR": os.path.join(scratch, "tmp"),
+        "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t,
+        "OPENBLAS_NUM_THREADS": t, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": os.path.join(scratch, ".cache", "hf"),
+        "MPLBACKEND": "Agg", "MPLCONFIGDIR": os.path.join(scratch, ".config", "matplotlib"),
+        "XDG_CACHE_HOME": os.path.join(scratch, ".cache"), "XDG_CONFIG_HOME": os.path.join(scratch, ".config"),
+        "IPYTHONDIR": os.path.join(scratch, ".ipython"), "DEMYSTIFY_PROGRESS": os.path.join(scratch, "progress.json"),
+        "TQDM_DISABLE": "1", "PYTHONIOENCODING": "utf-8",
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def namespaces_available() -> bool:
+    """Whether a forked child may enter new user, mount, pid and network namespaces (checked once,
+    in a throwaway process, with the very syscalls the runner uses)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    probe = ("import ctypes, os\n"
+             "libc = ctypes.CDLL(None, use_errno=True)\n"
+             "pid = os.fork()\n"
+             "if pid == 0:\n"
+             "    uid, gid = os.getuid(), os.getgid()\n"
+             f"    ok = libc.unshare({0x10000000 | 0x00020000 | 0x20000000 | 0x40000000}) == 0\n"
+             "    if ok:\n"
+             "        open('/proc/self/setgroups', 'w').write('deny')\n"
+             "        open('/proc/self/uid_map', 'w').write(f'0 {uid} 1')\n"
+             "        open('/proc/self/gid_map', 'w').write(f'0 {gid} 1')\n"
+             "        if os.fork() == 0:\n"
+             f"            r = libc.mount(None, b'/', None, ctypes.c_ulong({16384 | (1 << 18)}), None)\n"
+             f"            r = r or libc.mount(b'proc', b'/proc', b'proc', ctypes.c_ulong(14), None)\n"
+             f"            r = r or libc.unshare({0x10000000 | 0x00020000})\n"
+             "            os._exit(0 if r == 0 else 1)\n"
+             "        _, st = os.wait()\n"
+             "        os._exit(os.waitstatus_to_exitcode(st))\n"
+             "    os._exit(1)\n"
+             "_, st = os.waitpid(pid, 0)\n"
+             "raise SystemExit(os.waitstatus_to_exitcode(st))\n")
+    try:
+        return subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def resolve_sandbox(choice: str) -> str:
+    if choice == "auto":
+        return "namespace" if namespaces_available() else "basic"
+    if choice == "namespace" and not namespaces_available():
+        raise RuntimeError("--sandbox namespace: user namespaces are not available here; use --sandbox basic, "
+                           "or grade on a machine that allows them")
+    return choice
+
+
+# --------------------------------------------------------------------------- the zygote
+
+
+class Zygote:
+    """A pre-imported process that forks one child per submission (see runner.zygote).
+
+    Started as soon as the grader knows where its scratch folders go; it imports torch and the
+    course package while the grader plans the chapter, then ``load`` hands it the chapter's
+    requests. ``spawn`` and ``exit_status`` may be called from several threads."""
+
+    def __init__(self, base: str, threads: int = 1):
+        self.dir = tempfile.mkdtemp(prefix="zygote-", dir=base)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        self.lock = threading.Lock()
+        self.exits: dict[int, int] = {}
+        self.ready = False
+        self.log = open(os.path.join(self.dir, "zygote.log"), "wb")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-B", "-m", "utils.grading.runner", "--zygote", str(theirs.fileno())],
+                stdin=subprocess.PIPE, stdout=self.log, stderr=self.log, pass_fds=(theirs.fileno(),),
+                cwd=self.dir, env=child_env(self.dir, threads), start_new_session=True)
+        finally:
+            theirs.close()
+
+    def load(self, work_frame: bytes, timeout: float = 300.0) -> None:
+        """Send the chapter's requests; returns once the zygote has imported everything."""
+        try:
+            self.proc.stdin.write(work_frame)
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        with self.lock:
+            message = self._receive(timeout)
+        if not message or not message.get("ready"):
+            self.close()
+            raise SandboxError(f"the grader's zygote process did not start: {self.log_tail()}")
+        self.ready = True
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.log.name, "rb") as f:
+                return f.read()[-2000:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _receive(self, timeout: float) -> Optional[dict]:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(4096)
+        except (socket.timeout, OSError):
+            return None
+        if not data:
+            return None
+        message = json.loads(data)
+        if "exited" in message:
+            self.exits[message["exited"]] = message["status"]
+        return message
+
+    def spawn(self, fds: list[int]) -> int:
+        with self.lock:
+            socket.send_fds(self.sock, [json.dumps({"spawn": True}).encode()], fds)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                message = self._receive(max(0.01, deadline - time.monotonic()))
+                if message is None:
+                    break
+                if "spawned" in message:
+                    return int(message["spawned"])
+        raise SandboxError(f"the zygote did not fork a child: {self.log_tail()}")
+
+    def exit_status(self, pid: int) -> Optional[int]:
+        """The child's wait status once it has exited (never blocks)."""
+        with self.lock:
+            while pid not in self.exits:
+                if self._receive(0.0001) is None:
+                    break
+            return self.exits.pop(pid, None)
+
+    def close(self) -> None:
+        if not self.ready and self.proc.poll() is None:  # still importing: nothing to wait for
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            if self.proc.stdin and not self.proc.stdin.closed:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.proc.wait()
+        self.log.close()
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def _rss(pid: Optional[int]) -> int:
+    if pid is None:
+        return 0
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
+    """Run one submission; never raises for anything the submission does (SandboxError when the
+    grader itself cannot start it)."""
+    result = RunResult()
+    start = time.monotonic()
+    stdin_r, stdin_w = os.pipe()
+    result_r, result_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+        leader = zygote.spawn([stdin_r, result_w, out_w])
+    finally:
+        for fd in (stdin_r, result_w, out_w):
+            os.close(fd)
+    frames: queue.Queue = queue.Queue()
+    tail: list[bytes] = []
+
+    def feed():
+        try:
+            with os.fdopen(stdin_w, "wb") as f:
+                f.write(codec.pack_frame(submission))
+        except OSError:
+            pass
+
+    def read():
+        budget = limits.output_mb * 2**20
+        with os.fdopen(result_r, "rb", buffering=1 << 16) as stream:
+            try:
+                while True:
+                    frame = codec.read_frame(stream, max_blob=budget)
+                    if frame is None:
+                        break
+                    budget -= len(frame[1])
+                    frames.put(frame)
+                    if budget < 0:
+                        frames.put(({"t": "_output"}, b""))
+                        break
+            except codec.CodecError as e:
+                frames.put(({"t": "_protocol", "error": str(e)}, b""))
+        frames.put(None)
+
+    def drain():
+        size = 0
+        with os.fdopen(out_r, "rb") as stream:
+            for chunk in iter(lambda: stream.read1(4096), b""):
+                tail.append(chunk)
+                size += len(chunk)
+                while size > 16384 and len(tail) > 1:
+                    size -= len(tail.pop(0))
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (feed, read, drain)]
+    for t in threads:
+        t.start()
+
+    pid: Optional[int] = None  # the process that runs the notebook (pid 1 of its namespace)
+    phase: Optional[tuple] = ("setup", None)
+    phase_start = start
+    interrupted_at: Optional[float] = None
+    rss_limit = (limits.memory_mb + 2048) * 2**20  # until the child reports its own footprint
+    reader_done = False
+    status: Optional[int] = None
+    exited_at: Optional[float] = None
+    done = False
+    killed: Optional[tuple] = None
+
+    def kill(reason: str, detail: str):
+        nonlocal killed
+        if killed is None:
+            killed = (reason, detail)
+            result.last_phase = phase
+        _kill_group(leader, signal.SIGKILL)
+
+    try:
+        while True:
+            try:
+                item = frames.get(timeout=0.05)
+            except queue.Empty:
+                item = "idle"
+            now = time.monotonic()
+            if item is None:
+                reader_done = True
+            elif item != "idle":
+                header, blob = item
+                kind = header.get("t")
+                if kind in ("pid", "ready", "fatal") and result.ready:
+                    # only the runner sends these, before any student code runs: a later one is forged
+                    kill("protocol", f"sent a forged {kind!r} control message")
+                elif kind == "pid" and pid is None:
+                    pid = int(header.get("pid", 0)) or None
+                elif kind == "ready":
+                    result.ready = True
+                    result.setup_s = float(header.get("setup_s", 0))
+                    rss_limit = int(header.get("rss", 0)) + limits.memory_mb * 2**20 + 256 * 2**20
+                    phase, phase_start, interrupted_at = None, now, None
+                elif kind == "cell":
+                    i = header.get("i")
+                    if header.get("phase") == "start":
+                        phase, phase_start, interrupted_at = ("cell", i), now, None
+                    else:
+                        result.cells[i] = {"error": header.get("error"), "seconds": header.get("seconds", 0.0)}
+                        phase, interrupted_at = None, None
+                elif kind == "call":
+                    phase, phase_start, interrupted_at = ("call", header.get("k")), now, None
+                elif kind == "result":
+                    k = header.get("k")
+                    try:
+                        result.results[k] = (header, codec.tensors_from_bytes(blob))
+                    except codec.CodecError as e:
+                        result.results[k] = ({"t": "result", "k": k,
+                                              "error": {"kind": "unsendable", "type": str(e)[:100]}}, {})
+                    phase, interrupted_at = None, None
+                elif kind == "violation":
+                    if len(result.violations) < 50:
+                        result.violations.append(str(header.get("what", ""))[:300])
+                elif kind == "done":
+                    result.cells_s = float(header.get("cells_s", 0))
+                    result.calls_s = float(header.get("calls_s", 0))
+                    done = True
+                elif kind == "fatal":
+                    kill("fatal", str(header.get("error", ""))[:500])
+                elif kind == "_output":
+                    kill("output", f"sent back more than {limits.output_mb} MB")
+                elif kind == "_protocol":
+                    kill("protocol", f"broke the result stream ({header.get('error')})")
+            if status is None:
+                status = zygote.exit_status(leader)
+                if status is not None:
+                    exited_at = now
+            if killed is None and status is None:
+                if now - start > limits.timeout_total:
+                    kill("timeout", f"the whole notebook ran longer than {limits.timeout_total:g} s")
+                elif phase is not None:
+                    limit = limits.setup_timeout if phase[0] == "setup" else limits.timeout_cell
+                    if now - phase_start > limit:
+                        if phase[0] == "setup":
+                            kill("timeout", f"start-up took longer than {limit:g} s")
+                        elif interrupted_at is None:
+                            (result.timed_out_cells if phase[0] == "cell" else result.timed_out_calls).append(
+                                phase[1])
+                            interrupted_at = now
+                            if pid is not None:
+                                try:  # like Jupyter's interrupt: the next cell still runs
+                                    os.kill(pid, signal.SIGINT)
+                                except ProcessLookupError:
+                                    pass
+                        elif now - interrupted_at > min(limits.grace, limit / 2):
+                            what = f"cell {phase[1]}" if phase[0] == "cell" else "a call of your function"
+                            kill("timeout", f"{what} ran longer than {limit:g} s and ignored the interrupt")
+                rss = _rss(pid)
+                result.peak_rss_mb = max(result.peak_rss_mb, rss / 2**20)
+                if rss > rss_limit:
+                    kill("memory", f"used more than the {limits.memory_mb} MB memory limit")
+            if status is not None and (reader_done or now - exited_at > 5):
+                break  # (a leftover grandchild holding the pipe open cannot keep us here)
+            if not zygote.alive() and status is None:
+                kill("fatal", "the grader's zygote process died")
+                break
+    finally:
+        if status is None:
+            _kill_group(leader, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while status is None and time.monotonic() < deadline and zygote.alive():
+                status = zygote.exit_status(leader)
+                time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=2)
+    result.wall_s = time.monotonic() - start
+    result.output_tail = b"".join(tail).decode("utf-8", errors="replace")[-4000:]
+    if status is not None:
+        result.exit_code = os.waitstatus_to_exitcode(status)
+    if killed is not None:
+        result.ended, result.detail = killed
+    elif not done:
+        result.last_phase = phase
+        code = result.exit_code
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with status {code}"
+        where = f" during cell {phase[1]}" if phase and phase[0] == "cell" else (
+            " while a function of yours ran" if phase and phase[0] == "call" else "")
+        result.ended, result.detail = "crashed", f"the notebook's process {how}{where} before it finished"
+        if code == -signal.SIGXCPU:
+            result.ended, result.detail = "timeout", "ran out of CPU time"
+    return result
