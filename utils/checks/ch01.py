@@ -8,11 +8,12 @@ whose output the student's output reproduces.
 from __future__ import annotations
 
 import math
-from functools import lru_cache, wraps
+from functools import lru_cache
 
 import torch
 
 from utils import attention as ref
+from utils.checks.common import INF, _m, _model, _nan_as_inf, _randint, _random_pattern, _rng  # noqa: F401
 from utils.checks.core import Cases, Exercise, Misconception, check_choice, run_check
 
 CHAPTER = "01"
@@ -21,60 +22,6 @@ EXERCISES = [
     "path_logits", "read_write_weights", "virtual_weight", "compose_heads",
     "factor_question", "bias_question", "exactness_question",
 ]
-INF = float("inf")
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-def _nan_as_inf(fn):
-    """NaN never equals NaN, so a NaN-producing mistake (a fully masked softmax row) could not be
-    recognised. Map NaN to +inf in every returned tensor: inf == inf, and any inf still fails."""
-    if not callable(fn):
-        return fn
-
-    def clean(value):
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return torch.nan_to_num(value, nan=INF, posinf=INF, neginf=-INF)
-        if isinstance(value, tuple):
-            return tuple(clean(v) for v in value)
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    @wraps(fn)
-    def wrapped(*args, **kwargs):
-        return clean(fn(*args, **kwargs))
-
-    return wrapped
-
-
-def _m(name: str, explanation: str, implementation) -> Misconception:
-    return Misconception(name, explanation, _nan_as_inf(implementation))
-
-
-def _rng(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    """Uniform integer in [lo, hi]."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
-
-def _random_pattern(g: torch.Generator, *shape_and_n: int) -> torch.Tensor:
-    """Random causal attention patterns [..., n, n]: rows sum to 1, zero above the diagonal."""
-    *lead, n = shape_and_n
-    scores = torch.randn(*lead, n, n, generator=g) * 1.5
-    return scores.masked_fill(~ref.causal_mask(n), -INF).softmax(-1)
-
-
-@lru_cache(maxsize=1)
-def _model():
-    from utils.models import load_model
-
-    return load_model("attn-only-1l", device="cpu")
-
 
 @lru_cache(maxsize=1)
 def _real_tokens() -> torch.Tensor:

@@ -18,7 +18,7 @@ from transformer_lens import FactoredMatrix
 
 from utils import circuits as ref
 from utils.attention import causal_mask
-from utils.checks.ch01 import _m, _model, _nan_as_inf, _randint, _random_pattern, _rng
+from utils.checks.common import _m, _model, _nan_as_inf, _randint, _random_pattern, _rng
 from utils.checks.core import Cases, CheckFailure, Exercise, check_choice, run_check, seed_for
 
 CHAPTER = "02"

@@ -19,7 +19,7 @@ with the grader for free when it follows the pattern every check here follows:
 
 * a check function ``NAME(fn, cases: Cases = None)`` calls ``run_check(EXERCISE, fn_or_wrapper(fn),
   cases)`` (several run_check calls are fine; mixing them with check_choice in one check is not);
-  a wrapper may adapt the calling convention or post-process the output (``_nan_as_inf`` in ch01,
+  a wrapper may adapt the calling convention or post-process the output (``_nan_as_inf`` in checks/common.py,
   the statistics in ch04) and may seed ``torch`` before the call (the torch RNG state is sent
   along; numpy's and ``random``'s are not), and must call the student's function exactly once per
   case, only from inside run_check's cases, with arguments computed from the case's inputs; what
