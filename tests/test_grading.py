@@ -325,6 +325,17 @@ def test_plan_refuses_cells_it_cannot_grade():
     assert [(c.hidden, c.kwargs) for _, c in calls] == [(False, {}), (True, {"cases": [1, 2]})]
 
 
+def test_codec_sends_complex_tensors_exactly():
+    for dtype in (torch.complex64, torch.complex128):
+        value = {"eig": torch.randn(3, 5, dtype=dtype)}
+        tensors = {}
+        tree = codec.encode(value, tensors)
+        back = codec.decode(tree, codec.tensors_from_bytes(codec.tensors_to_bytes(tensors)))
+        assert back["eig"].dtype == dtype and torch.equal(back["eig"], value["eig"])
+    with pytest.raises(codec.CodecError):
+        codec.decode({"complex": [{"tensor": "a"}]}, {"a": torch.zeros(2)})
+
+
 def test_codec_round_trip_and_refusals():
     from transformer_lens import FactoredMatrix
 

@@ -60,6 +60,10 @@ def encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return v if math.isfinite(v) else {"float": "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")}
         if isinstance(v, str):
             return str(v) if len(v) <= MAX_STR else {"opaque": "str (too long)"}
+        if isinstance(v, torch.Tensor) and v.is_complex() and v.layout == torch.strided:
+            # safetensors has no complex128: send the real and imaginary parts as two real tensors
+            v = torch.Tensor.detach(v)
+            return {"complex": [enc(v.real, depth + 1), enc(v.imag, depth + 1)]}
         if isinstance(v, torch.Tensor):
             if v.layout != torch.strided or v.dtype not in DTYPES or v.is_quantized:
                 return {"opaque": f"Tensor ({v.layout}, {v.dtype})"}
@@ -144,6 +148,14 @@ def decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return {str(k): dec(x, depth + 1) for k, x in body.items()}
         if kind == "opaque":
             return opaque(str(body))
+        if kind == "complex":
+            if not isinstance(body, list) or len(body) != 2:
+                raise CodecError("bad complex tensor")
+            re, im = (dec(x, depth + 1) for x in body)
+            if not (isinstance(re, torch.Tensor) and isinstance(im, torch.Tensor) and re.shape == im.shape
+                    and re.dtype == im.dtype and re.dtype in (torch.float32, torch.float64)):
+                raise CodecError("bad complex tensor")
+            return torch.complex(re, im)
         if kind == "factored":
             if not isinstance(body, list) or len(body) != 2:
                 raise CodecError("bad factored matrix")

@@ -1,0 +1,574 @@
+"""Chapter 03's checks accept correct implementations written other ways and name each catalogued
+mistake (including the ones the issue lists: eigenvalues of W_OV alone, singular values instead of
+eigenvalues, |lambda| in the copying score's numerator, composition products in the wrong order or
+with QK untransposed for K-composition, the induction stripe at offset seq_len, softmax applied
+twice, log-probabilities misused or unshifted, missing Frobenius normalisation)."""
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformer_lens import FactoredMatrix
+
+from utils import copying as cp
+from utils import induction as ind
+from utils import progress
+from utils.checks import CheckFailure
+from utils.checks import ch03 as check
+from utils.checks.core import grading_session, outputs_match, seed_for
+from utils.grading import codec
+
+EXERCISES = {
+    "eigenvalues_via_small_product": check.EIGENVALUES_VIA_SMALL_PRODUCT,
+    "full_ov_circuit_eigenvalues": check.FULL_OV_CIRCUIT_EIGENVALUES,
+    "copying_score": check.COPYING_SCORE,
+    "self_top_k_fraction": check.SELF_TOP_K_FRACTION,
+    "per_token_loss": check.PER_TOKEN_LOSS,
+    "induction_scores": check.INDUCTION_SCORES,
+    "previous_token_scores": check.PREVIOUS_TOKEN_SCORES,
+    "induction_loss_drop": check.INDUCTION_LOSS_DROP,
+    "ablate_heads": check.ABLATE_HEADS,
+    "composition_score": check.COMPOSITION_SCORE,
+    "composition_scores": check.COMPOSITION_SCORES,
+}
+QUESTIONS = {
+    "copying_question": ("b", check.COPYING_EXPLANATIONS),
+    "k_composition_question": ("b", check.K_COMPOSITION_EXPLANATIONS),
+    "baseline_question": ("b", check.BASELINE_EXPLANATIONS),
+}
+SQUARE = ("full_ov_circuit_eigenvalues", "composition_score", "composition_scores")
+
+
+# --------------------------------------------------------------------------- other correct versions
+
+
+def small_via_factored_matrix(A, B):
+    return FactoredMatrix(A, B).eigenvalues
+
+
+def small_via_transposes(A, B):
+    """(B A)^T = A^T B^T has the same eigenvalues; numpy, float64, complex128, sorted by size."""
+    out = np.linalg.eigvals((A.double().transpose(-1, -2) @ B.double().transpose(-1, -2)).numpy())
+    out = torch.from_numpy(out)
+    return out.gather(-1, out.abs().argsort(-1, descending=True))
+
+
+def ov_eigs_tl_algebra(W_E, W_V, W_O, W_U):
+    return (W_E @ FactoredMatrix(W_V, W_O) @ W_U).eigenvalues
+
+
+def ov_eigs_per_head(W_E, W_V, W_O, W_U):
+    """One head at a time, W_O (W_U W_E) W_V: d_head x d_head, in float64."""
+    middle = W_U.double() @ W_E.double()  # [d_model, d_model]
+    return torch.stack([torch.linalg.eigvals(W_O[h].double() @ middle @ W_V[h].double()).flip(-1)
+                        for h in range(W_V.shape[0])])
+
+
+def copying_sum_then_real(eigenvalues):
+    return eigenvalues.sum(-1).real / eigenvalues.abs().sum(-1)
+
+
+def copying_loops(eigenvalues):
+    out = []
+    for head in eigenvalues.tolist():
+        out.append(sum(complex(v).real for v in head) / sum(abs(complex(v)) for v in head))
+    return torch.tensor(out)
+
+
+def copying_forgot_real(eigenvalues):
+    """No .real: complex with a zero imaginary part (conjugate pairs cancel); accepted."""
+    return eigenvalues.sum(-1) / eigenvalues.abs().sum(-1)
+
+
+def top_k_dense_topk(W_E, W_V, W_O, W_U, k):
+    fractions = []
+    for h in range(W_V.shape[0]):
+        circuit = W_E @ W_V[h] @ W_O[h] @ W_U
+        top = circuit.topk(k, dim=-1).indices
+        fractions.append((top == torch.arange(len(circuit))[:, None]).any(-1).float().mean())
+    return torch.stack(fractions)
+
+
+def top_k_by_threshold(W_E, W_V, W_O, W_U, k):
+    """t passes when its own logit reaches the k-th largest value of its row (float64, per head)."""
+    out = []
+    for h in range(W_V.shape[0]):
+        circuit = (W_E.double() @ W_V[h].double()) @ (W_O[h].double() @ W_U.double())
+        kth = circuit.topk(k, dim=-1).values[:, -1]
+        out.append((torch.diagonal(circuit) >= kth).double().mean())
+    return torch.stack(out)
+
+
+def loss_cross_entropy(logits, tokens):
+    b, p, v = logits.shape
+    return F.cross_entropy(logits[:, :-1].reshape(-1, v), tokens[:, 1:].reshape(-1), reduction="none").view(b, p - 1)
+
+
+def loss_logsumexp(logits, tokens):
+    target = logits[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+    return torch.logsumexp(logits[:, :-1], dim=-1) - target
+
+
+def induction_loops(pattern, seq_len):
+    b, h, n, _ = pattern.shape
+    out = torch.zeros(h)
+    for head in range(h):
+        out[head] = sum(pattern[i, head, q, q - seq_len + 1]
+                        for i in range(b) for q in range(seq_len + 1, n)) / (b * seq_len)
+    return out
+
+
+def induction_indexing(pattern, seq_len):
+    q = torch.arange(seq_len + 1, 2 * seq_len + 1)
+    return pattern[:, :, q, q - (seq_len - 1)].mean((0, -1))
+
+
+def previous_loops(pattern):
+    b, h, n, _ = pattern.shape
+    return torch.tensor([sum(float(pattern[i, head, q, q - 1]) for i in range(b) for q in range(1, n)) / (b * (n - 1))
+                         for head in range(h)])
+
+
+def previous_indexing(pattern):
+    q = torch.arange(1, pattern.shape[-1])
+    return pattern[:, :, q, q - 1].mean((0, -1))
+
+
+def drop_loops(losses, seq_len):
+    first = [float(x) for row in losses for x in row[1:seq_len]]
+    second = [float(x) for row in losses for x in row[seq_len + 1:]]
+    return sum(first) / len(first) - sum(second) / len(second)
+
+
+def drop_tensor(losses, seq_len):
+    halves = torch.stack([losses[:, 1:seq_len], losses[:, seq_len + 1:]])
+    return (halves[0] - halves[1]).mean()  # a 0-d tensor is fine
+
+
+def ablate_in_place(z, heads, mean=False):
+    """What a hook does: edit z in place and return it."""
+    for h in heads:
+        z[:, :, h] = z[:, :, h].mean(dim=(0, 1)) if mean else 0.0
+    return z
+
+
+def ablate_by_mask(z, heads, mean=False):
+    keep = torch.ones(z.shape[2])
+    keep[heads] = 0.0
+    keep = keep[None, None, :, None]
+    replacement = z.mean(dim=(0, 1), keepdim=True) if mean else torch.zeros_like(z)
+    return z * keep + replacement * (1 - keep)
+
+
+def score_einsum(W_A, W_B):
+    prod = torch.einsum("...mn,...np->...mp", W_A, W_B)
+    return prod.pow(2).sum((-2, -1)).sqrt() / (W_A.pow(2).sum((-2, -1)).sqrt() * W_B.pow(2).sum((-2, -1)).sqrt())
+
+
+def score_factored(W_A, W_B):
+    eye = torch.eye(W_A.shape[-1])
+    return cp.composition_score(FactoredMatrix(W_A, eye), W_B)
+
+
+def scores_loops(W_Q, W_K, W_V, W_O, kind):
+    h = W_Q.shape[1]
+    out = torch.zeros(h, h)
+    for i in range(h):
+        for j in range(h):
+            ov0 = W_V[0, i] @ W_O[0, i]
+            right = {"Q": W_Q[1, j] @ W_K[1, j].T, "K": W_K[1, j] @ W_Q[1, j].T, "V": W_V[1, j] @ W_O[1, j]}[kind]
+            out[i, j] = torch.linalg.norm(ov0 @ right) / (torch.linalg.norm(ov0) * torch.linalg.norm(right))
+    return out
+
+
+def scores_transformer_lens(W_Q, W_K, W_V, W_O, kind):
+    try:
+        from transformer_lens.utilities import composition_scores
+    except ImportError:
+        from transformer_lens.utils import composition_scores
+    left = FactoredMatrix(W_V[0], W_O[0])
+    qk = FactoredMatrix(W_Q[1], W_K[1].transpose(-1, -2))
+    right = {"Q": qk, "K": qk.T, "V": FactoredMatrix(W_V[1], W_O[1])}[kind]
+    return composition_scores(left, right, broadcast_dims=True)
+
+
+CORRECT = {
+    "eigenvalues_via_small_product": [cp.eigenvalues_via_small_product, small_via_factored_matrix,
+                                      small_via_transposes],
+    "full_ov_circuit_eigenvalues": [cp.full_ov_circuit_eigenvalues, ov_eigs_tl_algebra, ov_eigs_per_head],
+    "copying_score": [cp.copying_score, copying_sum_then_real, copying_loops, copying_forgot_real],
+    "self_top_k_fraction": [lambda W_E, W_V, W_O, W_U, k: cp.self_top_k_fraction(W_E, W_V, W_O, W_U, k),
+                            top_k_dense_topk, top_k_by_threshold],
+    "per_token_loss": [cp.per_token_loss, loss_cross_entropy, loss_logsumexp],
+    "induction_scores": [ind.induction_scores, induction_loops, induction_indexing],
+    "previous_token_scores": [ind.previous_token_scores, previous_loops, previous_indexing],
+    "induction_loss_drop": [cp.induction_loss_drop, drop_loops, drop_tensor],
+    "ablate_heads": [cp.ablate_heads, ablate_in_place, ablate_by_mask],
+    "composition_score": [cp.composition_score, score_einsum, score_factored],
+    "composition_scores": [cp.composition_scores, scores_loops, scores_transformer_lens],
+}
+CORRECT_CASES = [(name, fn) for name, fns in CORRECT.items() for fn in fns]
+MISTAKES = [(name, wrong) for name, ex in EXERCISES.items() for wrong in ex.misconceptions]
+
+
+def _id(value):
+    return value if isinstance(value, str) else getattr(value, "name", getattr(value, "__name__", "fn"))
+
+
+# --------------------------------------------------------------------------- both halves
+
+
+def test_every_exercise_is_listed_and_checked():
+    assert set(check.EXERCISES) == set(EXERCISES) | set(QUESTIONS)
+    assert progress.exercises_by_chapter()["03"] == check.EXERCISES
+    for name, ex in EXERCISES.items():
+        assert ex.name == name and ex.chapter == "03" and callable(getattr(check, name))
+
+
+@pytest.mark.parametrize("name,fn", CORRECT_CASES, ids=_id)
+def test_correct_implementations_pass(name, fn, capsys):
+    getattr(check, name)(fn)
+    getattr(check, name)(fn, cases=[11, 12, 13, 14, 15, 16])
+    out = capsys.readouterr()
+    assert out.out.count(f"PASS 03/{name}") == 2 and out.err == ""
+
+
+@pytest.mark.parametrize("name,wrong", MISTAKES, ids=_id)
+def test_each_misconception_is_named(name, wrong, capsys):
+    with pytest.raises(CheckFailure) as info:
+        getattr(check, name)(wrong.implementation)
+    assert wrong.explanation in str(info.value)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("name,wrong", MISTAKES, ids=_id)
+def test_misconceptions_differ_from_the_truth_on_the_first_case(name, wrong):
+    """So every catalogued mistake fails on the very first case, and is named there."""
+    ex = EXERCISES[name]
+    inputs = ex.make_inputs(seed_for(ex.name, ex.default_cases[0]))
+    assert not outputs_match(wrong.implementation(**inputs), ex.reference(**inputs), ex.rtol, ex.atol)
+
+
+def test_misconception_explanations_are_distinct():
+    for ex in EXERCISES.values():
+        texts = [m.explanation for m in ex.misconceptions]
+        assert len(set(texts)) == len(texts), ex.name
+
+
+def test_the_issues_mistakes_are_all_catalogued():
+    names = {(n, m.name) for n, m in MISTAKES}
+    for required in [("full_ov_circuit_eigenvalues", "eigenvalues of W_OV alone"),
+                     ("full_ov_circuit_eigenvalues", "singular values instead of eigenvalues"),
+                     ("eigenvalues_via_small_product", "singular values instead of eigenvalues"),
+                     ("copying_score", "|lambda| in the numerator"),
+                     ("composition_score", "product in the wrong order"),
+                     ("composition_scores", "product in the wrong order"),
+                     ("composition_scores", "Q- and K-composition swapped"),
+                     ("composition_score", "missing Frobenius normalisation"),
+                     ("composition_scores", "missing Frobenius normalisation"),
+                     ("induction_scores", "offset seq_len (duplicate-token stripe)"),
+                     ("per_token_loss", "softmax twice"), ("per_token_loss", "log of log-probabilities"),
+                     ("per_token_loss", "sign"), ("per_token_loss", "no shift"),
+                     ("per_token_loss", "sliced alike ([:, 1:])")]:
+        assert required in names, required
+
+
+# --------------------------------------------------------------------------- mistakes as a student writes them
+
+
+def _explanation(name, key):
+    return {m.name: m.explanation for m in EXERCISES[name].misconceptions}[key]
+
+
+def student_w_ov_alone(W_E, W_V, W_O, W_U):
+    return torch.linalg.eigvals(W_V @ W_O)  # all d_model eigenvalues of the head's OV matrix
+
+
+def student_svd(W_E, W_V, W_O, W_U):
+    return torch.linalg.svd((W_O @ W_U) @ (W_E @ W_V)).S
+
+
+def student_abs_numerator(eigenvalues):
+    return eigenvalues.abs().sum(dim=-1) / eigenvalues.abs().sum(dim=-1)
+
+
+def student_k_with_q_pair(W_Q, W_K, W_V, W_O, kind):
+    ov0 = FactoredMatrix(W_V[0], W_O[0])
+    right = FactoredMatrix(W_Q[1], W_K[1].transpose(-1, -2))  # QK^1 for Q, K and V alike
+    if kind == "V":
+        right = FactoredMatrix(W_V[1], W_O[1])
+    return torch.stack([torch.stack([cp.composition_score(ov0[i], right[j]) for j in range(W_Q.shape[1])])
+                        for i in range(W_Q.shape[1])])
+
+
+def student_wrong_order(W_A, W_B):
+    return torch.linalg.matrix_norm(W_B @ W_A) / (torch.linalg.matrix_norm(W_A) * torch.linalg.matrix_norm(W_B))
+
+
+def student_no_normalisation(W_A, W_B):
+    return (W_A @ W_B).norm(dim=(-2, -1))
+
+
+def student_duplicate_stripe(pattern, seq_len):
+    q = torch.arange(seq_len + 1, 2 * seq_len + 1)
+    return pattern[:, :, q, q - seq_len].mean((0, -1))
+
+
+def student_softmax_twice(logits, tokens):
+    probs = logits.softmax(-1)
+    b, p, v = logits.shape
+    return F.cross_entropy(probs[:, :-1].reshape(-1, v), tokens[:, 1:].reshape(-1), reduction="none").view(b, p - 1)
+
+
+def student_log_of_log_probs(logits, tokens):
+    log_probs = torch.log(F.log_softmax(logits, dim=-1))
+    return -log_probs[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
+def student_not_shifted(logits, tokens):
+    return -F.log_softmax(logits[:, 1:], dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
+def student_log_probs_positive(logits, tokens):
+    return F.log_softmax(logits, dim=-1)[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
+def student_ablate_positions(z, heads, mean=False):
+    z = z.clone()
+    z[:, heads] = z[:, heads].mean(dim=(0, 1)) if mean else 0.0  # z[:, heads] selects positions
+    return z
+
+
+def student_split_at_seq_len(losses, seq_len):
+    return (losses[:, :seq_len].mean() - losses[:, seq_len:].mean()).item()
+
+
+@pytest.mark.parametrize("name,fn,key", [
+    ("full_ov_circuit_eigenvalues", student_w_ov_alone, "eigenvalues of W_OV alone"),
+    ("full_ov_circuit_eigenvalues", student_svd, "singular values instead of eigenvalues"),
+    ("copying_score", student_abs_numerator, "|lambda| in the numerator"),
+    ("composition_scores", student_k_with_q_pair, "Q- and K-composition swapped"),
+    ("composition_score", student_wrong_order, "product in the wrong order"),
+    ("composition_score", student_no_normalisation, "missing Frobenius normalisation"),
+    ("induction_scores", student_duplicate_stripe, "offset seq_len (duplicate-token stripe)"),
+    ("per_token_loss", student_softmax_twice, "softmax twice"),
+    ("per_token_loss", student_log_of_log_probs, "log of log-probabilities"),
+    ("per_token_loss", student_not_shifted, "sliced alike ([:, 1:])"),
+    ("per_token_loss", student_log_probs_positive, "sign"),
+    ("ablate_heads", student_ablate_positions, "positions ablated instead of heads"),
+    ("induction_loss_drop", student_split_at_seq_len, "unpredictable entries included"),
+], ids=lambda v: v if isinstance(v, str) else v.__name__)
+def test_student_written_mistakes_are_named(name, fn, key, capsys):
+    with pytest.raises(CheckFailure) as info:
+        getattr(check, name)(fn)
+    assert _explanation(name, key) in str(info.value), str(info.value)
+    assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------- eigenvalue specifics
+
+
+def test_eigenvalues_in_any_order_and_conjugate_pairs_swapped_pass():
+    def shuffled(A, B):
+        eig = cp.eigenvalues_via_small_product(A, B)
+        perm = torch.randperm(eig.shape[-1], generator=torch.Generator().manual_seed(eig.shape[-1]))
+        return eig[..., perm].conj()  # conjugating swaps each pair a + bi <-> a - bi
+    check.eigenvalues_via_small_product(shuffled)
+
+
+def test_dense_eigenvalues_and_eig_pairs_fail_clearly():
+    with pytest.raises(CheckFailure, match="small .* product"):
+        check.eigenvalues_via_small_product(lambda A, B: torch.linalg.eigvals(A @ B))
+    with pytest.raises(CheckFailure, match="big"):
+        check.full_ov_circuit_eigenvalues(lambda W_E, W_V, W_O, W_U: torch.linalg.eigvals(W_E @ W_V @ W_O @ W_U))
+    with pytest.raises(CheckFailure, match="eigenvectors"):
+        check.eigenvalues_via_small_product(lambda A, B: torch.linalg.eig(B @ A))
+    with pytest.raises(CheckFailure, match="torch.Tensor"):
+        check.full_ov_circuit_eigenvalues(lambda W_E, W_V, W_O, W_U: [1.0])
+
+
+def test_eigenvalue_comparison_is_relative_to_the_largest():
+    """The real model's eigenvalues reach the thousands: a float32 computation in another order is
+    accepted, an error of 1% of the largest is not."""
+    check.full_ov_circuit_eigenvalues(lambda W_E, W_V, W_O, W_U: torch.linalg.eigvals(
+        W_O @ ((W_U @ W_E) @ W_V)))
+    with pytest.raises(CheckFailure, match="max abs error"):
+        check.full_ov_circuit_eigenvalues(lambda W_E, W_V, W_O, W_U: cp.full_ov_circuit_eigenvalues(
+            W_E, W_V, W_O, W_U) * 1.01)
+
+
+def test_a_complex_copying_score_is_refused():
+    with pytest.raises(CheckFailure, match="imaginary"):
+        check.copying_score(lambda eigenvalues: eigenvalues.sum(-1) * (1 + 1j) / eigenvalues.abs().sum(-1))
+
+
+def test_ablate_heads_must_return_z():
+    with pytest.raises(CheckFailure, match="returned None"):
+        check.ablate_heads(lambda z, heads, mean: None)
+
+
+# --------------------------------------------------------------------------- inputs and cases
+
+
+def test_square_first_case_and_rectangular_hidden_cases():
+    for name in SQUARE:
+        ex = EXERCISES[name]
+        first = ex.make_inputs(seed_for(name, 0))
+        dims = {d for v in first.values() if isinstance(v, torch.Tensor) and v.ndim >= 2 for d in v.shape[-2:]}
+        hidden = [ex.make_inputs(seed_for(name, c)) for c in range(101, 107)]
+        hidden_dims = [{d for v in h.values() if isinstance(v, torch.Tensor) and v.ndim >= 2 for d in v.shape[-2:]}
+                       for h in hidden]
+        assert len(dims) == 1, (name, dims)
+        assert any(len(d) > 1 for d in hidden_dims), name
+        for case in (1, 2):
+            later = ex.make_inputs(seed_for(name, case))
+            assert len({d for v in later.values() if isinstance(v, torch.Tensor) and v.ndim >= 2
+                        for d in v.shape[-2:]}) > 1, (name, case)
+
+
+def test_default_cases_cover_every_kind_and_both_ablations():
+    kinds = [check.COMPOSITION_SCORES.make_inputs(seed_for("composition_scores", c))["kind"] for c in range(3)]
+    assert kinds == ["K", "Q", "V"]
+    means = [check.ABLATE_HEADS.make_inputs(seed_for("ablate_heads", c))["mean"] for c in range(3)]
+    assert means == [True, False, True]
+
+
+def test_real_model_cases_are_used_by_default():
+    assert all(len(ex.extra_inputs) == 1 for ex in EXERCISES.values())
+
+
+def test_real_model_cases_are_the_models_own_pieces():
+    model = check._model()
+    eig = check.COPYING_SCORE.extra_inputs[0]()["eigenvalues"]
+    assert eig.shape == (model.cfg.n_heads, model.cfg.d_head)
+    assert (cp.copying_score(eig) > 0.5).all()  # attn-only-1l's heads copy
+    top = check.SELF_TOP_K_FRACTION.extra_inputs[0]()
+    assert top["W_E"].shape == (4096, model.cfg.d_model) and top["k"] == 5
+    loss = check.PER_TOKEN_LOSS.extra_inputs[0]()
+    assert loss["tokens"].shape == (2, 1 + 2 * check.REAL_SEQ_LEN)
+    torch.testing.assert_close(loss["tokens"][:, 1:1 + check.REAL_SEQ_LEN], loss["tokens"][:, 1 + check.REAL_SEQ_LEN:])
+    scores = check.COMPOSITION_SCORES.extra_inputs[0]()
+    assert scores["W_Q"].shape[:2] == (2, 8) and scores["kind"] == "K"
+    z = check.ABLATE_HEADS.extra_inputs[0]()["z"]
+    assert z.shape[:2] == (2, 1 + 2 * check.REAL_SEQ_LEN)
+
+
+def test_real_cases_work_with_a_two_layer_model(monkeypatch, capsys):
+    """The path taken once attn-only-2l ships: patterns, losses and z from layer 1 of a 2-layer
+    model of its family (here a seeded random one standing in for it)."""
+    from utils.models import HookedTinyTransformer, ModelConfig
+
+    family = ModelConfig(n_layers=2, d_model=128, n_heads=8, d_head=32, d_vocab=4096, n_ctx=128, seed=11)
+    stand_in = HookedTinyTransformer(family).eval()
+    cached = (check._repeated_run, check._real_score_inputs)
+    for fn in cached:
+        fn.cache_clear()
+    monkeypatch.setattr(check, "_two_layer_bundled", lambda: True)
+    monkeypatch.setattr(check, "_two_layer_model", lambda: stand_in)
+    try:
+        run = check._repeated_run()
+        assert run["z"].shape == (2, 1 + 2 * check.REAL_SEQ_LEN, 8, 32)
+        for name in ("per_token_loss", "induction_scores", "previous_token_scores", "induction_loss_drop",
+                     "ablate_heads", "composition_score", "composition_scores"):
+            getattr(check, name)(CORRECT[name][0])
+        assert capsys.readouterr().err == ""
+    finally:
+        for fn in cached:
+            fn.cache_clear()
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_stub_crash_and_non_function_fail_clearly(name, capsys):
+    def stub(*args, **kwargs):
+        raise NotImplementedError()
+
+    with pytest.raises(CheckFailure, match="not implemented yet"):
+        getattr(check, name)(stub)
+
+    def crashes(*args, **kwargs):
+        return torch.zeros(2, 3) @ torch.zeros(4, 5)
+
+    with pytest.raises(CheckFailure, match="raised RuntimeError"):
+        getattr(check, name)(crashes)
+    with pytest.raises(CheckFailure, match="pass your function"):
+        getattr(check, name)(None)
+    assert capsys.readouterr().err == ""
+
+
+def test_unknown_wrong_answers_report_the_difference():
+    with pytest.raises(CheckFailure, match="max abs error"):
+        check.composition_score(lambda W_A, W_B: cp.composition_score(W_A, W_B) * 1.01)
+    with pytest.raises(CheckFailure, match="Got"):
+        check.induction_loss_drop(lambda losses, seq_len: cp.induction_loss_drop(losses, seq_len) + 0.05)
+    with pytest.raises(CheckFailure, match="shape"):
+        check.induction_scores(lambda pattern, seq_len: ind.induction_scores(pattern, seq_len)[None])
+
+
+def test_in_place_edits_cannot_corrupt_the_reference():
+    def mutating(pattern, seq_len):
+        out = ind.induction_scores(pattern, seq_len)
+        pattern.zero_()
+        return out
+
+    check.induction_scores(mutating)
+
+
+def test_checks_are_deterministic_and_inputs_are_plain_data():
+    """Same inputs for the same seed; only tensors, numbers, strings, bools and lists of ints (the
+    sandboxed grader sends them as JSON + safetensors)."""
+    for ex in EXERCISES.values():
+        a, b = ex.make_inputs(seed_for(ex.name, 0)), ex.make_inputs(seed_for(ex.name, 0))
+        for key in a:
+            if isinstance(a[key], torch.Tensor):
+                assert torch.equal(a[key], b[key])
+            else:
+                assert a[key] == b[key] and isinstance(a[key], (int, float, str, list))
+        for inputs in [a, *(make() for make in ex.extra_inputs)]:
+            assert all(isinstance(v, (torch.Tensor, int, float, str, list)) for v in inputs.values()), ex.name
+
+
+def test_planned_arguments_travel_through_the_graders_codec():
+    """Run every check as the grader's plan pass does and encode what the student's function would
+    receive, including copying_score's complex eigenvalues (sent as real and imaginary parts)."""
+    opaque, called = set(), set()
+    for name in EXERCISES:
+        with grading_session("plan"):
+            def stand_in(**kwargs):
+                called.add(name)
+                tensors = {}
+                if codec.is_opaque(codec.decode(codec.encode(kwargs, tensors), tensors)):
+                    opaque.add(name)
+                return None
+            try:
+                getattr(check, name)(stand_in)
+            except CheckFailure:
+                pass
+    assert called == set(EXERCISES)
+    assert not opaque, opaque
+
+
+# --------------------------------------------------------------------------- questions and progress
+
+
+@pytest.mark.parametrize("name", sorted(QUESTIONS))
+def test_multiple_choice(name, capsys):
+    correct, explanations = QUESTIONS[name]
+    ask = getattr(check, name)
+    for bad, why in explanations.items():
+        with pytest.raises(CheckFailure, match=re.escape(why[:40])):
+            ask(bad)
+    assert set(explanations) | {correct} == set(check.OPTIONS)
+    with pytest.raises(CheckFailure, match="set your answer"):
+        ask(None)
+    with pytest.raises(CheckFailure, match="not one of"):
+        ask("e")
+    ask(correct)
+    assert capsys.readouterr().out.strip().endswith(f"PASS 03/{name}")
+
+
+def test_progress_is_recorded(isolated_progress, capsys):
+    check.copying_score(cp.copying_score)
+    check.k_composition_question("b")
+    done = progress._load()["03"]
+    assert set(done) == {"copying_score", "k_composition_question"}
