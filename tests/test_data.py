@@ -1,5 +1,6 @@
 """Tokenizer, bundled corpus and model loading."""
 import json
+import math
 import subprocess
 import sys
 import time
@@ -91,7 +92,9 @@ def test_bundled_models_load_and_predict(name):
     tokens = analysis_tokens(seq_len=64, n_seqs=8)
     loss = model(tokens, return_type="loss").item()
     card = json.loads((ASSETS / "models" / f"{name}.train.json").read_text())
-    assert loss < 6.0, f"{name} looks untrained (loss {loss:.2f})"
+    # Untrained is ln(4096) = 8.32. attn-only-2l spent much of its budget on repeated random tokens
+    # and is the weakest language model (held-out 5.29; the others 3.5-3.8), hence a loose bar.
+    assert loss < math.log(model.cfg.d_vocab) - 2.0, f"{name} looks untrained (loss {loss:.2f})"
     assert abs(card["final_val_loss"] - model(analysis_tokens(seq_len=128, n_seqs=256), return_type="loss").item()) < 0.05
     text = model.generate("def main():", max_new_tokens=5, seed=0)
     assert isinstance(text, str) and text.startswith("def main():")

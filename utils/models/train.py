@@ -4,8 +4,8 @@ Seeded and deterministic on one machine and thread count. Writes
 utils/assets/models/NAME.safetensors (fp16), NAME.json (config) and NAME.train.json (what was
 done and measured), then regenerates utils/assets/models/MODEL_CARD.md.
 
-The 2-layer model mixes repeated random-token segments into a quarter of its rows: induction
-heads form after far fewer tokens than on natural text alone, which a CPU budget needs.
+The 2-layer model also trains on rows of repeated random tokens: induction heads form after far
+fewer tokens than on natural text alone, which a CPU budget needs.
 """
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ class TrainConfig:
     weight_decay: float = 0.01
     repeated_fraction: float = 0.0  # rows that get a repeated random-token segment
     repeated_vocab: Optional[int] = None  # draw segment tokens from the N most frequent tokens
+    # A second, synthetic batch per step: rows BOS + r + r of uniformly random tokens, where the
+    # half-length n starts short and grows (the time an induction head takes to form grows with
+    # the context it must search, so it forms first on short rows and then generalises).
+    synthetic_batch: int = 0
+    synthetic_half: tuple = (4, 8)  # n drawn uniformly from [lo, hi(step)]
+    synthetic_half_final: int = 60  # hi grows linearly from synthetic_half[1] to this ...
+    synthetic_ramp: tuple = (300, 1200)  # ... between these steps
+    synthetic_only_steps: int = 0  # the first steps train on the synthetic batch alone
+    # Tiled rows: BOS + r r r ... (period n) filling seq_len, so every position is trained and
+    # each query has several earlier copies to learn from, however long the context.
+    synthetic_tiled: bool = False
     seed: int = 0
     eval_every: int = 250
     notes: str = ""
@@ -52,14 +63,20 @@ PRESETS = {
         notes="1-layer attention-only, shortformer positions, no LayerNorm: the path expansion is exact.",
     ),
     "attn-only-2l": TrainConfig(
-        # d_head 32, not 16: matching a token against the previous token's copy through a rank-16
-        # QK circuit over 4096 tokens was too weak (a d_head-16 run of 2000 steps with 25% repeated
-        # rows formed no induction head: loss drop 0.13 nats, best induction score 0.006).
+        # Induction heads need a previous-token head in layer 0 and a head in layer 1 whose keys
+        # read it; neither helps alone, so training sits on a plateau first. What failed here
+        # (loss drop < 0.9 nats, induction score < 0.02): no LayerNorm with init 0.02 (the QK
+        # gradients, ~1e-11, drown in Adam's eps), 25-75% of text rows with one repeated segment,
+        # and BOS + r + r rows whose length grows during training. What works: LayerNorm, and a
+        # synthetic batch of rows BOS + r r r ... (a random block of 4-50 tokens tiled over the
+        # whole context) on its own for 600 steps, then alongside the text.
         model=ModelConfig(n_layers=2, d_model=128, n_heads=8, d_head=32, d_mlp=None,
-                          positional_embedding_type="shortformer", normalization_type=None, seed=2),
-        steps=1500, seed=2, repeated_fraction=0.5, repeated_vocab=1024, lr=3e-3,
-        notes="2-layer attention-only, shortformer positions, no LayerNorm; half the training rows "
-              "carry a repeated segment of random frequent tokens so induction heads form within a CPU budget.",
+                          positional_embedding_type="shortformer", normalization_type="LN", seed=2),
+        steps=1500, seed=2, lr=1e-3, synthetic_batch=32, synthetic_tiled=True, synthetic_half=(4, 50),
+        synthetic_half_final=50, synthetic_only_steps=600,
+        notes="2-layer attention-only, shortformer positions, LayerNorm before each layer; each step adds a "
+              "batch of random token blocks tiled over the context (alone for the first 600 steps) so "
+              "induction heads form within a CPU budget.",
     ),
     "gelu-1l": TrainConfig(
         model=ModelConfig(n_layers=1, d_model=128, n_heads=4, d_head=32, d_mlp=512,
@@ -100,6 +117,27 @@ def insert_repeated_segments(tokens: torch.Tensor, fraction: float, d_vocab: int
     return tokens
 
 
+def synthetic_half_max(step: int, cfg: TrainConfig) -> int:
+    start, end = cfg.synthetic_ramp
+    frac = min(1.0, max(0.0, (step - start) / max(1, end - start)))
+    return round(cfg.synthetic_half[1] + frac * (cfg.synthetic_half_final - cfg.synthetic_half[1]))
+
+
+def synthetic_repeats(batch: int, half: int, d_vocab: int, generator: torch.Generator) -> torch.Tensor:
+    """[batch, 1 + 2 * half]: BOS, then the same uniformly random tokens twice."""
+    r = torch.randint(1, d_vocab, (batch, half), generator=generator)
+    return torch.cat([torch.zeros(batch, 1, dtype=torch.long), r, r], dim=1)
+
+
+def synthetic_tiled_repeats(batch: int, period: int, seq_len: int, d_vocab: int,
+                            generator: torch.Generator) -> torch.Tensor:
+    """[batch, seq_len]: BOS, then a random block of ``period`` tokens repeated to fill the row."""
+    r = torch.randint(1, d_vocab, (batch, period), generator=generator)
+    reps = -(-(seq_len - 1) // period)
+    body = r.repeat(1, reps)[:, :seq_len - 1]
+    return torch.cat([torch.zeros(batch, 1, dtype=torch.long), body], dim=1)
+
+
 @torch.no_grad()
 def evaluate(model: HookedTinyTransformer, n_seqs: int = 256, batch_size: int = 64) -> float:
     """Mean next-token loss on the held-out analysis set."""
@@ -132,7 +170,15 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True) -> tuple
         tokens = insert_repeated_segments(next(stream), cfg.repeated_fraction, cfg.model.d_vocab, generator, pool)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = model(tokens.to(device), return_type="loss")
+        text_phase = step >= cfg.synthetic_only_steps
+        loss = model(tokens.to(device), return_type="loss") if text_phase else 0.0
+        if cfg.synthetic_batch:
+            half = int(torch.randint(cfg.synthetic_half[0], synthetic_half_max(step, cfg) + 1, (1,), generator=generator))
+            if cfg.synthetic_tiled:
+                synthetic = synthetic_tiled_repeats(cfg.synthetic_batch, half, cfg.seq_len, cfg.model.d_vocab, generator)
+            else:
+                synthetic = synthetic_repeats(cfg.synthetic_batch, half, cfg.model.d_vocab, generator)
+            loss = loss + model(synthetic.to(device), return_type="loss")
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
