@@ -115,8 +115,14 @@ def write_model_card(model_dir: Union[str, Path, None] = None) -> Path:
             f"| parameters | {n_params:,} |",
             f"| file size | {size / 1e6:.2f} MB |",
             f"| steps x batch x seq | {tc['steps']} x {tc['batch_size']} x {tc['seq_len']} |",
-            f"| tokens seen | {report['tokens_seen']:,} |",
+            f"| tokens seen | {report['tokens_seen']:,} (text) |",
             f"| repeated-segment rows | {tc['repeated_fraction']:.0%} |",
+            *([f"| synthetic rows per step | {tc['synthetic_batch']} x "
+               f"{tc['seq_len'] if tc.get('synthetic_tiled') else 'up to 2 x ' + str(tc['synthetic_half_final']) + ' + 1'}"
+               f" {'(a random 4-50-token block tiled over the row)' if tc.get('synthetic_tiled') else '(BOS + r + r)'}"
+               f"; alone for the first {tc.get('synthetic_only_steps', 0)} steps ({report.get('synthetic_rows', 0):,} rows); "
+               f"the train loss below is text + synthetic, tokens/s counts both |"]
+              if tc.get("synthetic_batch") else []),
             f"| optimizer | AdamW, peak lr {tc['lr']}, warm-up {tc['warmup_steps']}, cosine to 10%, "
             f"wd {tc['weight_decay']} |",
             f"| final train loss | {report['final_train_loss']:.3f} nats |",

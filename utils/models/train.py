@@ -198,12 +198,14 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True) -> tuple
             model.train()
             bar.write(json.dumps(history[-1]))
     seconds = time.time() - start
-    tokens_seen = cfg.steps * cfg.batch_size * cfg.seq_len
+    text_steps = cfg.steps - min(cfg.steps, cfg.synthetic_only_steps)  # synthetic-only steps skip the text
+    tokens_seen = text_steps * cfg.batch_size * cfg.seq_len
     report = {
         "train_config": {k: v for k, v in asdict(cfg).items() if k != "model"},
         "tokens_seen": tokens_seen,
+        "synthetic_rows": cfg.steps * cfg.synthetic_batch,
         "train_seconds": round(seconds, 1),
-        "tokens_per_second": round(tokens_seen / seconds),
+        "tokens_per_second": round((tokens_seen + cfg.steps * cfg.synthetic_batch * cfg.seq_len) / seconds),
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "history": history,
