@@ -1,0 +1,391 @@
+"""Chapter 05's checks accept correct implementations and name each catalogued mistake."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils import progress
+from utils.checks import CheckFailure
+from utils.checks import ch05 as check
+from utils.checks.core import outputs_match, seed_for
+from utils.sae import exercises as ref
+from utils.sae import fraction_variance_explained, geometric_median, l0, topk_relu
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- correct alternatives
+
+
+def forward_einsum(x, W_enc, b_enc, W_dec, b_dec):
+    f = torch.relu(torch.einsum("sd,bd->bs", W_enc, x - b_dec) + b_enc)
+    return f, torch.einsum("ds,bs->bd", W_dec, f) + b_dec
+
+
+def forward_folded_bias(x, W_enc, b_enc, W_dec, b_dec):
+    f = F.linear(x, W_enc, b_enc - W_enc @ b_dec).relu()  # the trainer's form
+    return f, F.linear(f, W_dec, b_dec)
+
+
+def forward_float64_list(x, W_enc, b_enc, W_dec, b_dec):
+    f, x_hat = ref.sae_forward(x.double(), W_enc.double(), b_enc.double(), W_dec.double(), b_dec.double())
+    return [f, x_hat]  # a list is as good as a tuple
+
+
+def loss_norms(x, x_hat, f, W_dec, l1_coeff):
+    return (x - x_hat).norm(dim=-1).pow(2).mean() + l1_coeff * f.norm(p=1, dim=-1).mean()
+
+
+def loss_mse_sum(x, x_hat, f, W_dec, l1_coeff):
+    return F.mse_loss(x_hat, x, reduction="sum") / len(x) + l1_coeff * f.abs().sum() / len(x)
+
+
+def loss_decoder_weighted(x, x_hat, f, W_dec, l1_coeff):
+    """Anthropic's later form, λ Σ f_i ||d_i||: the same number for unit-norm columns."""
+    return (x - x_hat).pow(2).sum(-1).mean() + l1_coeff * (f * W_dec.norm(dim=0)).sum(-1).mean()
+
+
+def normalize_functional(W_dec):
+    return F.normalize(W_dec, dim=0)
+
+
+def normalize_linalg(W_dec):
+    return W_dec / torch.linalg.vector_norm(W_dec, dim=0)
+
+
+def project_unit(W_dec, grad):
+    d = W_dec / W_dec.norm(dim=0, keepdim=True)
+    return grad - (grad * d).sum(0) * d
+
+
+def project_einsum(W_dec, grad):
+    coeff = torch.einsum("ds,ds->s", grad, W_dec) / torch.einsum("ds,ds->s", W_dec, W_dec)
+    return grad - torch.einsum("s,ds->ds", coeff, W_dec)
+
+
+def median_float32_tol(points):
+    y = points.mean(0)
+    for _ in range(500):
+        w = 1 / (points - y).norm(dim=1).clamp_min(1e-8)
+        y_next = (w[:, None] * points).sum(0) / w.sum()
+        if (y_next - y).norm() < 1e-7:
+            return y_next
+        y = y_next
+    return y
+
+
+def median_from_coordinate_median(points):
+    y = points.median(0).values.double()
+    x = points.double()
+    for _ in range(100):
+        w = 1 / (x - y).norm(dim=1).clamp_min(1e-10)
+        y = w @ x / w.sum()
+    return y.float()
+
+
+def l0_count_nonzero(f):
+    return torch.count_nonzero(f, dim=-1).float().mean()
+
+
+def l0_item(f):
+    return (f > 0).sum().item() / f.shape[0]
+
+
+def fve_var(x, x_hat):
+    return 1 - (x - x_hat).pow(2).sum(-1).mean() / x.var(0, unbiased=False).sum()
+
+
+def fve_mse(x, x_hat):
+    return 1 - F.mse_loss(x_hat, x) / (x - x.mean(0)).pow(2).mean()
+
+
+def ce_one_minus(ce_clean, ce_sae, ce_zero_ablation):
+    return 1 - (ce_sae - ce_clean) / (ce_zero_ablation - ce_clean)
+
+
+def ce_tensor(ce_clean, ce_sae, ce_zero_ablation):
+    t = torch.tensor([ce_clean, ce_sae, ce_zero_ablation], dtype=torch.float64)
+    return (t[2] - t[1]) / (t[2] - t[0])
+
+
+def dead_dense_tensors(density, dense_threshold):
+    return (density == 0).float().mean(), (density > dense_threshold).float().mean()
+
+
+def dead_dense_counts_over_n(density, dense_threshold):
+    n = density.numel()
+    return [int((density == 0).sum()) / n, int((density > dense_threshold).sum()) / n]
+
+
+def resample_in_place(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg, exp_avg_sq):
+    """Edits the arguments in place, loops over the dead features, and returns them."""
+    live_norm = W_enc[~dead].norm(dim=1).mean()
+    for j, i in enumerate(dead.nonzero().flatten().tolist()):
+        direction = replacement_inputs[j] - b_dec
+        direction = direction / direction.norm()
+        W_dec[:, i] = direction
+        W_enc[i] = 0.2 * live_norm * direction
+        b_enc[i] = 0
+        for state in (exp_avg, exp_avg_sq):
+            state["W_enc"][i] = 0
+            state["b_enc"][i] = 0
+            state["W_dec"][:, i] = 0
+    return W_enc, b_enc, W_dec, exp_avg, exp_avg_sq
+
+
+def resample_masks(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg, exp_avg_sq):
+    keep = (~dead).float()
+    directions = F.normalize(replacement_inputs - b_dec, dim=-1)
+    new_W_enc = W_enc * keep[:, None]
+    new_W_enc[dead] = directions * 0.2 * W_enc[~dead].norm(dim=1).mean()
+    new_W_dec = W_dec * keep
+    new_W_dec[:, dead] = directions.T
+    masks = {"W_enc": keep[:, None], "b_enc": keep, "W_dec": keep[None, :]}
+    return (new_W_enc, b_enc * keep, new_W_dec, {k: v * masks[k] for k, v in exp_avg.items()},
+            {k: v * masks[k] for k, v in exp_avg_sq.items()})
+
+
+def topk_relu_first(z, k):
+    values, indices = torch.relu(z).topk(k, dim=-1)
+    return torch.zeros_like(z).scatter(-1, indices, values)
+
+
+def topk_threshold(z, k):
+    kth = z.topk(k, dim=-1).values[..., -1:]
+    return torch.relu(z * (z >= kth))
+
+
+def topk_loops(z, k):
+    out = torch.zeros_like(z)
+    for row in range(z.shape[0]):
+        for i in sorted(range(z.shape[1]), key=lambda i: -z[row, i].item())[:k]:
+            out[row, i] = max(z[row, i].item(), 0.0)
+    return out
+
+
+CORRECT = [
+    (check.sae_forward, [ref.sae_forward, forward_einsum, forward_folded_bias, forward_float64_list], "sae_forward"),
+    (check.sae_loss, [ref.sae_loss, loss_norms, loss_mse_sum, loss_decoder_weighted], "sae_loss"),
+    (check.normalize_decoder, [ref.normalize_decoder, normalize_functional, normalize_linalg], "normalize_decoder"),
+    (check.remove_parallel_grad, [ref.remove_parallel_grad, project_unit, project_einsum], "remove_parallel_grad"),
+    (check.geometric_median, [lambda points: geometric_median(points), median_float32_tol,
+                              median_from_coordinate_median], "geometric_median"),
+    (check.l0, [l0, l0_count_nonzero, l0_item], "l0"),
+    (check.fraction_variance_explained, [fraction_variance_explained, fve_var, fve_mse], "fraction_variance_explained"),
+    (check.ce_loss_recovered, [ref.ce_loss_recovered, ce_one_minus, ce_tensor], "ce_loss_recovered"),
+    (check.dead_dense_fractions, [ref.dead_dense_fractions, dead_dense_tensors, dead_dense_counts_over_n],
+     "dead_dense_fractions"),
+    (check.resample_dead_features, [ref.resample_dead_features, resample_in_place, resample_masks],
+     "resample_dead_features"),
+    (check.topk_activation, [topk_relu, topk_relu_first, topk_threshold, topk_loops], "topk_activation"),
+]
+EXERCISE_OF = {check.sae_forward: check.SAE_FORWARD, check.sae_loss: check.SAE_LOSS,
+               check.normalize_decoder: check.NORMALIZE_DECODER, check.remove_parallel_grad: check.REMOVE_PARALLEL_GRAD,
+               check.geometric_median: check.GEOMETRIC_MEDIAN, check.l0: check.L0,
+               check.fraction_variance_explained: check.FVE, check.ce_loss_recovered: check.CE_RECOVERED,
+               check.dead_dense_fractions: check.DEAD_DENSE, check.resample_dead_features: check.RESAMPLE,
+               check.topk_activation: check.TOPK}
+
+
+def test_every_function_exercise_is_covered():
+    names = {ex.name for ex in EXERCISE_OF.values()}
+    assert names == {n for n in check.EXERCISES if not n.endswith("_question")}
+    assert {name for _, _, name in CORRECT} == names
+
+
+@pytest.mark.parametrize("check_fn,fn,name", [(c, f, n) for c, fns, n in CORRECT for f in fns],
+                         ids=lambda v: getattr(v, "__name__", str(v)))
+def test_correct_implementations_pass(check_fn, fn, name, capsys):
+    check_fn(fn)
+    check_fn(fn, cases=[7, 8])
+    out = capsys.readouterr()
+    ex = EXERCISE_OF[check_fn]
+    n_default = len(ex.default_cases) + len(ex.extra_inputs)
+    assert out.err == ""
+    assert out.out.strip().splitlines() == [f"PASS 05/{name}: {n_default} cases", f"PASS 05/{name}: 2 cases"]
+
+
+# --------------------------------------------------------------------------- catalogued mistakes
+
+DIRECT = [check.sae_forward, check.sae_loss, check.normalize_decoder, check.remove_parallel_grad,
+          check.geometric_median, check.l0, check.fraction_variance_explained, check.ce_loss_recovered,
+          check.dead_dense_fractions, check.topk_activation]
+
+
+@pytest.mark.parametrize("check_fn,wrong", [(c, m) for c in DIRECT for m in EXERCISE_OF[c].misconceptions],
+                         ids=lambda v: getattr(v, "name", ""))
+def test_each_misconception_is_named(check_fn, wrong, capsys):
+    with pytest.raises(CheckFailure) as info:
+        check_fn(wrong.implementation)
+    assert wrong.explanation in str(info.value)
+    assert capsys.readouterr().err == ""
+
+
+def _student_convention(flat_variant):
+    """A catalogued resampling variant (flat inputs and outputs) as a student would write it."""
+    keys = check.STATE_KEYS
+
+    def fn(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg, exp_avg_sq):
+        state = {f"exp_avg_{k}": exp_avg[k] for k in keys} | {f"exp_avg_sq_{k}": exp_avg_sq[k] for k in keys}
+        out = flat_variant(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, **state)
+        return out[0], out[1], out[2], dict(zip(keys, out[3:6])), dict(zip(keys, out[6:9]))
+    return fn
+
+
+@pytest.mark.parametrize("wrong", check.RESAMPLE.misconceptions, ids=lambda m: m.name)
+def test_each_resampling_misconception_is_named(wrong, capsys):
+    with pytest.raises(CheckFailure) as info:
+        check.resample_dead_features(_student_convention(wrong.implementation))
+    assert wrong.explanation in str(info.value)
+    assert capsys.readouterr().err == ""
+
+
+def resample_forgetting_adam(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg, exp_avg_sq):
+    """The realistic way to leave Adam alone: resample the weights and hand the state back as it was."""
+    W_enc, b_enc, W_dec, _, _ = ref.resample_dead_features(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs,
+                                                           exp_avg, exp_avg_sq)
+    return W_enc, b_enc, W_dec, exp_avg, exp_avg_sq
+
+
+def resample_fresh_adam(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg, exp_avg_sq):
+    """... and the heavy-handed one: a brand-new optimizer state."""
+    W_enc, b_enc, W_dec, _, _ = ref.resample_dead_features(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs,
+                                                           exp_avg, exp_avg_sq)
+    zeros = lambda state: {k: torch.zeros_like(v) for k, v in state.items()}  # noqa: E731
+    return W_enc, b_enc, W_dec, zeros(exp_avg), zeros(exp_avg_sq)
+
+
+@pytest.mark.parametrize("fn,name", [(resample_forgetting_adam, "Adam state untouched"),
+                                     (resample_fresh_adam, "all Adam state reset")])
+def test_hand_written_adam_mistakes_are_named(fn, name):
+    wrong = next(m for m in check.RESAMPLE.misconceptions if m.name == name)
+    with pytest.raises(CheckFailure) as info:
+        check.resample_dead_features(fn)
+    assert wrong.explanation in str(info.value)
+
+
+@pytest.mark.parametrize("ex", list(EXERCISE_OF.values()), ids=lambda ex: ex.name)
+def test_misconceptions_are_distinct_on_the_check_inputs(ex):
+    """Every variant differs from the truth and from every other variant on every default case,
+    so none can pass by accident and each diagnosis is unambiguous."""
+    for case in ex.default_cases:
+        inputs = ex.make_inputs(seed_for(ex.name, case))
+        outputs = [ex.reference(**inputs)] + [m.implementation(**inputs) for m in ex.misconceptions]
+        for a in range(len(outputs)):
+            for b in range(a + 1, len(outputs)):
+                assert not outputs_match(outputs[a], outputs[b], ex.rtol, ex.atol), (case, a, b)
+
+
+def test_inputs_are_deterministic():
+    for ex in EXERCISE_OF.values():
+        a, b = ex.make_inputs(123), ex.make_inputs(123)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+
+
+# --------------------------------------------------------------------------- other failures
+
+
+def test_stub_and_crash_fail_clearly(capsys):
+    def stub(*args, **kwargs):
+        raise NotImplementedError()
+
+    for check_fn in EXERCISE_OF:
+        with pytest.raises(CheckFailure, match="not implemented yet"):
+            check_fn(stub)
+    with pytest.raises(CheckFailure, match="raised RuntimeError"):
+        check.sae_forward(lambda x, W_enc, b_enc, W_dec, b_dec: (x @ W_enc, x))
+    with pytest.raises(CheckFailure, match="pass your function"):
+        check.resample_dead_features(None)
+    with pytest.raises(CheckFailure, match="pass your function"):
+        check.l0(3)
+    assert capsys.readouterr().err == ""
+
+
+def test_tuple_answers_say_which_part_is_wrong():
+    with pytest.raises(CheckFailure, match=r"return a tuple of 2 values \(f, x_hat\); you returned a Tensor"):
+        check.sae_forward(lambda x, W_enc, b_enc, W_dec, b_dec: ref.sae_forward(x, W_enc, b_enc, W_dec, b_dec)[0])
+    with pytest.raises(CheckFailure, match=r"x_hat is wrong\. .*max abs error"):
+        check.sae_forward(lambda **kw: (ref.sae_forward(**kw)[0], ref.sae_forward(**kw)[1] * 1.1))
+    with pytest.raises(CheckFailure, match=r"the dense fraction is wrong: got"):
+        check.dead_dense_fractions(lambda density, dense_threshold: (float((density == 0).float().mean()), 0.5))
+    with pytest.raises(CheckFailure, match=r"exp_avg_sq\['b_enc'\] is wrong"):
+        def half_reset(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg, exp_avg_sq):
+            out = ref.resample_dead_features(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg, exp_avg_sq)
+            out[4]["b_enc"] = exp_avg_sq["b_enc"]  # forgot one entry
+            return out
+        check.resample_dead_features(half_reset)
+
+
+def test_resampling_answer_shape_is_explained():
+    with pytest.raises(CheckFailure, match=r"return \(W_enc, b_enc, W_dec, exp_avg, exp_avg_sq\).*None"):
+        check.resample_dead_features(lambda **kw: None)
+    with pytest.raises(CheckFailure, match="your exp_avg_sq is not such a dict"):
+        check.resample_dead_features(lambda **kw: ref.resample_dead_features(**kw)[:4] + ([1, 2, 3],))
+
+
+def test_unconverged_median_is_explained():
+    def few_steps(points):
+        y = points.mean(0)
+        for _ in range(2):
+            w = 1 / (points - y).norm(dim=1)
+            y = (w[:, None] * points).sum(0) / w.sum()
+        return y
+
+    with pytest.raises(CheckFailure, match="better than the mean but not yet the median"):
+        check.geometric_median(few_steps)
+    with pytest.raises(CheckFailure, match="Sum of distances"):
+        check.geometric_median(lambda points: points[0])
+
+
+def test_unknown_wrong_answer_reports_location():
+    with pytest.raises(CheckFailure, match="max abs error"):
+        check.normalize_decoder(lambda W_dec: ref.normalize_decoder(W_dec) * 1.01)
+    with pytest.raises(CheckFailure, match="Got"):
+        check.ce_loss_recovered(lambda ce_clean, ce_sae, ce_zero_ablation: 0.5)
+
+
+def test_in_place_edits_cannot_corrupt_the_reference():
+    def mutating(W_dec):
+        out = ref.normalize_decoder(W_dec)
+        W_dec.zero_()
+        return out
+
+    check.normalize_decoder(mutating)
+    check.resample_dead_features(resample_in_place)  # edits every argument it is given
+
+
+def test_multiple_choice():
+    questions = [(check.l0_question, check.L0_EXPLANATIONS, "b"),
+                 (check.shrinkage_question, check.SHRINKAGE_EXPLANATIONS, "c"),
+                 (check.resampling_question, check.RESAMPLING_EXPLANATIONS, "a")]
+    for ask, explanations, right in questions:
+        for bad, why in explanations.items():
+            with pytest.raises(CheckFailure) as info:
+                ask(bad)
+            assert why in str(info.value)
+        assert set(explanations) | {right} == set(check.OPTIONS)
+        with pytest.raises(CheckFailure, match="set your answer"):
+            ask(None)
+        with pytest.raises(CheckFailure, match="not one of"):
+            ask("e")
+        ask(right)
+
+
+def test_progress_is_recorded_and_shown(capsys):
+    progress.show_progress("05")
+    assert f"0/{len(check.EXERCISES)}" in capsys.readouterr().out
+    for check_fn, fns, _ in CORRECT:
+        check_fn(fns[0])
+    check.l0_question("b")
+    check.shrinkage_question("c")
+    check.resampling_question("a")
+    progress.show_progress("05")
+    out = capsys.readouterr().out
+    assert f"{len(check.EXERCISES)}/{len(check.EXERCISES)}" in out and "all done" in out
