@@ -18,7 +18,7 @@ from transformer_lens import FactoredMatrix
 
 from utils import circuits as ref
 from utils.attention import causal_mask
-from utils.checks.common import _m, _model, _nan_as_inf, _randint, _random_pattern, _rng
+from utils.checks.common import _circuit_sizes, _m, _model, _random_ov_weights, _nan_as_inf, _randint, _random_pattern, _rng
 from utils.checks.core import Cases, CheckFailure, Exercise, check_choice, run_check, seed_for
 
 CHAPTER = "02"
@@ -91,15 +91,7 @@ def _fm(A, B) -> FactoredMatrix:
 
 def _ov_inputs(seed: int) -> dict:
     g = _rng(seed)
-    h = _randint(g, 1, 3)
-    if _square("full_ov_circuit", seed):
-        vocab = d = k = _randint(g, 4, 7)
-    else:
-        d = _randint(g, 6, 10)
-        k, vocab = _randint(g, 2, d - 2), d + _randint(g, 3, 9)
-    return dict(W_E=torch.randn(vocab, d, generator=g), W_V=torch.randn(h, d, k, generator=g) / math.sqrt(d),
-                W_O=torch.randn(h, k, d, generator=g) / math.sqrt(k),
-                W_U=torch.randn(d, vocab, generator=g) / math.sqrt(d))
+    return _random_ov_weights(g, _square("full_ov_circuit", seed))
 
 
 @lru_cache(maxsize=1)
@@ -154,12 +146,7 @@ def full_ov_circuit(fn, cases: Cases = None) -> None:
 
 def _qk_inputs(seed: int) -> dict:
     g = _rng(seed)
-    h = _randint(g, 1, 3)
-    if _square("full_qk_circuit", seed):
-        vocab = d = k = _randint(g, 4, 7)
-    else:
-        d = _randint(g, 6, 10)
-        k, vocab = _randint(g, 2, d - 2), d + _randint(g, 3, 9)
+    h, vocab, d, k = _circuit_sizes(g, _square("full_qk_circuit", seed))
     return dict(W_E=torch.randn(vocab, d, generator=g), W_Q=torch.randn(h, d, k, generator=g) / math.sqrt(d),
                 W_K=torch.randn(h, d, k, generator=g) / math.sqrt(d))
 

@@ -29,7 +29,7 @@ from utils import copying as ref
 from utils import induction as ind
 from utils.attention import causal_mask
 from utils.checks.ch00 import PER_TOKEN_LOSS as _CH00_PER_TOKEN_LOSS
-from utils.checks.common import _m, _model, _nan_as_inf, _randint, _rng
+from utils.checks.common import _m, _model, _random_ov_weights, _nan_as_inf, _randint, _rng
 from utils.checks.core import Cases, CheckFailure, Exercise, check_choice, run_check, seed_for
 
 CHAPTER = "03"
@@ -222,15 +222,7 @@ def eigenvalues_via_small_product(fn, cases: Cases = None) -> None:
 
 def _ov_inputs(seed: int) -> dict:
     g = _rng(seed)
-    h = _randint(g, 1, 3)
-    if _square("full_ov_circuit_eigenvalues", seed):
-        vocab = d = k = _randint(g, 4, 7)
-    else:
-        d = _randint(g, 6, 10)
-        k, vocab = _randint(g, 2, d - 2), d + _randint(g, 3, 9)
-    return dict(W_E=torch.randn(vocab, d, generator=g), W_V=torch.randn(h, d, k, generator=g) / math.sqrt(d),
-                W_O=torch.randn(h, k, d, generator=g) / math.sqrt(k),
-                W_U=torch.randn(d, vocab, generator=g) / math.sqrt(d))
+    return _random_ov_weights(g, _square("full_ov_circuit_eigenvalues", seed))
 
 
 def _ov_eigs(fn):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from functools import lru_cache, wraps
 
+import math
+
 import torch
 
 from utils.attention import causal_mask
@@ -58,3 +60,23 @@ def _model():
     from utils.models import load_model
 
     return load_model("attn-only-1l", device="cpu")
+
+
+def _circuit_sizes(g: torch.Generator, square: bool) -> tuple[int, int, int, int]:
+    """(heads, d_vocab, d_model, d_head) for a random circuit case. Square sizes (all equal) let
+    every transposition still run, so a check can name it; otherwise d_head < d_model < d_vocab."""
+    h = _randint(g, 1, 3)
+    if square:
+        vocab = d = k = _randint(g, 4, 7)
+    else:
+        d = _randint(g, 6, 10)
+        k, vocab = _randint(g, 2, d - 2), d + _randint(g, 3, 9)
+    return h, vocab, d, k
+
+
+def _random_ov_weights(g: torch.Generator, square: bool) -> dict:
+    """Random {W_E, W_V, W_O, W_U} (W_V, W_O with a head axis), scaled so products stay O(1)."""
+    h, vocab, d, k = _circuit_sizes(g, square)
+    return dict(W_E=torch.randn(vocab, d, generator=g), W_V=torch.randn(h, d, k, generator=g) / math.sqrt(d),
+                W_O=torch.randn(h, k, d, generator=g) / math.sqrt(k),
+                W_U=torch.randn(d, vocab, generator=g) / math.sqrt(d))
