@@ -431,3 +431,26 @@ def test_chapter_01_generalises(tmp_path):
     assert row["total"] == "17" and row["attention_pattern_check"] == "0"
     assert "There is no causal mask" in row["attention_pattern_check message"]
     assert "b_V is not zero in general" in row["bias_question_check message"]
+
+
+def test_cells_tagged_skip_when_grading_are_not_run():
+    """A long demo cell (chapter 05's training) carries the tag; the grader leaves it out and
+    runs every other cell, the same source untagged included."""
+    from utils.grading.grade import SKIP_TAG, SubmissionGrade, inspect
+    nb = trim(subs.correct("00_orientation"))
+    slow = "import time\ntime.sleep(10_000)  # a long training run"
+    nb.cells.append(nbformat.v4.new_code_cell(slow, metadata={"tags": [SKIP_TAG]}))
+    nb.cells.append(nbformat.v4.new_code_cell(slow + "  # untagged"))
+    grade = SubmissionGrade("s", "s.ipynb", "0", "00")
+    sources = [c["source"] for c in inspect(nb, build_plan("00"), grade)]
+    assert slow not in sources and slow + "  # untagged" in sources
+    assert grade.flags == []
+
+
+def test_long_chapter_cells_are_tagged_skip_when_grading():
+    """Every chapter cell that trains a model is tagged, so graders never wait on it."""
+    from utils.grading.grade import SKIP_TAG
+    for path in sorted((REPO / "chapters").glob("[0-9][0-9]_*/*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code" and "train_sae(" in cell.source:
+                assert SKIP_TAG in cell.metadata.get("tags", []), f"{path.name}: {cell.source[:80]}"

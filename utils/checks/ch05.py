@@ -13,14 +13,14 @@ wrong and where, instead of printing both tuples.
 from __future__ import annotations
 
 import math
-import re
 from functools import lru_cache
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 
-from utils.checks.core import (Cases, CheckFailure, Exercise, Misconception, _describe_difference,
-                               check_choice, not_callable_message, outputs_match, run_check)
+from utils.checks.common import _describe_parts, _run_described
+from utils.checks.core import (Cases, CheckFailure, Exercise, Misconception, _describe_difference, check_choice,
+                               outputs_match, run_check)
 from utils.sae import exercises as ref
 from utils.sae.metrics import fraction_variance_explained as ref_fve, l0 as ref_l0
 from utils.sae.model import geometric_median as ref_geometric_median, topk_relu
@@ -58,66 +58,6 @@ def _unit_columns(W: torch.Tensor) -> torch.Tensor:
 def _sparse_activations(g: torch.Generator, batch: int, d_sae: int, p: float = 0.3) -> torch.Tensor:
     """Non-negative, mostly zero, values far from 1 (so a count and a sum of values differ)."""
     return (0.2 + 2.5 * torch.rand(batch, d_sae, generator=g)) * (torch.rand(batch, d_sae, generator=g) < p)
-
-
-# --------------------------------------------------------------------------- describing tuple answers
-
-
-def _describe_parts(names: Sequence[str], rtol: float, atol: float):
-    """A describer for answers made of several named parts: which part is off, and how."""
-    def describe(inputs: dict, got, expected) -> Optional[str]:
-        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
-            what = f"a {type(got).__name__}" + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else "")
-            return f"return a tuple of {len(expected)} values ({', '.join(names)}); you returned {what}."
-        for name, g, e in zip(names, got, expected):
-            if outputs_match(g, e, rtol, atol):
-                continue
-            if isinstance(e, torch.Tensor) and not isinstance(g, torch.Tensor):
-                return f"{name} should be a torch.Tensor, but it is a {type(g).__name__}."
-            if isinstance(e, torch.Tensor):
-                return f"{name} is wrong. {_describe_difference(g, e)}"
-            return f"{name} is wrong: got {g!r}, expected {e!r}."
-        return None
-    return describe
-
-
-def _clone(inputs: dict) -> dict:
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
-
-
-def _run_described(ex: Exercise, fn, cases: Cases, describe: Callable,
-                   call: Optional[Callable] = None) -> None:
-    """run_check, with the generic "differs" message of a failing case replaced by ``describe``.
-
-    ``call(fn, inputs)`` adapts the calling convention (default ``fn(**inputs)``); it runs inside
-    the check's wrapper, so it may raise CheckFailure for a malformed answer.
-    """
-    if not callable(fn):
-        raise CheckFailure(not_callable_message(ex.name, fn))
-    seen: list = []
-
-    def wrapper(**inputs):
-        seen.append(None)  # one entry per case, in order, even when the case fails below
-        snapshot = _clone(inputs)  # the student may edit the inputs in place
-        out = fn(**inputs) if call is None else call(fn, inputs)
-        seen[-1] = (snapshot, out)
-        return out
-
-    try:
-        run_check(ex, wrapper, cases)
-    except CheckFailure as failure:
-        message = str(failure)
-        if any(m.explanation in message for m in ex.misconceptions):
-            raise
-        case = re.search(r"\(case (\d+) of \d+\)", message)
-        if case is None or int(case.group(1)) > len(seen) or seen[int(case.group(1)) - 1] is None:
-            raise
-        inputs, got = seen[int(case.group(1)) - 1]
-        better = describe(inputs, got, ex.reference(**_clone(inputs)))
-        if better is None:
-            raise
-        label = message.split(":", 1)[0]
-        raise CheckFailure(f"{label}: {better}") from None
 
 
 def _scalar(fn):

@@ -228,6 +228,11 @@ def _rebinds(tree: ast.Module, names: set[str]) -> list[str]:
     return found
 
 
+# Cells tagged with this (Jupyter's cell tags) are not run under grading: demo cells after the last
+# exercise that would take longer than the per-cell timeout, e.g. chapter 05's SAE training.
+SKIP_TAG = "skip-when-grading"
+
+
 def inspect(nb, plan: ChapterPlan, grade: SubmissionGrade) -> list[dict]:
     """Flag tampering; return the cells to run ({"index", "source"}): every code cell except the
     graded test cells, which are never run in the student's process."""
@@ -273,6 +278,8 @@ def inspect(nb, plan: ChapterPlan, grade: SubmissionGrade) -> list[dict]:
             continue  # a graded test cell: the checks run in the grader, never here
         if cell.source.strip() in released_test_sources:
             continue  # a test cell whose metadata was stripped
+        if SKIP_TAG in cell.get("metadata", {}).get("tags", ()):
+            continue  # a long demo cell (training) that no check depends on
         tree = _parse_quietly(cell.source)
         if tree is not None:
             with _AST_LOCK:
