@@ -1,0 +1,258 @@
+"""Chapter 06's checks accept correct implementations and name each catalogued mistake."""
+import numpy as np
+import pytest
+import torch
+
+from utils import progress
+from utils.checks import CheckFailure
+from utils.checks import ch06 as check
+from utils.checks.core import outputs_match, seed_for
+from utils.features import exercises as ref
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- correct alternatives
+
+
+def top_sort(acts, k):
+    values, order = acts.reshape(-1).sort(descending=True)
+    seqs, positions = np.unravel_index(order[:k].numpy(), tuple(acts.shape))
+    return torch.as_tensor(seqs), torch.as_tensor(positions), values[:k]
+
+
+def top_loops(acts, k):
+    pairs = sorted(((acts[s, p].item(), s, p) for s in range(acts.shape[0]) for p in range(acts.shape[1])),
+                   reverse=True)[:k]
+    return (torch.tensor([s for _, s, _ in pairs]), torch.tensor([p for _, _, p in pairs]),
+            torch.tensor([v for v, _, _ in pairs]))
+
+
+def logits_einsum(W_dec, W_out, W_U, feature):
+    return torch.einsum("m,md,dv->v", W_dec[:, feature], W_out, W_U)
+
+
+def logits_virtual_weights(W_dec, W_out, W_U, feature):
+    return (W_out @ W_U).T @ W_dec[:, feature]  # the MLP->logit "virtual weight" first
+
+
+def pearson_numpy(a, b):
+    m = a.shape[1]
+    full = np.corrcoef(a.double().numpy().T, b.double().numpy().T)[:m, m:]
+    return torch.from_numpy(np.nan_to_num(full, nan=0.0))
+
+
+def pearson_standardise(a, b):
+    za = (a - a.mean(0)) / a.std(0, correction=0)
+    zb = (b - b.mean(0)) / b.std(0, correction=0)
+    return (za.T @ zb / len(a)).nan_to_num(0.0)
+
+
+def spec_loops(acts, hypothesis, threshold):
+    fires = [a > threshold for a in acts.tolist()]
+    hyp = hypothesis.tolist()
+    both = sum(f and h for f, h in zip(fires, hyp))
+    return both / sum(fires), both / sum(hyp)
+
+
+def spec_tensors(acts, hypothesis, threshold):
+    fires = acts > threshold
+    return (hypothesis[fires].float().mean(), fires[hypothesis].float().mean())  # 0-d tensors are fine
+
+
+def ablate_via_reconstruction(x, W_enc, b_enc, W_dec, b_dec, feature):
+    """Anthropic's form: reconstruction with the feature zeroed, plus the SAE's error term."""
+    f = torch.relu((x - b_dec) @ W_enc.T + b_enc)
+    error = x - (f @ W_dec.T + b_dec)
+    f[:, feature] = 0
+    return f @ W_dec.T + b_dec + error
+
+
+def ablate_einsum(x, W_enc, b_enc, W_dec, b_dec, feature):
+    f = torch.relu(torch.einsum("bd,d->b", x - b_dec, W_enc[feature]) + b_enc[feature])
+    return x - torch.einsum("b,d->bd", f, W_dec[:, feature])
+
+
+def steer_via_reconstruction(x, W_enc, b_enc, W_dec, b_dec, feature, value):
+    f = torch.relu((x - b_dec) @ W_enc.T + b_enc)
+    error = x - (f @ W_dec.T + b_dec)
+    f[:, feature] = value
+    return f @ W_dec.T + b_dec + error
+
+
+def steer_ablate_then_add(x, W_enc, b_enc, W_dec, b_dec, feature, value):
+    return ref.ablate_feature(x, W_enc, b_enc, W_dec, b_dec, feature) + value * W_dec[:, feature]
+
+
+def match_loops(corr):
+    best = [max(range(corr.shape[1]), key=lambda j: corr[i, j].item()) for i in range(corr.shape[0])]
+    return torch.tensor([corr[i, j].item() for i, j in enumerate(best)]), torch.tensor(best)
+
+
+def match_argmax(corr):
+    idx = corr.argmax(dim=1)
+    return corr.gather(1, idx[:, None])[:, 0], idx
+
+
+CORRECT = [
+    (check.top_activating, [ref.top_activating, top_sort, top_loops], "top_activating"),
+    (check.logit_weights, [ref.logit_weights, logits_einsum, logits_virtual_weights], "logit_weights"),
+    (check.pearson_correlation, [ref.pearson_correlation, pearson_numpy, pearson_standardise], "pearson_correlation"),
+    (check.specificity_sensitivity, [ref.specificity_sensitivity, spec_loops, spec_tensors],
+     "specificity_sensitivity"),
+    (check.ablate_feature, [ref.ablate_feature, ablate_via_reconstruction, ablate_einsum], "ablate_feature"),
+    (check.steer_feature, [ref.steer_feature, steer_via_reconstruction, steer_ablate_then_add], "steer_feature"),
+    (check.match_features, [ref.match_features, match_loops, match_argmax], "match_features"),
+]
+EXERCISE_OF = {check.top_activating: check.TOP_ACTIVATING, check.logit_weights: check.LOGIT_WEIGHTS,
+               check.pearson_correlation: check.PEARSON, check.specificity_sensitivity: check.SPECIFICITY,
+               check.ablate_feature: check.ABLATE, check.steer_feature: check.STEER,
+               check.match_features: check.MATCH}
+
+
+def test_every_function_exercise_is_covered():
+    names = {ex.name for ex in EXERCISE_OF.values()}
+    assert names == {n for n in check.EXERCISES if not n.endswith("_question")}
+    assert {name for _, _, name in CORRECT} == names
+
+
+@pytest.mark.parametrize("check_fn,fn,name", [(c, f, n) for c, fns, n in CORRECT for f in fns],
+                         ids=lambda v: getattr(v, "__name__", str(v)))
+def test_correct_implementations_pass(check_fn, fn, name, capsys):
+    check_fn(fn)
+    check_fn(fn, cases=[7, 8, 9])
+    out = capsys.readouterr()
+    n_default = len(EXERCISE_OF[check_fn].default_cases)
+    assert out.err == ""
+    assert out.out.strip().splitlines() == [f"PASS 06/{name}: {n_default} cases", f"PASS 06/{name}: 3 cases"]
+
+
+# --------------------------------------------------------------------------- catalogued mistakes
+
+
+@pytest.mark.parametrize("check_fn,wrong", [(c, m) for c in EXERCISE_OF for m in EXERCISE_OF[c].misconceptions],
+                         ids=lambda v: getattr(v, "name", ""))
+def test_each_misconception_is_named(check_fn, wrong, capsys):
+    with pytest.raises(CheckFailure) as info:
+        check_fn(wrong.implementation)
+    assert wrong.explanation in str(info.value)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("ex", list(EXERCISE_OF.values()), ids=lambda ex: ex.name)
+def test_misconceptions_are_distinct_on_the_first_case(ex):
+    """On the first default case every variant runs and differs from the truth and from every other
+    variant, so none passes by accident and the diagnosis is unambiguous. (Later, rectangular cases
+    may make some variants fail on shape instead: that is what they are for.)"""
+    inputs = ex.make_inputs(seed_for(ex.name, ex.default_cases[0]))
+    outputs = [ex.reference(**inputs)] + [m.implementation(**inputs) for m in ex.misconceptions]
+    for a in range(len(outputs)):
+        for b in range(a + 1, len(outputs)):
+            assert not outputs_match(outputs[a], outputs[b], ex.rtol, ex.atol), (a, b)
+
+
+def test_rectangular_cases_catch_what_square_ones_cannot():
+    """A transposition that happens to run on square inputs, and is right there by symmetry of the
+    random draw, still fails: every exercise with square cases also has a rectangular one."""
+    for ex in (check.LOGIT_WEIGHTS, check.PEARSON, check.MATCH):
+        shapes = [tuple(v.shape) for c in ex.default_cases
+                  for v in ex.make_inputs(seed_for(ex.name, c)).values() if isinstance(v, torch.Tensor)]
+        assert any(len(set(s)) > 1 for s in shapes if len(s) == 2)
+    with pytest.raises(CheckFailure):
+        check.logit_weights(lambda W_dec, W_out, W_U, feature: (W_U.T @ (W_out.T @ W_dec[:, feature]))
+                            if W_U.shape[0] == W_U.shape[1] else W_dec[:, feature] @ W_out @ W_U.T)
+
+
+def test_inputs_are_deterministic():
+    for ex in EXERCISE_OF.values():
+        a, b = ex.make_inputs(123), ex.make_inputs(123)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+
+
+def test_edit_inputs_switch_the_feature_on_and_off():
+    """Ablation cases must have rows where the feature is off and rows where it is on."""
+    for case in check.ABLATE.default_cases:
+        inputs = check._edit_inputs(seed_for("ablate_feature", case))
+        f = ref.feature_activation(inputs["x"], inputs["W_enc"], inputs["b_enc"], inputs["b_dec"], inputs["feature"])
+        assert (f == 0).any() and (f > 0).any()
+
+
+# --------------------------------------------------------------------------- other failures
+
+
+def test_stub_and_crash_fail_clearly(capsys):
+    def stub(*args, **kwargs):
+        raise NotImplementedError()
+
+    for check_fn in EXERCISE_OF:
+        with pytest.raises(CheckFailure, match="not implemented yet"):
+            check_fn(stub)
+    with pytest.raises(CheckFailure, match="raised RuntimeError"):
+        check.logit_weights(lambda W_dec, W_out, W_U, feature: W_dec[:, feature] @ torch.ones(3, 2))  # shapes clash
+    with pytest.raises(CheckFailure, match="pass your function"):
+        check.match_features("max")
+    assert capsys.readouterr().err == ""
+
+
+def test_tuple_answers_say_which_part_is_wrong():
+    with pytest.raises(CheckFailure, match=r"positions is wrong"):
+        check.top_activating(lambda acts, k: (lambda s, p, v: (s, p + 1, v))(*ref.top_activating(acts, k)))
+    with pytest.raises(CheckFailure, match=r"return a tuple of 2 values \(best_corr, best_index\)"):
+        check.match_features(lambda corr: corr.max(dim=1).values)
+    with pytest.raises(CheckFailure, match=r"sensitivity is wrong: got"):
+        check.specificity_sensitivity(lambda acts, hypothesis, threshold:
+                                      (ref.specificity_sensitivity(acts, hypothesis, threshold)[0], 0.5))
+
+
+def test_nan_for_a_dead_column_is_named():
+    def no_guard(a, b):
+        a, b = a - a.mean(0), b - b.mean(0)
+        return (a.T @ b) / (a.norm(dim=0)[:, None] * b.norm(dim=0)[None, :])
+
+    with pytest.raises(CheckFailure) as info:
+        check.pearson_correlation(no_guard)
+    assert check.NAN_EXPLANATION in str(info.value)
+    with pytest.raises(CheckFailure) as info:
+        check.pearson_correlation(lambda a, b: torch.corrcoef(torch.cat([a, b], 1).T)[:a.shape[1], a.shape[1]:])
+    assert check.NAN_EXPLANATION in str(info.value)
+
+
+def test_unknown_wrong_answer_reports_location():
+    with pytest.raises(CheckFailure, match="max abs error"):
+        check.ablate_feature(lambda **kw: ref.ablate_feature(**kw) * 1.01)
+
+
+def test_multiple_choice():
+    questions = [(check.neuron_question, check.NEURON_EXPLANATIONS, "b"),
+                 (check.specificity_question, check.SPECIFICITY_EXPLANATIONS, "b"),
+                 (check.universality_question, check.UNIVERSALITY_EXPLANATIONS, "c")]
+    for ask, explanations, right in questions:
+        for bad, why in explanations.items():
+            with pytest.raises(CheckFailure) as info:
+                ask(bad)
+            assert why in str(info.value)
+        assert set(explanations) | {right} == set(check.OPTIONS)
+        with pytest.raises(CheckFailure, match="set your answer"):
+            ask(None)
+        ask(right)
+
+
+def test_progress_is_recorded_and_shown(capsys):
+    progress.show_progress("06")
+    assert f"0/{len(check.EXERCISES)}" in capsys.readouterr().out
+    for check_fn, fns, _ in CORRECT:
+        check_fn(fns[0])
+    check.neuron_question("b")
+    check.specificity_question("b")
+    check.universality_question("c")
+    progress.show_progress("06")
+    out = capsys.readouterr().out
+    assert f"{len(check.EXERCISES)}/{len(check.EXERCISES)}" in out and "all done" in out

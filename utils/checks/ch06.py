@@ -1,0 +1,496 @@
+"""Checks for chapter 06 (interpreting SAE features, after Bricken et al. 2023).
+
+Layout as in utils.sae and utils.features: W_enc [d_sae, d_in], W_dec [d_in, d_sae] (COLUMN i is
+feature i), b_enc [d_sae], b_dec [d_in]; the model's W_out [d_mlp, d_model], W_U [d_model, d_vocab].
+The reference answers are utils/features/exercises.py.
+
+Most random cases keep every dimension different, so a transposed weight or a reduction over the
+wrong axis fails on shape or value. Some mistakes only run at all when two dimensions are equal
+(skipping W_out needs d_mlp = d_model; correlating over features needs as many features as tokens),
+so those exercises START with square cases: there the mistake gives numbers, and the check can name
+it, before a rectangular case fails it on shape.
+"""
+from __future__ import annotations
+
+import torch
+
+from utils.checks.common import _describe_parts, _run_described
+from utils.checks.core import Cases, Exercise, Misconception, check_choice, run_check
+from utils.features import exercises as ref
+
+CHAPTER = "06"
+EXERCISES = ["top_activating", "logit_weights", "pearson_correlation", "specificity_sensitivity",
+             "ablate_feature", "steer_feature", "match_features",
+             "neuron_question", "specificity_question", "universality_question"]
+
+
+def _rng(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _int(g: torch.Generator, lo: int, hi: int) -> int:
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def _unit_columns(W: torch.Tensor) -> torch.Tensor:
+    return W / W.norm(dim=0, keepdim=True)
+
+
+# =========================================================================== 1. top-activating examples
+
+
+def _acts_inputs(seed: int) -> dict:
+    g = _rng(seed)
+    n_seq, seq_len = _int(g, 5, 8), _int(g, 11, 16)  # never equal
+    acts = torch.relu(torch.randn(n_seq, seq_len, generator=g) - 0.3) * (1 + 3 * torch.rand(n_seq, seq_len, generator=g))
+    # the two largest activations in one sequence, as on real text (a feature fires on a whole span)
+    s, p1, p2 = _int(g, 0, n_seq - 1), _int(g, 0, seq_len // 2 - 1), _int(g, seq_len // 2, seq_len - 1)
+    acts[s, p1], acts[s, p2] = acts.max() + 1.0, acts.max() + 0.5
+    return {"acts": acts, "k": _int(g, 4, 7)}
+
+
+def _unravel(flat, n_rows, n_cols):
+    return flat // n_cols, flat % n_cols
+
+
+TOP_ACTIVATING = Exercise(
+    chapter=CHAPTER,
+    name="top_activating",
+    reference=ref.top_activating,
+    make_inputs=_acts_inputs,
+    misconceptions=(
+        Misconception(
+            "top k over the wrong axis",
+            "You ranked the activations of the TRANSPOSED matrix ([seq_len, n_seq] flattened) but unravelled the "
+            "indices as if they were [n_seq, seq_len] rows: the values are right, the (sequence, position) pairs "
+            "are not. Flatten acts itself (acts.flatten() or acts.reshape(-1)) and unravel with divmod(index, "
+            "seq_len).",
+            lambda acts, k: (lambda v, i: (*_unravel(i, *acts.shape), v))(*acts.T.flatten().topk(k))),
+        Misconception(
+            "indices unravelled with n_seq",
+            "A flat index into an [n_seq, seq_len] matrix is seq * seq_len + pos: divide by seq_len (the row "
+            "length), not by n_seq.",
+            lambda acts, k: (lambda v, i: (i // acts.shape[0], i % acts.shape[0], v))(*acts.flatten().topk(k))),
+        Misconception(
+            "sequence and position swapped",
+            "Return (sequence indices, positions, values) in that order: you returned the positions first.",
+            lambda acts, k: (lambda s, p, v: (p, s, v))(*ref.top_activating(acts, k))),
+        Misconception(
+            "smallest k",
+            "The dashboard wants the k LARGEST activations (topk's default largest=True).",
+            lambda acts, k: (lambda v, i: (i // acts.shape[1], i % acts.shape[1], v))(
+                *acts.flatten().topk(k, largest=False))),
+        Misconception(
+            "largest last",
+            "Order the examples from the largest activation down (topk returns them sorted that way; "
+            "sort(descending=True) if you sorted yourself).",
+            lambda acts, k: tuple(t.flip(0) for t in ref.top_activating(acts, k))),
+        Misconception(
+            "one example per sequence",
+            "You took each sequence's maximum, then the k best sequences: when one sequence holds two of the "
+            "top activations, the second is lost. Rank all (sequence, position) pairs together.",
+            lambda acts, k: (lambda v, s: (s, acts.argmax(1)[s], v))(*acts.max(1).values.topk(k))),
+    ),
+)
+
+
+def top_activating(fn, cases: Cases = None) -> None:
+    """Check ``fn(acts[n_seq, seq_len], k) -> (seqs, positions, values)``, largest first."""
+    _run_described(TOP_ACTIVATING, fn, cases, _describe_parts(("seqs", "positions", "values"),
+                                                               TOP_ACTIVATING.rtol, TOP_ACTIVATING.atol))
+
+
+# =========================================================================== 2. logit weights
+
+
+def _logit_inputs(seed: int) -> dict:
+    g = _rng(seed)
+    square = seed % 3 != 0  # most seeds square (see the module docstring); default_cases pick the order
+    if square:
+        d_mlp = d_model = d_vocab = d_sae = _int(g, 6, 9)
+    else:
+        d_model, d_mlp, d_sae, d_vocab = _int(g, 4, 5), _int(g, 7, 9), _int(g, 11, 13), _int(g, 15, 19)
+    return {
+        "W_dec": _unit_columns(torch.randn(d_mlp, d_sae, generator=g)),
+        "W_out": torch.randn(d_mlp, d_model, generator=g) / d_mlp ** 0.5,
+        "W_U": torch.randn(d_model, d_vocab, generator=g) / d_model ** 0.5,
+        "feature": _int(g, 0, d_sae - 1),
+    }
+
+
+LOGIT_WEIGHTS = Exercise(
+    chapter=CHAPTER,
+    name="logit_weights",
+    reference=ref.logit_weights,
+    make_inputs=_logit_inputs,
+    default_cases=(1, 2, 0),  # square, square, rectangular (the seeds are hashed: see seed_for)
+    misconceptions=(
+        Misconception(
+            "W_out left out",
+            "The feature's direction lives in the MLP's HIDDEN space (d_mlp); the MLP's output weights W_out carry "
+            "it into the residual stream before W_U can read it: W_dec[:, f] @ W_out @ W_U.",
+            lambda W_dec, W_out, W_U, feature: W_dec[:, feature] @ W_U),
+        Misconception(
+            "W_U transposed",
+            "W_U is [d_model, d_vocab] (TransformerLens layout): multiply by W_U itself, not W_U.T.",
+            lambda W_dec, W_out, W_U, feature: W_dec[:, feature] @ W_out @ W_U.T),
+        Misconception(
+            "W_out transposed",
+            "W_out is [d_mlp, d_model]: a hidden vector times W_out gives a residual vector. W_out.T goes the "
+            "other way.",
+            lambda W_dec, W_out, W_U, feature: W_dec[:, feature] @ W_out.T @ W_U),
+        Misconception(
+            "decoder row instead of column",
+            "Feature f's direction is COLUMN f of W_dec ([d_in, d_sae]): W_dec[:, f], not the row W_dec[f].",
+            lambda W_dec, W_out, W_U, feature: W_dec[feature] @ W_out @ W_U),
+    ),
+)
+
+
+def logit_weights(fn, cases: Cases = None) -> None:
+    """Check ``fn(W_dec, W_out, W_U, feature) -> [d_vocab]``."""
+    run_check(LOGIT_WEIGHTS, fn, cases)
+
+
+# =========================================================================== 3. Pearson correlation
+
+
+def _pearson_inputs(seed: int) -> dict:
+    g = _rng(seed)
+    if seed % 3 != 0:  # square: as many columns as tokens, so correlating over features runs
+        n = _int(g, 6, 8)
+        n_tokens, m, k = n, n, n
+    else:
+        n_tokens, m, k = _int(g, 20, 30), _int(g, 4, 6), _int(g, 7, 9)
+    a = torch.relu(torch.randn(n_tokens, m, generator=g)) * (0.5 + 3 * torch.rand(m, generator=g)) + \
+        2 * torch.rand(m, generator=g)
+    b = 0.6 * a[:, torch.randint(0, m, (k,), generator=g)] + torch.randn(n_tokens, k, generator=g) + 1.5
+    if seed % 2 == 0:
+        b[:, _int(g, 0, k - 1)] = 0.0  # a dead feature: constant, so its correlation is set to 0
+    return {"a": a, "b": b}
+
+
+def _corr_no_centering(a, b):
+    return (a.T @ b) / (a.norm(dim=0)[:, None] * b.norm(dim=0)[None, :])
+
+
+def _corr_nan(a, b):
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a.T @ b) / (a.norm(dim=0)[:, None] * b.norm(dim=0)[None, :])
+
+
+PEARSON = Exercise(
+    chapter=CHAPTER,
+    name="pearson_correlation",
+    reference=ref.pearson_correlation,
+    make_inputs=_pearson_inputs,
+    default_cases=(1, 0, 3, 4),  # square with a dead column, square, rectangular, square with a dead column
+    misconceptions=(
+        Misconception(
+            "correlation over features",
+            "Each column is one feature (or neuron) observed over many TOKENS (rows): centre and normalise each "
+            "column over dim 0. You computed it over the features of each token (dim 1), which compares tokens, "
+            "not features.",
+            lambda a, b: ref.pearson_correlation(a.T, b.T)),
+        Misconception(
+            "not centred (cosine similarity)",
+            "Subtract each column's mean over tokens before the dot products: without it you get the cosine "
+            "similarity of the raw activations, which is large for any two features that are both usually "
+            "positive.",
+            lambda a, b: _corr_no_centering(a, b).nan_to_num(0.0)),
+        Misconception(
+            "covariance, not correlation",
+            "Divide the centred dot products by both columns' norms (equivalently covariance / (std_a std_b)): a "
+            "correlation lies in [-1, 1].",
+            lambda a, b: (a - a.mean(0)).T @ (b - b.mean(0)) / len(a)),
+        Misconception(
+            "n and n - 1 mixed",
+            "Your covariance divides by n but torch.std divides by n - 1 (or the other way): use the same "
+            "convention in both, or simply divide centred dot products by the columns' norms.",
+            lambda a, b: ((a - a.mean(0)).T @ (b - b.mean(0)) / len(a) / (a.std(0)[:, None] * b.std(0)[None, :]))
+            .nan_to_num(0.0)),
+    ),
+)
+
+
+NAN_EXPLANATION = (
+    "A column that never varies (a dead feature) has norm 0 after centring, so 0/0 = NaN. Report 0 for it "
+    "(torch.nan_to_num, or mask where a norm is 0): a NaN would poison every max and mean downstream.")
+
+
+def _describe_pearson(inputs: dict, got, expected):
+    """NaN where the reference has a constant column's 0: name the mistake (allclose cannot match NaN)."""
+    if isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.isnan(got).any():
+        return NAN_EXPLANATION
+    return None
+
+
+def pearson_correlation(fn, cases: Cases = None) -> None:
+    """Check ``fn(a[n_tokens, m], b[n_tokens, n]) -> [m, n]``."""
+    _run_described(PEARSON, fn, cases, _describe_pearson)
+
+
+# =========================================================================== 4. specificity and sensitivity
+
+
+def _spec_inputs(seed: int) -> dict:
+    g = _rng(seed)
+    n = _int(g, 30, 50)
+    hypothesis = torch.rand(n, generator=g) < 0.3
+    hypothesis[:2] = torch.tensor([True, False])  # never empty, never everything
+    fires = torch.where(hypothesis, torch.rand(n, generator=g) < 0.7, torch.rand(n, generator=g) < 0.2)
+    fires[:2] = True  # fires somewhere, inside and outside the hypothesis
+    acts = torch.where(fires, 0.05 + 2 * torch.rand(n, generator=g), torch.zeros(n))
+    threshold = 0.0 if seed % 2 else float(0.5 * torch.rand((), generator=g))
+    if threshold > 0:
+        acts[0] = 1.5 + threshold  # keep the first two firing above the threshold
+        acts[1] = 1.5 + threshold
+    return {"acts": acts, "hypothesis": hypothesis, "threshold": threshold}
+
+
+def _counts(acts, hypothesis, threshold, strict=True):
+    fires = acts > threshold if strict else acts >= threshold
+    both = (fires & hypothesis).sum().item()
+    return both, fires.sum().item(), hypothesis.sum().item(), len(acts)
+
+
+SPECIFICITY = Exercise(
+    chapter=CHAPTER,
+    name="specificity_sensitivity",
+    reference=ref.specificity_sensitivity,
+    make_inputs=_spec_inputs,
+    default_cases=(0, 1, 2, 4),  # thresholds 0, > 0, 0, > 0
+    misconceptions=(
+        Misconception(
+            "specificity and sensitivity swapped",
+            "Specificity asks: when the feature fires, is the hypothesis true? (divide by the tokens where it "
+            "fires). Sensitivity asks: when the hypothesis is true, does the feature fire? (divide by the "
+            "hypothesis's tokens). You returned them the other way round.",
+            lambda acts, hypothesis, threshold: ref.specificity_sensitivity(acts, hypothesis, threshold)[::-1]),
+        Misconception(
+            "counts instead of fractions",
+            "Return fractions in [0, 1]: divide the tokens where both hold by the right total.",
+            lambda acts, hypothesis, threshold: (lambda b, f, h, n: (float(b), float(b)))(
+                *_counts(acts, hypothesis, threshold))),
+        Misconception(
+            "fraction of all tokens",
+            "Divide by the tokens where the feature FIRES (specificity) and by the tokens the hypothesis covers "
+            "(sensitivity), not by all tokens: rare hypotheses would always score near 0.",
+            lambda acts, hypothesis, threshold: (lambda b, f, h, n: (b / n, b / n))(
+                *_counts(acts, hypothesis, threshold))),
+        Misconception(
+            "fires at the threshold",
+            "A feature fires where its activation is strictly ABOVE the threshold; with threshold 0, "
+            "'acts >= 0' counts every token, since activations are never negative.",
+            lambda acts, hypothesis, threshold: (lambda b, f, h, n: (b / f, b / h))(
+                *_counts(acts, hypothesis, threshold, strict=False))),
+    ),
+)
+
+
+def specificity_sensitivity(fn, cases: Cases = None) -> None:
+    """Check ``fn(acts[n], hypothesis[n] bool, threshold) -> (specificity, sensitivity)``."""
+    _run_described(SPECIFICITY, fn, cases, _describe_parts(("specificity", "sensitivity"),
+                                                           SPECIFICITY.rtol, SPECIFICITY.atol))
+
+
+# =========================================================================== 5-6. ablation and steering
+
+
+def _edit_inputs(seed: int) -> dict:
+    g = _rng(seed)
+    batch, d_in, d_sae = _int(g, 9, 12), _int(g, 4, 7), _int(g, 14, 18)
+    b_dec = torch.randn(d_in, generator=g)
+    W_dec = _unit_columns(torch.randn(d_in, d_sae, generator=g))
+    W_enc = W_dec.T + 0.5 * torch.randn(d_sae, d_in, generator=g)  # not the decoder's transpose
+    feature = _int(g, 0, d_sae - 1)
+    x = b_dec + 1.5 * torch.randn(batch, d_in, generator=g)
+    b_enc = 0.3 * torch.randn(d_sae, generator=g)
+    # the feature fires on most rows but not all, so the ReLU matters
+    pre = (x - b_dec) @ W_enc[feature]
+    b_enc[feature] = -float(pre.quantile(0.3))
+    return {"x": x, "W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, "feature": feature}
+
+
+def _f(x, W_enc, b_enc, b_dec, feature):
+    return ref.feature_activation(x, W_enc, b_enc, b_dec, feature)[:, None]
+
+
+def _reconstruction(x, W_enc, b_enc, W_dec, b_dec):
+    return torch.relu((x - b_dec) @ W_enc.T + b_enc) @ W_dec.T + b_dec
+
+
+ABLATE = Exercise(
+    chapter=CHAPTER,
+    name="ablate_feature",
+    reference=ref.ablate_feature,
+    make_inputs=_edit_inputs,
+    misconceptions=(
+        Misconception(
+            "whole reconstruction subtracted",
+            "Remove ONE feature's term, f_i(x) W_dec[:, i]; you subtracted the SAE's whole reconstruction, which "
+            "deletes every feature at once (and leaves only the reconstruction error).",
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - _reconstruction(x, W_enc, b_enc, W_dec, b_dec)),
+        Misconception(
+            "returned the reconstruction without the feature",
+            "Edit x itself, not the SAE's reconstruction of it: x - f_i W_dec[:, i] keeps the part of x the SAE "
+            "fails to reconstruct, so the only change the model sees is the feature's.",
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature: _reconstruction(x, W_enc, b_enc, W_dec, b_dec)
+            - _f(x, W_enc, b_enc, b_dec, feature) * W_dec[:, feature]),
+        Misconception(
+            "encoder row instead of decoder column",
+            "A feature WRITES along its decoder column W_dec[:, i]; the encoder row W_enc[i] is the direction it "
+            "READS from, and in general points elsewhere.",
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - _f(x, W_enc, b_enc, b_dec, feature) * W_enc[feature]),
+        Misconception(
+            "not scaled by the activation",
+            "Subtract f_i(x) W_dec[:, i], the feature's contribution on EACH input: where it is off, nothing "
+            "should change, and where it is strong, more is removed.",
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - W_dec[:, feature]),
+        Misconception(
+            "pre-activation instead of activation",
+            "The feature's contribution uses its activation f_i = ReLU(...), not the pre-activation: where the "
+            "pre-activation is negative, the feature is off and contributes nothing.",
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - (((x - b_dec) @ W_enc[feature] + b_enc[feature])[:, None]
+                                                              * W_dec[:, feature])),
+        Misconception(
+            "b_dec not subtracted",
+            "Encode x - b_dec, as the SAE does: f_i = ReLU(W_enc[i] (x - b_dec) + b_enc[i]).",
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - _f(x, W_enc, b_enc, torch.zeros_like(b_dec), feature)
+            * W_dec[:, feature]),
+    ),
+)
+
+
+def ablate_feature(fn, cases: Cases = None) -> None:
+    """Check ``fn(x, W_enc, b_enc, W_dec, b_dec, feature) -> x without feature's term``."""
+    run_check(ABLATE, fn, cases)
+
+
+def _steer_inputs(seed: int) -> dict:
+    inputs = _edit_inputs(seed)
+    inputs["value"] = 2.0 + 6.0 * float(torch.rand((), generator=_rng(seed + 1)))
+    return inputs
+
+
+STEER = Exercise(
+    chapter=CHAPTER,
+    name="steer_feature",
+    reference=ref.steer_feature,
+    make_inputs=_steer_inputs,
+    misconceptions=(
+        Misconception(
+            "encoder row instead of decoder column",
+            "Steer along the direction the feature WRITES: its decoder column W_dec[:, i]. The encoder row W_enc[i] "
+            "is what the feature reads, not what downstream layers see when it fires.",
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature, value: x + (value - _f(x, W_enc, b_enc, b_dec, feature))
+            * W_enc[feature]),
+        Misconception(
+            "added instead of clamped",
+            "Clamping sets the feature TO the value: remove its current term and add value * W_dec[:, i], i.e. "
+            "x + (value - f_i(x)) W_dec[:, i]. Adding value * W_dec[:, i] on top of what is there overshoots "
+            "wherever the feature was already on.",
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature, value: x + value * W_dec[:, feature]),
+        Misconception(
+            "replaced x by the feature",
+            "Keep the rest of x: only the feature's own term changes. Returning value * W_dec[:, i] (+ b_dec) "
+            "throws away every other feature.",
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature, value: (value * W_dec[:, feature] + b_dec).expand_as(x)),
+    ),
+)
+
+
+def steer_feature(fn, cases: Cases = None) -> None:
+    """Check ``fn(x, W_enc, b_enc, W_dec, b_dec, feature, value) -> x with the feature clamped to value``."""
+    run_check(STEER, fn, cases)
+
+
+# =========================================================================== 7. matching features
+
+
+def _match_inputs(seed: int) -> dict:
+    g = _rng(seed)
+    if seed % 3 != 0:
+        n_a = n_b = _int(g, 6, 9)
+    else:
+        n_a, n_b = _int(g, 5, 7), _int(g, 9, 12)
+    corr = 2 * torch.rand(n_a, n_b, generator=g) - 1
+    corr[0, 0] = -0.99  # a strongly ANTI-correlated pair: not a match
+    return {"corr": corr}
+
+
+MATCH = Exercise(
+    chapter=CHAPTER,
+    name="match_features",
+    reference=ref.match_features,
+    make_inputs=_match_inputs,
+    default_cases=(1, 3, 0),  # square, square, rectangular
+    misconceptions=(
+        Misconception(
+            "maximum over the wrong axis",
+            "Row i of corr is feature i of dictionary A against every feature of B: take the max over dim=1 "
+            "(along the row). dim=0 finds, for each feature of B, its best match in A.",
+            lambda corr: tuple(corr.max(dim=0))),
+        Misconception(
+            "absolute correlation",
+            "A match fires on the same tokens: its correlation is close to +1. A correlation near -1 means the "
+            "two features are on at opposite times; do not take abs().",
+            lambda corr: (lambda v, i: (corr.gather(1, i[:, None])[:, 0].abs(), i))(*corr.abs().max(dim=1))),
+        Misconception(
+            "minimum",
+            "The best match is the LARGEST correlation (max), not the smallest.",
+            lambda corr: tuple(corr.min(dim=1))),
+    ),
+)
+
+
+def match_features(fn, cases: Cases = None) -> None:
+    """Check ``fn(corr[n_a, n_b]) -> (best_corr[n_a], best_index[n_a])``."""
+    _run_described(MATCH, fn, cases, _describe_parts(("best_corr", "best_index"), MATCH.rtol, MATCH.atol))
+
+
+# =========================================================================== multiple choice
+
+OPTIONS = ("a", "b", "c", "d")
+
+NEURON_EXPLANATIONS = {
+    "a": "A strong feature can still be carried mostly by one neuron; the strength of its activations says "
+         "nothing about how many neurons it is spread over.",
+    "c": "Correlation with the NEURONS is what tells a feature apart from a neuron; the logit weights can agree "
+         "whether or not the feature is a neuron.",
+    "d": "Decoder columns have unit norm by construction; that says nothing about whether one neuron dominates.",
+}
+
+
+def neuron_question(answer) -> None:
+    """What would show that a feature is just a neuron in disguise?"""
+    check_choice(CHAPTER, "neuron_question", answer, "b", OPTIONS, NEURON_EXPLANATIONS)
+
+
+SPECIFICITY_EXPLANATIONS = {
+    "a": "It fires on every full stop, so it misses none: that is HIGH sensitivity. It also fires on commas, so "
+         "when it fires the hypothesis is often false: LOW specificity.",
+    "c": "Missing no full stop means high sensitivity, not low.",
+    "d": "Firing on commas too means that many of its firings are not full stops: specificity is low.",
+}
+
+
+def specificity_question(answer) -> None:
+    """A feature fires on every full stop and on every comma: its specificity and sensitivity for "full stop"."""
+    check_choice(CHAPTER, "specificity_question", answer, "b", OPTIONS, SPECIFICITY_EXPLANATIONS)
+
+
+UNIVERSALITY_EXPLANATIONS = {
+    "a": "Decoder directions can be compared, but two dictionaries may place a feature along slightly different "
+         "directions and still fire on exactly the same tokens; activations over the same tokens are what "
+         "the paper correlates.",
+    "b": "Feature i of one SAE and feature i of another are unrelated: the order of the features is arbitrary "
+         "(it depends on the random initialisation). Matching has to search over all pairs.",
+    "d": "Dead features correlate 0 with everything (they never vary); counting them as unmatched lowers the "
+         "fraction but does not make it meaningless. Leave them out or report them separately.",
+}
+
+
+def universality_question(answer) -> None:
+    """How should features of two independently trained SAEs be matched?"""
+    check_choice(CHAPTER, "universality_question", answer, "c", OPTIONS, UNIVERSALITY_EXPLANATIONS)

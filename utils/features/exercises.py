@@ -1,0 +1,85 @@
+"""Chapter 06's exercises as pure tensor functions: the reference answers its checks grade against.
+
+Layout as in ``utils.sae``: ``W_enc [d_sae, d_in]``, ``W_dec [d_in, d_sae]`` (COLUMN i is feature
+i's direction in the MLP's hidden space), activations as rows ``x [batch, d_in]``. The model's
+weights follow TransformerLens: ``W_out [d_mlp, d_model]``, ``W_U [d_model, d_vocab]``.
+``tests/test_features.py`` checks each function against an independent computation (loops,
+numpy/scipy-free closed forms, the SAE module itself).
+"""
+from __future__ import annotations
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+
+def top_activating(acts: Float[Tensor, "n_seq seq_len"], k: int
+                   ) -> tuple[Int[Tensor, "k"], Int[Tensor, "k"], Float[Tensor, "k"]]:
+    """The k largest activations of one feature over every (sequence, position): their sequence
+    indices, positions and values, largest first."""
+    values, flat = acts.flatten().topk(k)
+    return flat // acts.shape[1], flat % acts.shape[1], values
+
+
+def logit_weights(W_dec: Float[Tensor, "d_mlp d_sae"], W_out: Float[Tensor, "d_mlp d_model"],
+                  W_U: Float[Tensor, "d_model d_vocab"], feature: int) -> Float[Tensor, "d_vocab"]:
+    """How much writing feature ``feature`` (one unit of it) adds to each token's logit, along the
+    direct path: decoder column -> MLP output weights -> unembedding (the final LayerNorm ignored)."""
+    return W_dec[:, feature] @ W_out @ W_U
+
+
+def pearson_correlation(a: Float[Tensor, "n_tokens m"], b: Float[Tensor, "n_tokens n"]) -> Float[Tensor, "m n"]:
+    """Pearson correlation OVER TOKENS of every column of ``a`` with every column of ``b``.
+
+    A column that never varies (a dead feature, a neuron that is always off) has no defined
+    correlation; it is reported as 0, the value that can never be mistaken for a match."""
+    # Constancy is read off the raw values: after centering, a constant column that is not 0 is
+    # rounding noise, not 0 (two such columns would otherwise "correlate" +-1).
+    constant_a, constant_b = (a == a[:1]).all(0), (b == b[:1]).all(0)
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    norm_a, norm_b = a.norm(dim=0), b.norm(dim=0)
+    corr = (a.T @ b) / (norm_a[:, None] * norm_b[None, :])
+    constant = (constant_a | (norm_a == 0))[:, None] | (constant_b | (norm_b == 0))[None, :]
+    return corr.masked_fill(constant, 0.0)
+
+
+def specificity_sensitivity(acts: Float[Tensor, "n_tokens"], hypothesis: Bool[Tensor, "n_tokens"],
+                            threshold: float = 0.0) -> tuple[float, float]:
+    """(specificity, sensitivity) of "the feature fires" (act > threshold) for a hypothesis.
+
+    Specificity: of the tokens where the feature fires, the fraction the hypothesis covers (precision).
+    Sensitivity: of the tokens the hypothesis covers, the fraction where the feature fires (recall).
+    Either is NaN when its denominator is empty (the feature never fires / no token fits)."""
+    fires = acts > threshold
+    both = (fires & hypothesis).sum().item()
+    n_fires, n_hyp = fires.sum().item(), hypothesis.sum().item()
+    return (both / n_fires if n_fires else float("nan"), both / n_hyp if n_hyp else float("nan"))
+
+
+def feature_activation(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_sae d_in"],
+                       b_enc: Float[Tensor, "d_sae"], b_dec: Float[Tensor, "d_in"], feature: int) -> Float[Tensor, "batch"]:
+    """f_i(x) = ReLU(W_enc[i] . (x - b_dec) + b_enc[i]) for one feature i."""
+    return torch.relu((x - b_dec) @ W_enc[feature] + b_enc[feature])
+
+
+def ablate_feature(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_sae d_in"], b_enc: Float[Tensor, "d_sae"],
+                   W_dec: Float[Tensor, "d_in d_sae"], b_dec: Float[Tensor, "d_in"], feature: int) -> Float[Tensor, "batch d_in"]:
+    """x with one feature's contribution f_i(x) W_dec[:, i] removed; everything else (the other
+    features AND the SAE's reconstruction error) is left as it was."""
+    f = feature_activation(x, W_enc, b_enc, b_dec, feature)
+    return x - f[:, None] * W_dec[:, feature]
+
+
+def steer_feature(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_sae d_in"], b_enc: Float[Tensor, "d_sae"],
+                  W_dec: Float[Tensor, "d_in d_sae"], b_dec: Float[Tensor, "d_in"], feature: int,
+                  value: float) -> Float[Tensor, "batch d_in"]:
+    """x with feature i CLAMPED to ``value``: its own contribution replaced by value * W_dec[:, i]."""
+    f = feature_activation(x, W_enc, b_enc, b_dec, feature)
+    return x + (value - f)[:, None] * W_dec[:, feature]
+
+
+def match_features(corr: Float[Tensor, "n_a n_b"]) -> tuple[Float[Tensor, "n_a"], Int[Tensor, "n_a"]]:
+    """For each feature of dictionary A (a row), its best match in dictionary B: (correlation, index)."""
+    values, indices = corr.max(dim=1)
+    return values, indices
