@@ -12,7 +12,15 @@ and the evaluation are timed separately. The 1-minute load average is printed be
 a load near or above the thread count means another process shared the CPU and the time is an
 overestimate (the load after the run includes the run's own threads).
 
-Measured 2026-11-21 (AMD EPYC, 2 cores, torch 2.13 CPU), ALL CONTENDED: another job kept the
+Measured 2026-11-21 (AMD EPYC, 2 cores, torch 2.13 CPU). The "cpu" preset now has 819,200 tokens
+(800 steps); this run had the machine to itself (load 0.74 before, decaying from an earlier job;
+0.99 after, which is this run):
+
+    preset        threads  train wall (CPU)   L0    FVE    CE rec.  dead   dense
+    cpu (819k)    1        161 s (160 s)      27.4  0.857  0.944    0.010  0.001
+
+The runs below used the earlier 1.2M-token budget (1171 steps; the bundled gelu-1l-mlp-l1* and
+gelu-1l-mlp-topk-k24 SAEs were made that way) and were ALL CONTENDED: another job kept the
 1-minute load at 2-5 throughout, and these runs were niced. Evaluation on 131k held-out tokens.
 
     preset        threads  train wall (CPU)   L0    FVE    CE rec.  dead   dense
@@ -21,9 +29,9 @@ Measured 2026-11-21 (AMD EPYC, 2 cores, torch 2.13 CPU), ALL CONTENDED: another 
     cpu-topk      1        257 s (236 s)      32.0  0.927  0.982    0.117  0.011
     cpu-jumprelu  1        266 s (260 s)      21.1  0.866  0.956    0.000  0.005
 
-The step is matmul-bound (5 matmuls of 2·B·512·2048 FLOP; ~85% of a step's time in a profile),
-1.26e13 FLOP for the 1.2M-token preset, so one uncontended core at ~75 GFLOP/s needs about the
-single-thread CPU time above; the 3-minute target for 2 uncontended threads is not yet measured.
+The step is matmul-bound (5 matmuls of 2·B·512·2048 FLOP; ~80% of a step's time in a profile),
+8.8e12 FLOP for the 819k-token preset (1.26e13 at 1.2M); one core ran the step at ~55 GFLOP/s
+(torch.mm alone: ~80 on the same core), so one uncontended core meets the 3-minute target.
 """
 from __future__ import annotations
 

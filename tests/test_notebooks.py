@@ -7,19 +7,27 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from utils.grading.grade import SKIP_TAG
 from utils.notebook_setup import SETUP_CELL
 from utils.paths import REPO
 
 SOLUTIONS = sorted((REPO / "solutions").glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb"))
 # Seconds each solution notebook may take on a 2-core CPU (the chapter's "done means").
 BUDGET_SECONDS = {"00": 60, "01": 180, "02": 180, "03": 180, "04": 240, "05": 240, "06": 240}
+# Kernels run on one thread for stable timings, except where a chapter trains live: chapter 05's
+# SAE training is promised to students as minutes on a 2-core CPU, so it is timed on both cores.
+KERNEL_THREADS = {"05": 2}
 
 
-def _execute(path: Path, tmp_path: Path, allow_errors: bool) -> nbformat.NotebookNode:
+def _execute(path: Path, tmp_path: Path, allow_errors: bool, as_grader: bool = False) -> nbformat.NotebookNode:
+    """Run a notebook; ``as_grader`` leaves out the cells a grader skips (tagged SKIP_TAG)."""
     nb = nbformat.read(path, as_version=4)
+    if as_grader:
+        nb.cells = [c for c in nb.cells if SKIP_TAG not in c.get("metadata", {}).get("tags", [])]
     env_backup = dict(os.environ)
-    os.environ.update({"HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg",
-                       "DEMYSTIFY_PROGRESS": str(tmp_path / "progress.json")})
+    threads = str(KERNEL_THREADS.get(path.name[:2], 1))
+    os.environ.update({"HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": threads,
+                       "MKL_NUM_THREADS": threads, "DEMYSTIFY_PROGRESS": str(tmp_path / "progress.json")})
     try:
         NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=allow_errors,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
@@ -61,7 +69,7 @@ def test_solution_notebook_executes(path, tmp_path):
 def test_chapter_stubs_fail_every_check(path, tmp_path):
     chapter = REPO / "chapters" / path.parent.name / path.name
     assert chapter.exists(), "run `python -m utils.build`"
-    nb = _execute(chapter, tmp_path, allow_errors=True)
+    nb = _execute(chapter, tmp_path, allow_errors=True, as_grader=True)  # as a grader runs it
     graded = [c for c in nb.cells if _is_graded_test(c)]
     passed = [c.source[:60] for c in graded if not _errors(c)]
     assert not passed, f"checks that pass on the unmodified student notebook: {passed}"
