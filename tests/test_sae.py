@@ -602,3 +602,46 @@ def test_bundled_saes_meet_the_quality_bar_on_fresh_tokens(name, model):
     assert fresh["ce_loss_recovered"] == pytest.approx(saved["ce_loss_recovered"], abs=0.03)
     assert 5 <= fresh["l0"] <= 50 and fresh["ce_loss_recovered"] >= 0.85
     assert saved["dead_fraction"] < (0.25 if sae.cfg.architecture == "topk" else 0.15)
+
+
+@pytest.mark.parametrize("architecture", ["l1", "topk", "jumprelu"])
+def test_sparse_cpu_kernels_give_the_dense_step_exactly(architecture, monkeypatch):
+    """The CPU training step through the sparse kernels (SparseDecode, SparseGradLinear) has the
+    same loss and the same gradient for every parameter as plain dense matmuls, in float64; JumpReLU,
+    whose threshold needs gradients where f == 0, never takes the sparse decoder."""
+    import utils.sae.model as sae_model
+
+    original = sae_model.SparseDecode.apply
+
+    def step(max_density):
+        monkeypatch.setattr(sae_model, "SPARSE_MAX_DENSITY", max_density)
+        torch.manual_seed(0)
+        sae = SparseAutoencoder(SAEConfig(d_in=24, d_sae=96, architecture=architecture, k=3, device="cpu")).double()
+        x = torch.randn(40, 24, dtype=torch.float64).relu() * 2
+        with torch.no_grad():
+            sae.b_enc -= sae.pre_activations(x).quantile(0.9, dim=0)  # ~10% of rows per feature
+        calls = {"decode": 0}
+        monkeypatch.setattr(sae_model.SparseDecode, "apply",
+                            lambda *a: calls.__setitem__("decode", calls["decode"] + 1) or original(*a))
+        x_hat, f, losses = sae(x, sparsity_coeff=1.5)
+        losses["loss"].backward()
+        return x_hat.detach(), losses["loss"].item(), {n: p.grad.clone() for n, p in sae.named_parameters()}, calls
+
+    dense_x, dense_loss, dense_grads, dense_calls = step(0.0)
+    sparse_x, sparse_loss, sparse_grads, sparse_calls = step(1.0)
+    assert dense_calls["decode"] == 0
+    assert sparse_calls["decode"] == (0 if architecture == "jumprelu" else 1)
+    assert torch.allclose(sparse_x, dense_x, atol=1e-12) and sparse_loss == pytest.approx(dense_loss, abs=1e-10)
+    for name in dense_grads:
+        assert torch.allclose(sparse_grads[name], dense_grads[name], atol=1e-10), name
+
+
+def test_sparse_kernels_are_not_used_outside_cpu_training():
+    from utils.sae.model import use_sparse_kernels
+
+    f = torch.zeros(8, 10, requires_grad=True)
+    assert use_sparse_kernels(f)
+    with torch.no_grad():
+        assert not use_sparse_kernels(f)
+    assert not use_sparse_kernels(torch.zeros(8, 10))  # no gradient wanted
+    assert not use_sparse_kernels(torch.ones(8, 10, requires_grad=True))  # dense
