@@ -3,10 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils import progress
+import check_harness as harness
 from utils.checks import CheckFailure
 from utils.checks import ch05 as check
-from utils.checks.core import outputs_match, seed_for
 from utils.sae import exercises as ref
 from utils.sae import fraction_variance_explained, geometric_median, l0, topk_relu
 
@@ -201,13 +200,8 @@ def test_every_function_exercise_is_covered():
 @pytest.mark.parametrize("check_fn,fn,name", [(c, f, n) for c, fns, n in CORRECT for f in fns],
                          ids=lambda v: getattr(v, "__name__", str(v)))
 def test_correct_implementations_pass(check_fn, fn, name, capsys):
-    check_fn(fn)
-    check_fn(fn, cases=[7, 8])
-    out = capsys.readouterr()
     ex = EXERCISE_OF[check_fn]
-    n_default = len(ex.default_cases) + len(ex.extra_inputs)
-    assert out.err == ""
-    assert out.out.strip().splitlines() == [f"PASS 05/{name}: {n_default} cases", f"PASS 05/{name}: 2 cases"]
+    harness.assert_passes(check_fn, fn, "05", name, len(ex.default_cases) + len(ex.extra_inputs), capsys)
 
 
 # --------------------------------------------------------------------------- catalogued mistakes
@@ -220,10 +214,7 @@ DIRECT = [check.sae_forward, check.sae_loss, check.normalize_decoder, check.remo
 @pytest.mark.parametrize("check_fn,wrong", [(c, m) for c in DIRECT for m in EXERCISE_OF[c].misconceptions],
                          ids=lambda v: getattr(v, "name", ""))
 def test_each_misconception_is_named(check_fn, wrong, capsys):
-    with pytest.raises(CheckFailure) as info:
-        check_fn(wrong.implementation)
-    assert wrong.explanation in str(info.value)
-    assert capsys.readouterr().err == ""
+    harness.assert_named(check_fn, wrong, capsys)
 
 
 def _student_convention(flat_variant):
@@ -273,20 +264,11 @@ def test_hand_written_adam_mistakes_are_named(fn, name):
 def test_misconceptions_are_distinct_on_the_check_inputs(ex):
     """Every variant differs from the truth and from every other variant on every default case,
     so none can pass by accident and each diagnosis is unambiguous."""
-    for case in ex.default_cases:
-        inputs = ex.make_inputs(seed_for(ex.name, case))
-        outputs = [ex.reference(**inputs)] + [m.implementation(**inputs) for m in ex.misconceptions]
-        for a in range(len(outputs)):
-            for b in range(a + 1, len(outputs)):
-                assert not outputs_match(outputs[a], outputs[b], ex.rtol, ex.atol), (case, a, b)
+    harness.assert_distinct(ex, ex.default_cases)
 
 
 def test_inputs_are_deterministic():
-    for ex in EXERCISE_OF.values():
-        a, b = ex.make_inputs(123), ex.make_inputs(123)
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+    harness.assert_deterministic(EXERCISE_OF.values())
 
 
 # --------------------------------------------------------------------------- other failures
@@ -362,30 +344,17 @@ def test_in_place_edits_cannot_corrupt_the_reference():
 
 
 def test_multiple_choice():
-    questions = [(check.l0_question, check.L0_EXPLANATIONS, "b"),
-                 (check.shrinkage_question, check.SHRINKAGE_EXPLANATIONS, "c"),
-                 (check.resampling_question, check.RESAMPLING_EXPLANATIONS, "a")]
-    for ask, explanations, right in questions:
-        for bad, why in explanations.items():
-            with pytest.raises(CheckFailure) as info:
-                ask(bad)
-            assert why in str(info.value)
-        assert set(explanations) | {right} == set(check.OPTIONS)
-        with pytest.raises(CheckFailure, match="set your answer"):
-            ask(None)
-        with pytest.raises(CheckFailure, match="not one of"):
-            ask("e")
-        ask(right)
+    harness.assert_multiple_choice([(check.l0_question, check.L0_EXPLANATIONS, "b"),
+                                    (check.shrinkage_question, check.SHRINKAGE_EXPLANATIONS, "c"),
+                                    (check.resampling_question, check.RESAMPLING_EXPLANATIONS, "a")], check.OPTIONS)
 
 
 def test_progress_is_recorded_and_shown(capsys):
-    progress.show_progress("05")
-    assert f"0/{len(check.EXERCISES)}" in capsys.readouterr().out
-    for check_fn, fns, _ in CORRECT:
-        check_fn(fns[0])
-    check.l0_question("b")
-    check.shrinkage_question("c")
-    check.resampling_question("a")
-    progress.show_progress("05")
-    out = capsys.readouterr().out
-    assert f"{len(check.EXERCISES)}/{len(check.EXERCISES)}" in out and "all done" in out
+    def complete_everything():
+        for check_fn, fns, _ in CORRECT:
+            check_fn(fns[0])
+        check.l0_question("b")
+        check.shrinkage_question("c")
+        check.resampling_question("a")
+
+    harness.assert_progress_recorded("05", len(check.EXERCISES), complete_everything, capsys)

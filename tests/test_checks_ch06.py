@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils import progress
+import check_harness as harness
 from utils.checks import CheckFailure
 from utils.checks import ch06 as check
-from utils.checks.core import outputs_match, seed_for
+from utils.checks.core import seed_for
 from utils.features import exercises as ref
 
 
@@ -125,12 +125,7 @@ def test_every_function_exercise_is_covered():
 @pytest.mark.parametrize("check_fn,fn,name", [(c, f, n) for c, fns, n in CORRECT for f in fns],
                          ids=lambda v: getattr(v, "__name__", str(v)))
 def test_correct_implementations_pass(check_fn, fn, name, capsys):
-    check_fn(fn)
-    check_fn(fn, cases=[7, 8, 9])
-    out = capsys.readouterr()
-    n_default = len(EXERCISE_OF[check_fn].default_cases)
-    assert out.err == ""
-    assert out.out.strip().splitlines() == [f"PASS 06/{name}: {n_default} cases", f"PASS 06/{name}: 3 cases"]
+    harness.assert_passes(check_fn, fn, "06", name, len(EXERCISE_OF[check_fn].default_cases), capsys, (7, 8, 9))
 
 
 # --------------------------------------------------------------------------- catalogued mistakes
@@ -139,10 +134,7 @@ def test_correct_implementations_pass(check_fn, fn, name, capsys):
 @pytest.mark.parametrize("check_fn,wrong", [(c, m) for c in EXERCISE_OF for m in EXERCISE_OF[c].misconceptions],
                          ids=lambda v: getattr(v, "name", ""))
 def test_each_misconception_is_named(check_fn, wrong, capsys):
-    with pytest.raises(CheckFailure) as info:
-        check_fn(wrong.implementation)
-    assert wrong.explanation in str(info.value)
-    assert capsys.readouterr().err == ""
+    harness.assert_named(check_fn, wrong, capsys)
 
 
 @pytest.mark.parametrize("ex", list(EXERCISE_OF.values()), ids=lambda ex: ex.name)
@@ -150,11 +142,7 @@ def test_misconceptions_are_distinct_on_the_first_case(ex):
     """On the first default case every variant runs and differs from the truth and from every other
     variant, so none passes by accident and the diagnosis is unambiguous. (Later, rectangular cases
     may make some variants fail on shape instead: that is what they are for.)"""
-    inputs = ex.make_inputs(seed_for(ex.name, ex.default_cases[0]))
-    outputs = [ex.reference(**inputs)] + [m.implementation(**inputs) for m in ex.misconceptions]
-    for a in range(len(outputs)):
-        for b in range(a + 1, len(outputs)):
-            assert not outputs_match(outputs[a], outputs[b], ex.rtol, ex.atol), (a, b)
+    harness.assert_distinct(ex, ex.default_cases[:1])
 
 
 def test_rectangular_cases_catch_what_square_ones_cannot():
@@ -170,11 +158,7 @@ def test_rectangular_cases_catch_what_square_ones_cannot():
 
 
 def test_inputs_are_deterministic():
-    for ex in EXERCISE_OF.values():
-        a, b = ex.make_inputs(123), ex.make_inputs(123)
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+    harness.assert_deterministic(EXERCISE_OF.values())
 
 
 def test_edit_inputs_switch_the_feature_on_and_off():
@@ -231,28 +215,17 @@ def test_unknown_wrong_answer_reports_location():
 
 
 def test_multiple_choice():
-    questions = [(check.neuron_question, check.NEURON_EXPLANATIONS, "b"),
-                 (check.specificity_question, check.SPECIFICITY_EXPLANATIONS, "b"),
-                 (check.universality_question, check.UNIVERSALITY_EXPLANATIONS, "c")]
-    for ask, explanations, right in questions:
-        for bad, why in explanations.items():
-            with pytest.raises(CheckFailure) as info:
-                ask(bad)
-            assert why in str(info.value)
-        assert set(explanations) | {right} == set(check.OPTIONS)
-        with pytest.raises(CheckFailure, match="set your answer"):
-            ask(None)
-        ask(right)
+    harness.assert_multiple_choice([(check.neuron_question, check.NEURON_EXPLANATIONS, "b"),
+                                    (check.specificity_question, check.SPECIFICITY_EXPLANATIONS, "b"),
+                                    (check.universality_question, check.UNIVERSALITY_EXPLANATIONS, "c")], check.OPTIONS)
 
 
 def test_progress_is_recorded_and_shown(capsys):
-    progress.show_progress("06")
-    assert f"0/{len(check.EXERCISES)}" in capsys.readouterr().out
-    for check_fn, fns, _ in CORRECT:
-        check_fn(fns[0])
-    check.neuron_question("b")
-    check.specificity_question("b")
-    check.universality_question("c")
-    progress.show_progress("06")
-    out = capsys.readouterr().out
-    assert f"{len(check.EXERCISES)}/{len(check.EXERCISES)}" in out and "all done" in out
+    def complete_everything():
+        for check_fn, fns, _ in CORRECT:
+            check_fn(fns[0])
+        check.neuron_question("b")
+        check.specificity_question("b")
+        check.universality_question("c")
+
+    harness.assert_progress_recorded("06", len(check.EXERCISES), complete_everything, capsys)

@@ -1,0 +1,73 @@
+"""What every chapter's check tests assert, written once: a check passes correct implementations
+quietly, names each catalogued mistake, tells the variants apart, uses seeded inputs, explains
+each wrong multiple-choice option, and records progress. Chapters 05 and 06 use it; the older
+chapters' test files still spell the same assertions out."""
+import pytest
+import torch
+
+from utils import progress
+from utils.checks import CheckFailure
+from utils.checks.core import outputs_match, seed_for
+
+
+def assert_passes(check_fn, fn, chapter: str, name: str, n_default: int, capsys, extra_cases=(7, 8)) -> None:
+    """The check passes ``fn`` on its default cases and on extra seeds, printing one PASS line each."""
+    check_fn(fn)
+    check_fn(fn, cases=list(extra_cases))
+    out = capsys.readouterr()
+    assert out.err == ""
+    assert out.out.strip().splitlines() == [f"PASS {chapter}/{name}: {n_default} cases",
+                                            f"PASS {chapter}/{name}: {len(extra_cases)} cases"]
+
+
+def assert_named(check_fn, wrong, capsys) -> None:
+    """A catalogued wrong implementation fails with its own explanation, and nothing on stderr."""
+    with pytest.raises(CheckFailure) as info:
+        check_fn(wrong.implementation)
+    assert wrong.explanation in str(info.value)
+    assert capsys.readouterr().err == ""
+
+
+def assert_distinct(ex, cases) -> None:
+    """On each case, every variant differs from the truth and from every other variant."""
+    for case in cases:
+        inputs = ex.make_inputs(seed_for(ex.name, case))
+        outputs = [ex.reference(**inputs)] + [m.implementation(**inputs) for m in ex.misconceptions]
+        for a in range(len(outputs)):
+            for b in range(a + 1, len(outputs)):
+                assert not outputs_match(outputs[a], outputs[b], ex.rtol, ex.atol), (case, a, b)
+
+
+def assert_deterministic(exercises) -> None:
+    """The same seed gives the same inputs."""
+    for ex in exercises:
+        a, b = ex.make_inputs(123), ex.make_inputs(123)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+
+
+def assert_multiple_choice(questions, options) -> None:
+    """``questions``: (ask, explanations, right). Each wrong option gets its explanation; no answer
+    and an unknown letter are told apart; the right one passes."""
+    for ask, explanations, right in questions:
+        for bad, why in explanations.items():
+            with pytest.raises(CheckFailure) as info:
+                ask(bad)
+            assert why in str(info.value)
+        assert set(explanations) | {right} == set(options)
+        with pytest.raises(CheckFailure, match="set your answer"):
+            ask(None)
+        with pytest.raises(CheckFailure, match="not one of"):
+            ask("e")
+        ask(right)
+
+
+def assert_progress_recorded(chapter: str, n_exercises: int, complete_everything, capsys) -> None:
+    """Progress shows 0/N before and N/N ("all done") after ``complete_everything()``."""
+    progress.show_progress(chapter)
+    assert f"0/{n_exercises}" in capsys.readouterr().out
+    complete_everything()
+    progress.show_progress(chapter)
+    out = capsys.readouterr().out
+    assert f"{n_exercises}/{n_exercises}" in out and "all done" in out
