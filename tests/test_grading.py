@@ -454,3 +454,22 @@ def test_long_chapter_cells_are_tagged_skip_when_grading():
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "code" and "train_sae(" in cell.source:
                 assert SKIP_TAG in cell.metadata.get("tags", []), f"{path.name}: {cell.source[:80]}"
+
+
+def test_interrupts_work_when_the_grader_starts_with_sigint_ignored(tmp_path):
+    """A grader launched with SIGINT ignored (as some CI runners and harnesses launch children)
+    still interrupts a call that never returns, and scores the rest of the notebook."""
+    import signal
+
+    root, out = tmp_path / "submitted", tmp_path / "grades.csv"
+    nb = trim(subs.correct(SLUG))
+    subs.set_cell(nb, subs.PER_TOKEN_LOSS, "def per_token_loss(logits, tokens):\n    while True:\n        pass\n")
+    subs.write(root, SLUG, "slow", nb)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "utils.grading", str(root), "--chapter", "00", "--out", str(out),
+                           "--jobs", "1", *LIMITS], cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.returncode == 0, done.stdout + done.stderr
+    row = _rows(out)["slow"]
+    assert (row["total"], row["hook_question_check"]) == ("1", "1"), row
+    assert "ignored the interrupt" not in row["flags"]

@@ -163,6 +163,11 @@ def _child(fds: list, work: dict, tensors: dict, shell) -> None:
     import ctypes
 
     os.setsid()  # its own process group: the grader kills the whole group
+    # The grader stops a slow cell or call with SIGINT, which must raise KeyboardInterrupt here. Set
+    # that up explicitly: a Python started with SIGINT ignored (as a child of some shells, CI
+    # runners and test harnesses) keeps it ignored, and forks inherit that and any blocked mask.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the zygote
     stdin_fd, result_fd, out_fd = fds
