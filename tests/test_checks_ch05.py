@@ -10,12 +10,7 @@ from utils.sae import exercises as ref
 from utils.sae import fraction_variance_explained, geometric_median, l0, topk_relu
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- correct alternatives

@@ -15,12 +15,7 @@ from utils.sae import (PRESETS, ActivationStore, JumpReLUFunction, SAEConfig, Sp
 HOOK = "blocks.0.mlp.hook_post"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,7 @@ from utils.sae import (SAEConfig, SparseAutoencoder, ce_loss_recovered, dead_fra
 from utils.sae import exercises as ex
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_sae(seed=0, d_in=6, d_sae=10):
