@@ -20,6 +20,15 @@ Measured 2026-11-21 (AMD EPYC, 2 cores, torch 2.13 CPU). The "cpu" preset now ha
     cpu (819k)    1        161 s (160 s)      27.4  0.857  0.944    0.010  0.001   dense matmuls only
     cpu (819k)    1        124 s (124 s)      27.4  0.857  0.944    0.008  0.001   sparse CPU kernels
 
+Measured 2026-11-22, idle, with utils/sae/cpu_step.py (gradients by hand, fused Adam, sparse path
+below 10% non-zeros) and the preset's new gradient clipping (norm 1.0); 16.4 s of the 91.7 s is
+the activation store running the model (timed alone):
+
+    cpu (819k)    1         92 s (91 s)       23.3  0.875  0.952    0.004  0.000   clip 1.0 (the preset now)
+    cpu (819k)    1         98 s (97 s)       27.4  0.857  0.944    0.010  0.001   no clip (contended: 2 jobs)
+    cpu-topk      1        142 s (136 s)      32.0  0.933  0.985    0.171  0.011   clip 1.0 (contended: 2 jobs)
+    cpu-topk      1        139 s (133 s)      32.0  0.927  0.982    0.109  0.010   no clip (the preset: fewer dead)
+
 The runs below used the earlier 1.2M-token budget (1171 steps; the bundled gelu-1l-mlp-l1* and
 gelu-1l-mlp-topk-k24 SAEs were made that way) and were ALL CONTENDED: another job kept the
 1-minute load at 2-5 throughout, and these runs were niced. Evaluation on 131k held-out tokens.
@@ -31,10 +40,9 @@ gelu-1l-mlp-topk-k24 SAEs were made that way) and were ALL CONTENDED: another jo
     cpu-jumprelu  1        266 s (260 s)      21.1  0.866  0.956    0.000  0.005
 
 The step is matmul-bound (5 matmuls of 2·B·512·2048 FLOP; ~80% of a step's time in a profile),
-8.8e12 FLOP for the 819k-token preset (1.26e13 at 1.2M) if every step were dense; one core ran the
-dense step at ~55 GFLOP/s (torch.mm alone: ~80). Once L0 is below 5% of d_sae (about step 200), the
-sparse CPU kernels of utils/sae/model.py skip f's zeros in 4 of the 5 matmuls: 1.3x less time
-over the whole run, the same metrics.
+8.8e12 FLOP for the 819k-token preset (1.26e13 at 1.2M) if every step were dense. Through
+utils/sae/cpu_step.py one core runs the dense step at ~0.9 of torch.mm's rate, and once fewer than
+10% of f's entries are non-zero (after about 120 steps) it skips f's zeros in 4 of the 5 matmuls.
 """
 from __future__ import annotations
 

@@ -36,16 +36,15 @@ What runs:
    For TopK the same count is printed, though its step also does a top-k over [B, F].
 
 Same in both: data and order, d_in 512, d_sae 2048, batch 1024, Adam lr 1e-3 betas (0.9, 0.999),
-50-step linear lr warm-up then constant, no lr decay; L1: lambda 2.0 with a 150-step linear
-warm-up, squared error summed over d_in and averaged over the batch; TopK: k = 32; encoder
-initialised as the decoder's transpose with rows of norm 0.1; no activation normalisation; fp32;
-same threads; no resampling of dead features.
+50-step linear lr warm-up then constant, no lr decay; gradient norm clipped to 1.0; L1: lambda 2.0
+with a 150-step linear warm-up, squared error summed over d_in and averaged over the batch; TopK:
+k = 32; encoder initialised as the decoder's transpose with rows of norm 0.1; no activation
+normalisation; fp32; same threads; no resampling of dead features.
 Differences left as each library's standard (not removed, not tuned):
 - sparsity penalty: ours lambda·Σ f_i with decoder columns held at unit norm (gradient projected,
   columns renormalised every step); SAELens lambda·Σ f_i·||W_dec,i|| with the decoder norms free.
   The two are the same penalty up to how the norm constraint is imposed.
 - b_dec: ours starts at the geometric median of 8192 training activations; SAELens's at zero.
-- SAELens clips the gradient norm to 1.0 every step; ours does not clip.
 - initial decoder: ours Gaussian directions at unit norm; SAELens kaiming-uniform directions at
   norm 0.1 (its encoder is their transpose; ours is 0.1 x the transpose of the unit decoder).
 - TopK: SAELens adds its AuxK loss for features dead over 1000 steps (its default window; a run of
@@ -53,10 +52,26 @@ Differences left as each library's standard (not removed, not tuned):
 - per-step bookkeeping: ours sums loss/L0/FVE statistics on the device and reads them every 25
   steps; SAELens counts firing features per step (dead-feature mask, frequency scores).
 
-Measured 2026-11-22 (same machine) with our sparse CPU kernels (utils/sae/model.py: once f is
-below 5% non-zeros, the decoder and the encoder's weight gradient skip its zeros), 1 thread, the
-machine otherwise idle (1-minute load ~1.0 after, which is this run; the script flags that as
-contended because it counts the run itself):
+Measured 2026-11-22, idle machine, 1 thread, with utils/sae/cpu_step.py (the step's gradients by
+hand, fused Adam, the sparse path below 10% non-zeros) and our gradient clipped to 1.0 as SAELens's
+is. At EQUAL FVE (L1: 0.867 vs 0.869, at L0 31.5 vs 33.2) ours is 1.99x SAELens's tokens/s:
+
+    arch  implementation  tokens/s   FVE    L0    dead   seconds
+    l1    ours            8869       0.867  31.5  0.007   46.2
+    l1    SAELens         4456       0.869  33.2  0.008   91.9     ours/SAELens 1.99x
+    topk  ours           12051       0.915  32.0  0.153   34.0
+    topk  SAELens         4395       0.803  32.0  0.876   93.2     ours/SAELens 2.74x
+
+    our DENSE step (L1, steps 1-100, f 17-49% non-zero): 65.9 GFLOP/s = 0.88 of torch.mm (74.6)
+    whole L1 run, dense-equivalent (10·B·D·F per step): 93.0 GFLOP/s = 1.25 of torch.mm
+
+Clipping was the whole FVE gap of the runs below: without it ours reached 0.833 at L0 38.7 (and
+0.813 at L0 30.9 with lambda 2.5), with it 0.867 at L0 31.5; SAELens clips by default.
+
+Measured in the session before (same machine), ours WITHOUT gradient clipping, through autograd
+with the sparse autograd kernels that utils/sae/model.py had then (below 5% non-zeros; since
+replaced by cpu_step), 1 thread, the machine otherwise idle (1-minute load ~1.0 after, which is
+this run; the script flags that as contended because it counts the run itself):
 
     arch  implementation  tokens/s   FVE    L0    dead   seconds
     l1    ours            6522       0.833  38.7  0.008   62.8
@@ -107,7 +122,7 @@ from pathlib import Path
 import torch
 
 from utils.models import load_model
-from utils.sae import preset, train_sae
+from utils.sae import cpu_step, preset, train_sae
 from utils.sae.metrics import fraction_variance_explained
 from utils.sae.training import make_store
 
@@ -217,7 +232,9 @@ def main(argv=None) -> None:
         args.tokens, args.eval_tokens = 51_200, 8_192
 
     torch.set_num_threads(args.threads)
-    cfg = preset("cpu" if args.architecture == "l1" else "cpu-topk", device="cpu", resample_steps=())
+    # SAELens's trainer clips the gradient norm to 1.0 and has no resampling: ours does the same here.
+    cfg = preset("cpu" if args.architecture == "l1" else "cpu-topk", device="cpu", resample_steps=(),
+                 grad_clip_norm=1.0)
     n = args.tokens // cfg.batch_size * cfg.batch_size
     cfg = cfg.replace(training_tokens=n)
     load_before = os.getloadavg()[0]
@@ -267,6 +284,15 @@ def main(argv=None) -> None:
     flop = 10 * cfg.batch_size * cfg.d_in * cfg.d_sae * steps
     achieved = flop / ours_s / 1e9
     mm = statistics.mean([mm_before, mm_after])
+    # The dense step alone: the logged intervals in which f had more non-zeros than the sparse path
+    # takes (the first ~100 steps here), timed inside train_sae's loop.
+    dense = [r for r in log["history"] if r["l0"] / cfg.d_sae >= cpu_step.SPARSE_MAX_DENSITY]
+    if dense:
+        step_flop = 10 * cfg.batch_size * cfg.d_in * cfg.d_sae
+        dense_rate = statistics.median(r["tokens_per_s"] / cfg.batch_size * step_flop / 1e9 for r in dense)
+        print(f"our DENSE step (steps 1-{dense[-1]['step']}, f {min(r['l0'] for r in dense) / cfg.d_sae:.0%}-"
+              f"{max(r['l0'] for r in dense) / cfg.d_sae:.0%} non-zero; median of {len(dense)} logged intervals): "
+              f"{dense_rate:.1f} GFLOP/s = {dense_rate / mm:.2f} of torch.mm")
     print(f"\nour step, 10·B·D·F = {10 * cfg.batch_size * cfg.d_in * cfg.d_sae / 1e9:.2f} GFLOP"
           f"{' (the L1 count; TopK adds a top-k)' if cfg.architecture == 'topk' else ''}: "
           f"achieved {achieved:.1f} GFLOP/s over {ours_s:.1f} s")

@@ -476,7 +476,8 @@ def test_store_rejects_bad_settings(model):
     (dict(buffer_size=10), "buffer_size"), (dict(training_tokens=4), "training_tokens"),
     (dict(resample_steps=(8,)), "resample_steps"), (dict(resample_steps=(4, 2)), "resample_steps"), (dict(device="tpu"), "device"),
     (dict(b_dec_init="median"), "b_dec_init"), (dict(lr_decay_fraction=1.5), "lr_decay_fraction"),
-    (dict(encoder_init_norm=0.0), "encoder_init_norm"),
+    (dict(encoder_init_norm=0.0), "encoder_init_norm"), (dict(grad_clip_norm=0.0), "grad_clip_norm"),
+    (dict(grad_clip_norm=float("inf")), "grad_clip_norm"),
 ])
 def test_config_rejects_bad_values(changes, field):
     with pytest.raises(ValueError, match=field):
@@ -570,6 +571,25 @@ def test_training_recovers_features_in_superposition(arch, extra):
     assert [r["step"] for r in log["resampled"]] == [200, 350]
 
 
+def test_gradient_clipping_bounds_the_gradient_norm_adam_sees(monkeypatch):
+    """With grad_clip_norm set, every gradient handed to Adam has at most that norm (checked at
+    each step against the norm over all parameters), and some were longer before clipping."""
+    seen = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(torch.cat([p.grad.flatten() for group in self.param_groups for p in group["params"]]).norm())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    store = SyntheticStore(torch.eye(6) * 10, p=0.5, batch_size=8)
+    train_sae(tiny_cfg(training_tokens=8 * 20), store=store, progress=False)
+    unclipped = torch.stack(seen)
+    seen.clear()
+    train_sae(tiny_cfg(training_tokens=8 * 20, grad_clip_norm=0.5), store=store, progress=False)
+    assert (unclipped > 0.5).any() and (torch.stack(seen) <= 0.5 * (1 + 1e-5)).all()
+
+
 def test_train_sae_rejects_a_store_of_the_wrong_width():
     store = SyntheticStore(torch.eye(5), p=0.5, batch_size=8)
     with pytest.raises(ValueError, match="d_in"):
@@ -599,44 +619,100 @@ def test_bundled_saes_meet_the_quality_bar_on_fresh_tokens(name, model):
     assert saved["dead_fraction"] < (0.25 if sae.cfg.architecture == "topk" else 0.15)
 
 
-@pytest.mark.parametrize("architecture", ["l1", "topk", "jumprelu"])
-def test_sparse_cpu_kernels_give_the_dense_step_exactly(architecture, monkeypatch):
-    """The CPU training step through the sparse kernels (SparseDecode, SparseGradLinear) has the
-    same loss and the same gradient for every parameter as plain dense matmuls, in float64; JumpReLU,
-    whose threshold needs gradients where f == 0, never takes the sparse decoder."""
-    import utils.sae.model as sae_model
-
-    original = sae_model.SparseDecode.apply
-
-    def step(max_density):
-        monkeypatch.setattr(sae_model, "SPARSE_MAX_DENSITY", max_density)
-        torch.manual_seed(0)
-        sae = SparseAutoencoder(SAEConfig(d_in=24, d_sae=96, architecture=architecture, k=3, device="cpu")).double()
-        x = torch.randn(40, 24, dtype=torch.float64).relu() * 2
-        with torch.no_grad():
-            sae.b_enc -= sae.pre_activations(x).quantile(0.9, dim=0)  # ~10% of rows per feature
-        calls = {"decode": 0}
-        monkeypatch.setattr(sae_model.SparseDecode, "apply",
-                            lambda *a: calls.__setitem__("decode", calls["decode"] + 1) or original(*a))
-        x_hat, f, losses = sae(x, sparsity_coeff=1.5)
-        losses["loss"].backward()
-        return x_hat.detach(), losses["loss"].item(), {n: p.grad.clone() for n, p in sae.named_parameters()}, calls
-
-    dense_x, dense_loss, dense_grads, dense_calls = step(0.0)
-    sparse_x, sparse_loss, sparse_grads, sparse_calls = step(1.0)
-    assert dense_calls["decode"] == 0
-    assert sparse_calls["decode"] == (0 if architecture == "jumprelu" else 1)
-    assert torch.allclose(sparse_x, dense_x, atol=1e-12) and sparse_loss == pytest.approx(dense_loss, abs=1e-10)
-    for name in dense_grads:
-        assert torch.allclose(sparse_grads[name], dense_grads[name], atol=1e-10), name
+# --------------------------------------------------------------------------- the hand-written CPU step
 
 
-def test_sparse_kernels_are_not_used_outside_cpu_training():
-    from utils.sae.model import use_sparse_kernels
-
-    f = torch.zeros(8, 10, requires_grad=True)
-    assert use_sparse_kernels(f)
+def sae_firing_on_a_tenth(architecture, seed=0):
+    """A float64 SAE (random parameters, b_dec non-zero) whose features fire on ~10% of x's rows."""
+    torch.manual_seed(seed)
+    sae = random_sae(seed, d_in=24, d_sae=96, architecture=architecture, k=3).double()
+    x = torch.randn(40, 24, dtype=torch.float64).relu() * 2
     with torch.no_grad():
-        assert not use_sparse_kernels(f)
-    assert not use_sparse_kernels(torch.zeros(8, 10))  # no gradient wanted
-    assert not use_sparse_kernels(torch.ones(8, 10, requires_grad=True))  # dense
+        sae.b_enc -= sae.pre_activations(x).quantile(0.9, dim=0)
+    return sae, x
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("architecture", ["l1", "topk"])
+def test_cpu_step_gives_autograds_losses_and_gradients(architecture, path, monkeypatch):
+    """cpu_step.step_gradients_ (gradients derived by hand; CSR kernels on the sparse path) against
+    sae(x) + loss.backward(), in float64: every loss, every parameter's gradient, the count of
+    non-zeros and which features fired."""
+    from utils.sae import cpu_step
+
+    monkeypatch.setattr(cpu_step, "SPARSE_MAX_DENSITY", 0.0 if path == "dense" else 1.0)
+    sae, x = sae_firing_on_a_tenth(architecture)
+    _, f, losses = sae(x, sparsity_coeff=1.5)
+    losses["loss"].backward()
+    expected = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad(set_to_none=True)
+
+    took = {"csr": 0}
+    to_csr = torch.Tensor.to_sparse_csr
+    monkeypatch.setattr(torch.Tensor, "to_sparse_csr", lambda t: took.__setitem__("csr", took["csr"] + 1) or to_csr(t))
+    result = cpu_step.step_gradients_(sae, x, sparsity_coeff=1.5)
+    assert took["csr"] == (path == "sparse")
+    for key in ("loss", "mse", "sparsity"):
+        assert result.losses[key].item() == pytest.approx(losses[key].item(), abs=1e-10), key
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-10, rtol=0, msg=name)
+    assert result.n_active.item() == (f != 0).sum().item()
+    assert torch.equal(result.fired, (f != 0).any(0))
+
+
+def test_cpu_step_refuses_what_it_does_not_handle():
+    from utils.sae import cpu_step
+
+    sae, x = sae_firing_on_a_tenth("jumprelu")
+    assert not cpu_step.applies(sae, "cpu")
+    with pytest.raises(ValueError, match="'l1' and 'topk'"):
+        cpu_step.step_gradients_(sae, x, 1.0)
+    sae, x = sae_firing_on_a_tenth("l1")
+    assert cpu_step.applies(sae, "cpu") and not cpu_step.applies(sae, "cuda")
+    with pytest.raises(ValueError, match="batch, d_in"):
+        cpu_step.step_gradients_(sae, x[None], 1.0)
+    with pytest.raises(ValueError, match="d_in"):
+        cpu_step.step_gradients_(sae, x[:, :5], 1.0)
+
+
+def test_fused_adam_gets_gradients_in_its_parameters_layout():
+    """torch's fused Adam reads a gradient as if it had its parameter's strides: a transposed
+    parameter given a row-major gradient trains on scrambled numbers. cpu_step's _set_grad copies
+    into the parameter's layout, so fused and per-tensor Adam make the same step."""
+    from utils.sae.cpu_step import _set_grad
+
+    grad = randn(6, 4, seed=1)
+    updated = []
+    for fused in (False, True):
+        param = torch.nn.Parameter(randn(4, 6).T)  # strides (1, 6): column-major
+        _set_grad(param, grad.clone())
+        assert param.grad.stride() == param.stride()
+        torch.optim.Adam([param], lr=0.1, fused=fused).step()
+        updated.append(param.detach().clone())
+    torch.testing.assert_close(updated[1], updated[0])
+
+
+@pytest.mark.parametrize("architecture", ["l1", "topk"])
+def test_training_through_the_cpu_step_matches_autograd(architecture, monkeypatch):
+    """Thirty steps of train_sae (lr and λ warm-ups, resampling at step 20) through the CPU step
+    and through autograd end at the same SAE, to float32 rounding."""
+    from utils.sae import cpu_step
+
+    g = torch.Generator().manual_seed(0)
+    directions = torch.randn(32, 16, generator=g)
+    cfg = SAEConfig(d_in=16, d_sae=64, architecture=architecture, k=4, l1_coeff=0.3, lr=3e-3, lr_warmup_steps=5,
+                    l1_warmup_steps=10, batch_size=64, training_tokens=64 * 30, buffer_size=1024,
+                    b_dec_init_samples=256, resample_inputs=256, resample_steps=(20,), resample_window=10,
+                    device="cpu", log_every=10)
+    trained, histories = [], []
+    for use_cpu_step in (True, False):
+        monkeypatch.setattr(cpu_step, "applies", lambda sae, device, _use=use_cpu_step: _use)
+        sae, log = train_sae(cfg, store=SyntheticStore(directions / directions.norm(dim=1, keepdim=True),
+                                                       p=0.1, batch_size=64), progress=False)
+        trained.append(sae)
+        histories.append(log["history"])
+    for (name, p), q in zip(trained[0].named_parameters(), trained[1].parameters()):
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4, msg=name)
+    for ours, reference in zip(*histories):
+        for key in ("loss", "mse", "l0", "fve", "dead_fraction"):
+            assert ours[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-6), (ours["step"], key)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -124,65 +123,6 @@ class StepFunction(torch.autograd.Function):
         return torch.zeros_like(z), _sum_to_shape(grad_threshold, threshold.shape), None
 
 
-# --------------------------------------------------------------------------- sparse CPU kernels
-# A trained SAE's f has ~1-2% non-zeros, yet a dense training step spends 3 of its 5 matmuls on
-# them (x_hat = f W_dec^T, W_dec's gradient g^T f, f's gradient g W_dec) and a 4th on the encoder
-# weight gradient, whose input grad_z is zero wherever f is. On a CPU, sparse kernels for those four
-# cost a fraction of the dense ones once f is sparse enough; on GPUs the dense matmuls stay.
-# torch warns once per process that CSR support is "beta"; the kernels used here are tested
-# against the dense step in tests/test_sae.py, so the warning would only be noise in notebooks.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-SPARSE_MAX_DENSITY = 0.05  # the sparse path is used below this fraction of non-zeros (timed: 2% -> ~4x less)
-
-
-def use_sparse_kernels(f: Tensor) -> bool:
-    """CPU training with a mostly-zero f (the early steps of training are dense: they use matmuls)."""
-    return (f.device.type == "cpu" and f.dim() == 2 and torch.is_grad_enabled() and f.requires_grad
-            and f.count_nonzero().item() < SPARSE_MAX_DENSITY * f.numel())
-
-
-class SparseDecode(torch.autograd.Function):
-    """x_hat = f W_dec^T + b_dec through f's non-zero entries only (f as a CSR matrix).
-
-    f's gradient is returned only where f != 0 (elsewhere 0). That is exact when whatever produced
-    f passes no gradient where f == 0: ReLU and TopK. NOT JumpReLU, whose threshold learns from the
-    gradient at positions just below it."""
-
-    @staticmethod
-    def forward(ctx, f: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
-        f_csr = f.detach().to_sparse_csr()
-        ctx.f_csr = f_csr
-        ctx.save_for_backward(W_dec)
-        return torch.sparse.mm(f_csr, W_dec.T) + b_dec
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        (W_dec,) = ctx.saved_tensors
-        f_csr = ctx.f_csr
-        grad_f = torch.sparse.sampled_addmm(f_csr, grad_out, W_dec, beta=0.0).to_dense()  # (g W_dec) at f's support
-        grad_W_dec = torch.sparse.mm(f_csr.t(), grad_out).T.contiguous()  # (f^T g)^T = g^T f
-        return grad_f, grad_W_dec, grad_out.sum(0)
-
-
-class SparseGradLinear(torch.autograd.Function):
-    """F.linear(x, W, b) whose weight gradient grad_z^T x skips grad_z's zeros (x gets no gradient:
-    it is data). Falls back to a dense matmul when grad_z is not sparse."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return F.linear(x, W, b)
-
-    @staticmethod
-    def backward(ctx, grad_z: Tensor):
-        (x,) = ctx.saved_tensors
-        if grad_z.count_nonzero().item() < SPARSE_MAX_DENSITY * grad_z.numel():
-            grad_W = torch.sparse.mm(grad_z.to_sparse_csr().t(), x)
-        else:
-            grad_W = grad_z.T @ x
-        return None, grad_W, grad_z.sum(0)
-
-
 def topk_relu(z: Float[Tensor, "... d_sae"], k: int) -> Float[Tensor, "... d_sae"]:
     """ReLU of the k largest entries of each row, zeros elsewhere (gradients flow to those k only)."""
     values, indices = z.topk(k, dim=-1, sorted=False)
@@ -217,7 +157,7 @@ class SparseAutoencoder(nn.Module):
         W_dec = torch.randn(cfg.d_in, cfg.d_sae, generator=g)
         W_dec /= W_dec.norm(dim=0, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(cfg.initial_encoder_norm * W_dec.T)
+        self.W_enc = nn.Parameter((cfg.initial_encoder_norm * W_dec.T).contiguous())  # row-major, as loaded
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         if cfg.architecture == "jumprelu":
@@ -279,17 +219,9 @@ class SparseAutoencoder(nn.Module):
     ) -> tuple[Float[Tensor, "batch d_in"], Float[Tensor, "batch d_sae"], dict[str, Tensor]]:
         """(x_hat, f, {"loss", "mse", "sparsity"}); ``sparsity_coeff`` overrides λ (for its warm-up)."""
         arch = self.cfg.architecture
-        sparse_ok = arch in ("l1", "topk") and x.dim() == 2 and not x.requires_grad
-        if sparse_ok and x.device.type == "cpu" and torch.is_grad_enabled():
-            self._check_input(x)
-            z = SparseGradLinear.apply(x, self.W_enc, self.b_enc - self.W_enc @ self.b_dec)
-        else:
-            z = self.pre_activations(x)
+        z = self.pre_activations(x)
         f = self.activation(z)
-        if sparse_ok and use_sparse_kernels(f):
-            x_hat = SparseDecode.apply(f, self.W_dec, self.b_dec)
-        else:
-            x_hat = self.decode(f)
+        x_hat = self.decode(f)
         n = x.reshape(-1, self.d_in).shape[0]
         mse = (x_hat - x).pow(2).sum() / n
         if arch == "l1":
@@ -305,7 +237,8 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale every decoder column (feature direction) to unit norm, in place."""
-        self.W_dec /= self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12)
+        # sqrt of a sum of squares: torch's norm(dim=0) takes ~10x longer on a CPU at [512, 2048]
+        self.W_dec /= self.W_dec.pow(2).sum(0, keepdim=True).sqrt_().clamp_min_(1e-12)
 
     @torch.no_grad()
     def remove_parallel_decoder_grad_(self) -> None:
