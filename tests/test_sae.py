@@ -590,6 +590,28 @@ def test_gradient_clipping_bounds_the_gradient_norm_adam_sees(monkeypatch):
     assert (unclipped > 0.5).any() and (torch.stack(seen) <= 0.5 * (1 + 1e-5)).all()
 
 
+def test_step_benchmark_script_reports_a_dense_rate(capsys):
+    """scripts/bench_sae_step.py (the GPU measurement of the SAE chapter) runs end to end, on a tiny
+    CPU problem here: positive rates, and f dense enough that the CPU step kept its dense path."""
+    import importlib.util
+    from pathlib import Path
+
+    from utils.sae import cpu_step
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_sae_step.py"
+    spec = importlib.util.spec_from_file_location("bench_sae_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.main(["--device", "cpu", "--d-in", "16", "--d-sae", "64", "--batch", "32", "--intervals", "3",
+                    "--steps-per-interval", "2"])
+    assert r["timed_steps"] == 4 and r["tokens_per_s"] > 0 and r["matmul_gflops"] > 0
+    assert r["gflops"] == pytest.approx(r["tokens_per_s"] / 32 * 10 * 32 * 16 * 64 / 1e9)
+    assert r["l0_fraction"] >= cpu_step.SPARSE_MAX_DENSITY
+    assert "tokens/s" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="at least 2 intervals"):
+        bench.measure(16, 64, 32, "cpu", intervals=1)
+
+
 def test_train_sae_rejects_a_store_of_the_wrong_width():
     store = SyntheticStore(torch.eye(5), p=0.5, batch_size=8)
     with pytest.raises(ValueError, match="d_in"):
