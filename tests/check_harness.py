@@ -10,6 +10,14 @@ from utils.checks import CheckFailure
 from utils.checks.core import outputs_match, seed_for
 
 
+def assert_every_function_exercise_covered(check_module, exercise_of: dict, correct) -> None:
+    """``exercise_of`` maps each check function to its exercise; ``correct`` lists
+    (check, implementations, name). Together they cover every exercise that is not a question."""
+    names = {ex.name for ex in exercise_of.values()}
+    assert names == {n for n in check_module.EXERCISES if not n.endswith("_question")}
+    assert {name for _, _, name in correct} == names
+
+
 def assert_passes(check_fn, fn, chapter: str, name: str, n_default: int, capsys, extra_cases=(7, 8)) -> None:
     """The check passes ``fn`` on its default cases and on extra seeds, printing one PASS line each."""
     check_fn(fn)

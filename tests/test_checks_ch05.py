@@ -187,9 +187,7 @@ EXERCISE_OF = {check.sae_forward: check.SAE_FORWARD, check.sae_loss: check.SAE_L
 
 
 def test_every_function_exercise_is_covered():
-    names = {ex.name for ex in EXERCISE_OF.values()}
-    assert names == {n for n in check.EXERCISES if not n.endswith("_question")}
-    assert {name for _, _, name in CORRECT} == names
+    harness.assert_every_function_exercise_covered(check, EXERCISE_OF, CORRECT)
 
 
 @pytest.mark.parametrize("check_fn,fn,name", [(c, f, n) for c, fns, n in CORRECT for f in fns],
