@@ -178,7 +178,9 @@ PRESETS: dict[str, SAEConfig] = {
     "cpu-topk": SAEConfig(
         d_sae=2048, architecture="topk", k=32, lr=1e-3, batch_size=1024, training_tokens=1_200_000,
         lr_warmup_steps=50, buffer_size=131_072, resample_steps=(300, 600, 900), resample_window=200,
-        notes="TopK SAE (k=32, 4x dictionary) on gelu-1l's MLP, 1.2M activations (1.5x the 'cpu' preset's).",
+        notes="TopK SAE (k=32, 4x dictionary) on gelu-1l's MLP, 1.2M activations (1.5x the 'cpu' preset's). "
+              "Not clipped: clipping the gradient norm to 1 raised held-out FVE 0.927 -> 0.933 but left 17% "
+              "of the features dead instead of 11%.",
     ),
     "cpu-jumprelu": SAEConfig(
         d_sae=2048, architecture="jumprelu", l0_coeff=1.0, jumprelu_init_threshold=0.5, jumprelu_bandwidth=0.1,

@@ -98,8 +98,8 @@ def train_sae(cfg: SAEConfig, model=None, store=None, progress: bool = True) -> 
 
     sae = SparseAutoencoder(cfg).to(device)
     sae.init_b_dec_(store.sample(cfg.b_dec_init_samples).to(device))
-    # The fused Adam (one kernel for all four parameters) takes a fifth of the time of the
-    # per-tensor loop on a CPU; MPS keeps the default.
+    # The fused Adam (one kernel for all four parameters) takes a sixth of the time of the
+    # per-tensor loop on a CPU (2.5 vs 16 ms a step at d_sae 2048); MPS keeps the default.
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                  fused=device.type in ("cpu", "cuda"))
     use_cpu_step = cpu_step.applies(sae, device)
