@@ -682,6 +682,25 @@ def test_cpu_step_gives_autograds_losses_and_gradients(architecture, path, monke
     assert torch.equal(result.fired, (f != 0).any(0))
 
 
+@pytest.mark.parametrize("architecture", ["l1", "topk"])
+def test_cpu_step_on_a_batch_where_nothing_fires(architecture):
+    """f == 0 everywhere (the sparse path with an empty CSR matrix): the gradients are autograd's,
+    nothing counts as fired."""
+    from utils.sae import cpu_step
+
+    sae, x = sae_firing_on_a_tenth(architecture)
+    with torch.no_grad():
+        sae.b_enc.fill_(-1e3)
+    _, _, losses = sae(x, sparsity_coeff=1.5)
+    losses["loss"].backward()
+    expected = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad(set_to_none=True)
+    result = cpu_step.step_gradients_(sae, x, sparsity_coeff=1.5)
+    assert result.n_active.item() == 0 and not result.fired.any()
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-10, rtol=0, msg=name)
+
+
 def test_cpu_step_refuses_what_it_does_not_handle():
     from utils.sae import cpu_step
 
