@@ -25,6 +25,7 @@ below 10% non-zeros) and the preset's new gradient clipping (norm 1.0); 16.4 s o
 the activation store running the model (timed alone):
 
     cpu (819k)    1         92 s (91 s)       23.3  0.875  0.952    0.004  0.000   clip 1.0 (the preset now)
+    cpu (819k)    1         96 s (96 s)       23.3  0.875  0.952    0.004  0.000   same, reused buffers (noise)
     cpu (819k)    1         98 s (97 s)       27.4  0.857  0.944    0.010  0.001   no clip (contended: 2 jobs)
     cpu-topk      1        142 s (136 s)      32.0  0.933  0.985    0.171  0.011   clip 1.0 (contended: 2 jobs)
     cpu-topk      1        139 s (133 s)      32.0  0.927  0.982    0.109  0.010   no clip (the preset: fewer dead)

@@ -53,17 +53,20 @@ Differences left as each library's standard (not removed, not tuned):
   steps; SAELens counts firing features per step (dead-feature mask, frequency scores).
 
 Measured 2026-11-22, idle machine, 1 thread, with utils/sae/cpu_step.py (the step's gradients by
-hand, fused Adam, the sparse path below 10% non-zeros) and our gradient clipped to 1.0 as SAELens's
-is. At EQUAL FVE (L1: 0.867 vs 0.869, at L0 31.5 vs 33.2) ours is 1.99x SAELens's tokens/s:
+hand into buffers reused every step, fused Adam, the sparse path below 10% non-zeros) and our
+gradient clipped to 1.0 as SAELens's is. At EQUAL FVE (L1: 0.867 vs 0.869, at L0 31.5 vs 33.2)
+ours is 1.97x SAELens's tokens/s, and our dense step runs at 0.93 of torch.mm:
 
     arch  implementation  tokens/s   FVE    L0    dead   seconds
-    l1    ours            8869       0.867  31.5  0.007   46.2
-    l1    SAELens         4456       0.869  33.2  0.008   91.9     ours/SAELens 1.99x
-    topk  ours           12051       0.915  32.0  0.153   34.0
-    topk  SAELens         4395       0.803  32.0  0.876   93.2     ours/SAELens 2.74x
+    l1    ours            8960       0.867  31.5  0.007   45.7
+    l1    SAELens         4540       0.869  33.2  0.008   90.2     ours/SAELens 1.97x
+    topk  ours           12233       0.915  32.0  0.153   33.5
+    topk  SAELens         4561       0.803  32.0  0.876   89.8     ours/SAELens 2.68x
 
-    our DENSE step (L1, steps 1-100, f 17-49% non-zero): 65.9 GFLOP/s = 0.88 of torch.mm (74.6)
-    whole L1 run, dense-equivalent (10·B·D·F per step): 93.0 GFLOP/s = 1.25 of torch.mm
+    our DENSE step (L1, steps 1-100, f 17-49% non-zero): 68.7 GFLOP/s = 0.93 of torch.mm (73.1 / 74.0)
+    whole L1 run, dense-equivalent (10·B·D·F per step): 94.0 GFLOP/s = 1.28 of torch.mm
+    (Before the reused buffers, same day: L1 8869 tok/s, 1.99x, dense step 0.88; TopK 12051, 2.74x.
+    The SAELens side moves by a few % between runs.)
 
 Clipping was the whole FVE gap of the runs below: without it ours reached 0.833 at L0 38.7 (and
 0.813 at L0 30.9 with lambda 2.5), with it 0.867 at L0 31.5; SAELens clips by default.

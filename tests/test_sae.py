@@ -682,6 +682,29 @@ def test_cpu_step_gives_autograds_losses_and_gradients(architecture, path, monke
     assert torch.equal(result.fired, (f != 0).any(0))
 
 
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_cpu_step_with_a_workspace_reuses_its_buffers_and_gives_the_same_gradients(path, monkeypatch):
+    """Two consecutive steps with one workspace dict: the same gradients as without it, on each
+    batch, and the second step writes into the memory the first one allocated."""
+    from utils.sae import cpu_step
+
+    monkeypatch.setattr(cpu_step, "SPARSE_MAX_DENSITY", 0.0 if path == "dense" else 1.0)
+    sae, x = sae_firing_on_a_tenth("l1")
+    batches = [x, x.flip(0) * 1.3]
+    expected = []
+    for batch in batches:
+        cpu_step.step_gradients_(sae, batch, 1.5)
+        expected.append({name: p.grad.clone() for name, p in sae.named_parameters()})
+    workspace, addresses = {}, []
+    for batch, grads in zip(batches, expected):
+        cpu_step.step_gradients_(sae, batch, 1.5, workspace)
+        for name, p in sae.named_parameters():
+            torch.testing.assert_close(p.grad, grads[name], atol=1e-12, rtol=0, msg=name)
+        addresses.append({name: buf.data_ptr() for name, buf in workspace.items()})
+    assert addresses[0] and addresses[0] == addresses[1]
+    assert ("grad_W_dec" in workspace) == (path == "dense")
+
+
 @pytest.mark.parametrize("architecture", ["l1", "topk"])
 def test_cpu_step_on_a_batch_where_nothing_fires(architecture):
     """f == 0 everywhere (the sparse path with an empty CSR matrix): the gradients are autograd's,

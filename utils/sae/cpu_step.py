@@ -22,7 +22,7 @@ sparse path, for both architectures.
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -54,11 +54,27 @@ def _set_grad(param: Tensor, grad: Tensor) -> None:
     param.grad = grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
 
 
+def _buffer(workspace: Optional[dict], name: str, shape: tuple, like: Tensor) -> Optional[Tensor]:
+    """The workspace's reusable tensor ``name`` (made on first use), or None (torch allocates)."""
+    if workspace is None:
+        return None
+    buf = workspace.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype:
+        buf = workspace[name] = torch.empty(shape, dtype=like.dtype)
+    return buf
+
+
 @torch.no_grad()
-def step_gradients_(sae, x: Tensor, sparsity_coeff: float) -> StepResult:
+def step_gradients_(sae, x: Tensor, sparsity_coeff: float, workspace: Optional[dict] = None) -> StepResult:
     """Set ``p.grad`` of every parameter of ``sae`` to the loss's gradient at batch ``x``.
 
     The same numbers as ``sae(x, sparsity_coeff)[2]["loss"].backward()`` (to rounding).
+
+    ``workspace``: a dict kept between steps (the trainer passes one). The [batch, d_sae]
+    intermediates and the weight gradients are then written into the same memory every step
+    instead of fresh allocations: large fresh tensors come from the OS as new pages, and faulting
+    them in cost ~10% of a dense step here. The gradients set on the parameters live in it, so
+    they are overwritten by the next call.
     """
     if not applies(sae, x.device) or x.dim() != 2:
         raise ValueError(f"the CPU step handles 'l1' and 'topk' SAEs on [batch, d_in] CPU batches; got "
@@ -67,9 +83,11 @@ def step_gradients_(sae, x: Tensor, sparsity_coeff: float) -> StepResult:
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     n = len(x)
 
-    z = torch.addmm(b_enc - W_enc @ b_dec, x, W_enc.T)  # W_enc (x - b_dec) + b_enc, bias folded
+    d_in, d_sae = W_dec.shape
+    z = torch.addmm(b_enc - W_enc @ b_dec, x, W_enc.T,  # W_enc (x - b_dec) + b_enc, bias folded
+                    out=_buffer(workspace, "z", (n, d_sae), x))
     f = z.relu_() if sae.cfg.architecture == "l1" else sae.activation(z)
-    active = f.sign()  # 1 where f > 0, else 0 (f >= 0)
+    active = torch.sign(f, out=_buffer(workspace, "active", (n, d_sae), x))  # 1 where f > 0, else 0 (f >= 0)
     n_active = active.sum()
     sparse = n_active.item() < SPARSE_MAX_DENSITY * f.numel()
     if sparse:
@@ -94,10 +112,11 @@ def step_gradients_(sae, x: Tensor, sparsity_coeff: float) -> StepResult:
         grad_W_enc = torch.sparse.mm(grad_z.t(), x)
         grad_W_dec = torch.sparse.mm(f_csr.t(), g).T.contiguous()  # (f^T g)^T = g^T f
     else:
-        grad_z = torch.addmm(torch.tensor([c], dtype=g.dtype), g, W_dec).mul_(active)
+        grad_z = torch.addmm(torch.tensor([c], dtype=g.dtype), g, W_dec,
+                             out=_buffer(workspace, "grad_z", (n, d_sae), x)).mul_(active)
         grad_b_enc = grad_z.sum(0)
-        grad_W_enc = grad_z.T @ x
-        grad_W_dec = g.T @ f
+        grad_W_enc = torch.mm(grad_z.T, x, out=_buffer(workspace, "grad_W_enc", (d_sae, d_in), x))
+        grad_W_dec = torch.mm(g.T, f, out=_buffer(workspace, "grad_W_dec", (d_in, d_sae), x))
 
     _set_grad(W_enc, grad_W_enc.addr_(grad_b_enc, b_dec, alpha=-1))
     _set_grad(b_enc, grad_b_enc)

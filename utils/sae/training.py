@@ -103,6 +103,7 @@ def train_sae(cfg: SAEConfig, model=None, store=None, progress: bool = True) -> 
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                  fused=device.type in ("cpu", "cuda"))
     use_cpu_step = cpu_step.applies(sae, device)
+    workspace: dict = {}  # cpu_step's buffers, reused every step
     generator = torch.Generator(device=device).manual_seed(cfg.seed + 2)  # resampling draws
     resample_at = set(cfg.resample_steps)
 
@@ -121,7 +122,7 @@ def train_sae(cfg: SAEConfig, model=None, store=None, progress: bool = True) -> 
         coeff = sparsity_coeff_at(step, cfg)
 
         if use_cpu_step:  # the same gradients as below, by hand (see utils.sae.cpu_step)
-            losses, n_active, fired = cpu_step.step_gradients_(sae, x, coeff)
+            losses, n_active, fired = cpu_step.step_gradients_(sae, x, coeff, workspace)
         else:
             x_hat, f, losses = sae(x, sparsity_coeff=coeff)
             losses["loss"].backward()
