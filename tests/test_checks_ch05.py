@@ -186,6 +186,13 @@ EXERCISE_OF = {check.sae_forward: check.SAE_FORWARD, check.sae_loss: check.SAE_L
                check.topk_activation: check.TOPK}
 
 
+QUESTIONS = [  # (ask, explanations, right answer)
+    (check.l0_question, check.L0_EXPLANATIONS, "b"),
+    (check.shrinkage_question, check.SHRINKAGE_EXPLANATIONS, "c"),
+    (check.resampling_question, check.RESAMPLING_EXPLANATIONS, "a"),
+]
+
+
 def test_every_function_exercise_is_covered():
     harness.assert_every_function_exercise_covered(check, EXERCISE_OF, CORRECT)
 
@@ -337,17 +344,9 @@ def test_in_place_edits_cannot_corrupt_the_reference():
 
 
 def test_multiple_choice():
-    harness.assert_multiple_choice([(check.l0_question, check.L0_EXPLANATIONS, "b"),
-                                    (check.shrinkage_question, check.SHRINKAGE_EXPLANATIONS, "c"),
-                                    (check.resampling_question, check.RESAMPLING_EXPLANATIONS, "a")], check.OPTIONS)
+    harness.assert_multiple_choice(QUESTIONS, check.OPTIONS)
 
 
 def test_progress_is_recorded_and_shown(capsys):
-    def complete_everything():
-        for check_fn, fns, _ in CORRECT:
-            check_fn(fns[0])
-        check.l0_question("b")
-        check.shrinkage_question("c")
-        check.resampling_question("a")
-
-    harness.assert_progress_recorded("05", len(check.EXERCISES), complete_everything, capsys)
+    harness.assert_progress_recorded("05", len(check.EXERCISES),
+                                    lambda: harness.complete_everything(CORRECT, QUESTIONS), capsys)

@@ -111,6 +111,13 @@ EXERCISE_OF = {check.top_activating: check.TOP_ACTIVATING, check.logit_weights: 
                check.match_features: check.MATCH}
 
 
+QUESTIONS = [  # (ask, explanations, right answer)
+    (check.neuron_question, check.NEURON_EXPLANATIONS, "b"),
+    (check.specificity_question, check.SPECIFICITY_EXPLANATIONS, "b"),
+    (check.universality_question, check.UNIVERSALITY_EXPLANATIONS, "c"),
+]
+
+
 def test_every_function_exercise_is_covered():
     harness.assert_every_function_exercise_covered(check, EXERCISE_OF, CORRECT)
 
@@ -208,17 +215,9 @@ def test_unknown_wrong_answer_reports_location():
 
 
 def test_multiple_choice():
-    harness.assert_multiple_choice([(check.neuron_question, check.NEURON_EXPLANATIONS, "b"),
-                                    (check.specificity_question, check.SPECIFICITY_EXPLANATIONS, "b"),
-                                    (check.universality_question, check.UNIVERSALITY_EXPLANATIONS, "c")], check.OPTIONS)
+    harness.assert_multiple_choice(QUESTIONS, check.OPTIONS)
 
 
 def test_progress_is_recorded_and_shown(capsys):
-    def complete_everything():
-        for check_fn, fns, _ in CORRECT:
-            check_fn(fns[0])
-        check.neuron_question("b")
-        check.specificity_question("b")
-        check.universality_question("c")
-
-    harness.assert_progress_recorded("06", len(check.EXERCISES), complete_everything, capsys)
+    harness.assert_progress_recorded("06", len(check.EXERCISES),
+                                    lambda: harness.complete_everything(CORRECT, QUESTIONS), capsys)
