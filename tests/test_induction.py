@@ -38,3 +38,63 @@ def test_repeated_tokens_and_report_shapes():
     assert len(report["layers"][1]["induction_score"]) == 2
     # An untrained model has no in-context learning.
     assert abs(report["loss_drop"]) < 0.2
+
+
+def _tiny_trained_like_model():
+    torch.manual_seed(0)
+    return HookedTinyTransformer(ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_vocab=4096, n_ctx=128,
+                                             normalization_type="LN"))
+
+
+def test_second_copy_losses_match_a_loop_over_positions():
+    from utils.induction import second_copy_losses
+
+    model = _tiny_trained_like_model()
+    n, batch = 6, 3
+    tokens = repeated_random_tokens(model, n, batch, seed=0)
+    log_probs = model(tokens).log_softmax(-1)
+    expected = torch.zeros(n - 1)
+    for j in range(2, n + 1):  # second-copy r_j sits at position n + j and is predicted from n + j - 1
+        pos = n + j
+        expected[j - 2] = -sum(log_probs[b, pos - 1, tokens[b, pos]] for b in range(batch)) / batch
+    torch.testing.assert_close(second_copy_losses(model, n, batch=batch, seed=0), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_chunk_means():
+    from utils.induction import chunk_means
+
+    assert chunk_means(torch.arange(12.0), 5) == [2.0, 7.0, 10.5]
+
+
+def test_held_out_icl_score_is_late_minus_early_by_token_position():
+    from utils.data.dataset import analysis_tokens
+    from utils.induction import ICL_EARLY, ICL_LATE, held_out_losses
+
+    model = _tiny_trained_like_model()
+    data = analysis_tokens(seq_len=128, n_seqs=8)
+    log_probs = model(data).log_softmax(-1)
+
+    def mean_loss(lo, hi):  # tokens at positions lo..hi, each predicted from the position before
+        return -torch.stack([log_probs[b, t - 1, data[b, t]] for b in range(8) for t in range(lo, hi + 1)]).mean()
+
+    out = held_out_losses(model, n_seqs=8, batch_size=3)
+    expected = (mean_loss(*ICL_LATE) - mean_loss(*ICL_EARLY)).item()
+    assert abs(out["icl_score"] - expected) < 1e-3
+    assert abs(out["val_loss"] - mean_loss(1, 127).item()) < 1e-3
+
+
+def test_gate_failures_name_each_unmet_condition():
+    from utils.induction import gate_failures
+
+    good = {"second_copy": {63: {"mean": 1.0, "chunks": [1.2, 0.9]}, 50: {"mean": 1.1, "chunks": [2.0]}},
+            "previous_token_scores_layer0": [0.1, 0.6], "induction_scores_last_layer": [0.7, 0.0],
+            "held_out": {"val_loss": 3.4, "icl_score": -0.5}, "baseline_held_out": {"val_loss": 3.54, "icl_score": -0.3}}
+    assert gate_failures(good) == []
+    bad = {**good, "second_copy": {63: {"mean": 1.6, "chunks": [1.0, 2.6]}, 50: good["second_copy"][50]},
+           "previous_token_scores_layer0": [0.39], "induction_scores_last_layer": [0.49],
+           "held_out": {"val_loss": 3.6, "icl_score": -0.2}}
+    failures = " | ".join(gate_failures(bad))
+    for words in ("second-copy loss at n=63 is 1.6", "chunk at n=63 has loss 2.6", "previous-token score 0.39",
+                  "induction score 0.49", "held-out loss 3.6", "in-context-learning score -0.2"):
+        assert words in failures, words
+    assert "n=50" not in failures

@@ -6,8 +6,10 @@ import torch
 
 from utils.models import ModelConfig, load_model
 from utils.models.loading import save_model, write_model_card
-from utils.models.train import (PRESETS, TrainConfig, insert_repeated_segments, lr_at, synthetic_repeats,
-                                synthetic_tiled_repeats, train)
+import pytest
+
+from utils.models.train import (PRESETS, TrainConfig, lr_at, set_field, synthetic_tiled_repeats, train,
+                                with_synthetic_rows)
 
 TINY = TrainConfig(model=ModelConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=32),
                    steps=30, batch_size=8, seq_len=32, warmup_steps=5, eval_every=30, seed=7)
@@ -27,25 +29,22 @@ def test_training_is_seeded_and_learns(tmp_path):
     assert loaded.tokenizer is not None and json.loads((tmp_path / "tiny.json").read_text())["d_model"] == 16
 
 
-def test_repeated_segments_are_repeats():
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.zeros(64, 128, dtype=torch.long)
-    out = insert_repeated_segments(tokens, 0.5, 4096, g)
-    changed = (out != 0).any(1)
-    assert 10 < changed.sum() < 54
-    for row in out[changed]:
-        nz = torch.nonzero(row)[:, 0]
-        start, end = nz.min().item(), nz.max().item() + 1
-        half = (end - start) // 2
-        assert torch.equal(row[start:start + half], row[start + half:end])
-    assert out[:, 0].eq(0).all()  # BOS is never overwritten
-
-
 def test_schedule_warms_up_then_decays():
     cfg = PRESETS["attn-only-1l"]
     lrs = [lr_at(s, cfg) for s in range(cfg.steps)]
     assert lrs[0] < lrs[cfg.warmup_steps - 1] == max(lrs)
     assert abs(lrs[-1] - 0.1 * cfg.lr) < 0.01 * cfg.lr
+
+
+def test_warmup_stable_decay_schedule():
+    cfg = TrainConfig(model=TINY.model, steps=100, lr=1.0, warmup_steps=10, decay_steps=20)
+    lrs = [lr_at(s, cfg) for s in range(cfg.steps)]
+    assert lrs[9] == 1.0 and all(lr == 1.0 for lr in lrs[10:80])  # constant between warm-up and decay
+    assert all(a > b for a, b in zip(lrs[80:], lrs[81:]))  # then strictly decreasing ...
+    assert lrs[-1] == pytest.approx(1.0 - 0.9 * 19 / 20)  # ... linearly towards 10%
+    longer = copy.deepcopy(cfg)
+    longer.steps = 200  # a resumed run made longer follows the same rates up to the old decay
+    assert [lr_at(s, longer) for s in range(80)] == lrs[:80]
 
 
 def test_synthetic_rows_repeat_their_block():
@@ -55,15 +54,49 @@ def test_synthetic_rows_repeat_their_block():
     body = tiled[:, 1:]
     for i in range(7, 127):  # every token equals the one a period earlier: a brute-force check
         assert torch.equal(body[:, i], body[:, i - 7])
-    pair = synthetic_repeats(3, 10, 4096, g)
-    assert pair.shape == (3, 21) and torch.equal(pair[:, 1:11], pair[:, 11:]) and pair[:, 0].eq(0).all()
 
 
-def test_synthetic_only_phase_trains_and_is_seeded():
+def test_synthetic_rows_replace_the_first_rows_only_until_their_step():
     cfg = copy.deepcopy(TINY)
-    cfg.synthetic_batch, cfg.synthetic_tiled, cfg.synthetic_half, cfg.synthetic_half_final = 4, True, (2, 6), 6
-    cfg.synthetic_only_steps = 10
-    a, report = train(copy.deepcopy(cfg), progress=False)
-    b, _ = train(copy.deepcopy(cfg), progress=False)
-    assert all(torch.equal(pa, pb) for pa, pb in zip(a.state_dict().values(), b.state_dict().values()))
-    assert torch.isfinite(torch.tensor(report["final_train_loss"]))
+    cfg.synthetic_rows, cfg.synthetic_until, cfg.synthetic_period = 3, 5, (4, 4)
+    text = torch.randint(1, 4096, (8, 32), generator=torch.Generator().manual_seed(1))
+    text[:, 0] = 0
+    g = torch.Generator().manual_seed(0)
+    mixed = with_synthetic_rows(text, 4, cfg, g)
+    assert torch.equal(mixed[3:], text[3:]) and not torch.equal(mixed[:3], text[:3])
+    assert torch.equal(mixed[:3, 1:5], mixed[:3, 5:9]) and mixed[:, 0].eq(0).all()
+    assert torch.equal(with_synthetic_rows(text, 5, cfg, g), text)  # none from synthetic_until on
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    cfg = TrainConfig(model=ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, n_ctx=32, normalization_type="LN"),
+                      steps=12, batch_size=4, seq_len=32, warmup_steps=2, decay_steps=4, eval_every=4, seed=3,
+                      track_induction=True, synthetic_rows=1, synthetic_until=6, synthetic_period=(3, 9))
+    whole, report = train(copy.deepcopy(cfg), progress=False)
+    ckpt = tmp_path / "run.pt"
+    train(copy.deepcopy(cfg), progress=False, checkpoint=str(ckpt), stop_at=7)
+    assert torch.load(ckpt, weights_only=False)["step"] == 7
+    resumed, resumed_report = train(copy.deepcopy(cfg), progress=False, checkpoint=str(ckpt), resume=True)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [p["step"] for p in resumed_report["history"]] == [4, 8, 12]
+    point = report["history"][-1]
+    for key in ("val_loss", "icl_score", "second_copy_loss", "best_previous_token_score", "best_induction_score"):
+        assert key in point
+    assert report["synthetic_tokens"] == 6 * 32 and report["tokens_seen"] == 12 * 4 * 32 - 6 * 32
+    other = copy.deepcopy(cfg)
+    other.model.d_model = 32
+    with pytest.raises(ValueError, match="another model config"):
+        train(other, progress=False, checkpoint=str(ckpt), resume=True)
+    with pytest.raises(FileNotFoundError):
+        train(copy.deepcopy(cfg), progress=False, checkpoint=str(tmp_path / "none.pt"), resume=True)
+
+
+def test_set_field_parses_json_and_refuses_unknown_fields():
+    cfg = copy.deepcopy(TINY)
+    set_field(cfg, "lr=0.002")
+    set_field(cfg, "synthetic_period=[8, 63]")
+    assert cfg.lr == 0.002 and cfg.synthetic_period == (8, 63)
+    for bad in ("nonsense=1", "lr", "model=1"):
+        with pytest.raises(SystemExit):
+            set_field(cfg, bad)

@@ -60,6 +60,103 @@ def induction_report(model: HookedTinyTransformer, seq_len: int = 50, batch: int
     return report
 
 
+def second_copy_losses(model: HookedTinyTransformer, seq_len: int, batch: int = 64, seed: int = 0) -> torch.Tensor:
+    """[seq_len - 1]: mean loss, over ``batch`` rows of BOS, r, r, on each second-copy token r_2..r_n
+    (r_1 is skipped: the token before it, r_n, has not occurred earlier)."""
+    tokens = repeated_random_tokens(model, seq_len, batch, seed)
+    with torch.no_grad():
+        losses = lm_cross_entropy(model(tokens), tokens, per_token=True)  # column t - 1 is token t's loss
+    return losses[:, seq_len + 1:].mean(0)
+
+
+def chunk_means(values: torch.Tensor, size: int = 10) -> list[float]:
+    """Means of consecutive chunks of ``size`` values (the last chunk may be shorter)."""
+    return [round(chunk.mean().item(), 3) for chunk in values.split(size)]
+
+
+# In-context learning (Olsson et al. 2022): how much lower the loss is late in the context than
+# early, on held-out text. Positions are token positions (0 is BOS); a token's loss is the loss of
+# predicting it from everything before it.
+ICL_LATE = (100, 127)
+ICL_EARLY = (5, 15)
+
+
+@torch.no_grad()
+def held_out_losses(model: HookedTinyTransformer, n_seqs: int = 256, batch_size: int = 64) -> dict:
+    """Held-out text loss, and the in-context-learning score: mean loss of tokens at positions
+    100-127 minus mean loss at positions 5-15 (more negative = more in-context learning)."""
+    from utils.data.dataset import analysis_tokens
+
+    data = analysis_tokens(seq_len=model.cfg.n_ctx, n_seqs=n_seqs)
+    losses = torch.cat([lm_cross_entropy(model(data[i:i + batch_size]), data[i:i + batch_size], per_token=True)
+                        for i in range(0, len(data), batch_size)])
+    per_position = torch.cat([torch.full((1,), float("nan")), losses.mean(0)])  # index = token position
+    late = per_position[ICL_LATE[0]:ICL_LATE[1] + 1].mean().item()
+    early = per_position[ICL_EARLY[0]:ICL_EARLY[1] + 1].mean().item()
+    return {"val_loss": round(losses.mean().item(), 4), "icl_score": round(late - early, 4),
+            "loss_early": round(early, 4), "loss_late": round(late, 4)}
+
+
+def trajectory_point(model: HookedTinyTransformer) -> dict:
+    """What the training log records at each eval of a 2-layer model: held-out loss, the
+    in-context-learning score, the second-copy loss at the whole context, and the best heads."""
+    n = (model.cfg.n_ctx - 1) // 2
+    point = held_out_losses(model)
+    second = second_copy_losses(model, n, batch=32)
+    report = induction_report(model, seq_len=n, batch=16)
+    last = model.cfg.n_layers - 1
+    point.update({"second_copy_loss": round(second.mean().item(), 3), "second_copy_chunks": chunk_means(second),
+                  "best_previous_token_score": max(report["layers"][0]["previous_token_score"]),
+                  "best_induction_score": max(report["layers"][last]["induction_score"])})
+    return point
+
+
+# What the bundled attn-only-2l must reach (tests/test_data.py gates the shipped file on it).
+GATE = {"second_copy_mean_below": 1.5, "second_copy_chunk_below": 2.5, "seq_lens": (63, 50),
+        "previous_token_score_at_least": 0.4, "induction_score_at_least": 0.5}
+
+
+def gate_report(model: HookedTinyTransformer, baseline: HookedTinyTransformer | None = None,
+                batch: int = 64) -> dict:
+    """Every number the gate checks, for ``model`` (and held-out loss / ICL for ``baseline``)."""
+    out = {"second_copy": {}, "held_out": held_out_losses(model)}
+    for n in GATE["seq_lens"]:
+        second = second_copy_losses(model, n, batch=batch)
+        out["second_copy"][n] = {"mean": round(second.mean().item(), 3), "chunks": chunk_means(second)}
+    report = induction_report(model, seq_len=50, batch=32)
+    last = model.cfg.n_layers - 1
+    out["previous_token_scores_layer0"] = report["layers"][0]["previous_token_score"]
+    out["induction_scores_last_layer"] = report["layers"][last]["induction_score"]
+    if baseline is not None:
+        out["baseline_held_out"] = held_out_losses(baseline)
+    return out
+
+
+def gate_failures(out: dict) -> list[str]:
+    """The gate's unmet conditions, in words (empty when the model passes)."""
+    failures = []
+    for n, second in out["second_copy"].items():
+        if not second["mean"] < GATE["second_copy_mean_below"]:
+            failures.append(f"second-copy loss at n={n} is {second['mean']} (needs < {GATE['second_copy_mean_below']})")
+        if not max(second["chunks"]) < GATE["second_copy_chunk_below"]:
+            failures.append(f"a 10-token chunk at n={n} has loss {max(second['chunks'])} "
+                            f"(needs < {GATE['second_copy_chunk_below']})")
+    if not max(out["previous_token_scores_layer0"]) >= GATE["previous_token_score_at_least"]:
+        failures.append(f"best layer-0 previous-token score {max(out['previous_token_scores_layer0'])} "
+                        f"(needs >= {GATE['previous_token_score_at_least']})")
+    if not max(out["induction_scores_last_layer"]) >= GATE["induction_score_at_least"]:
+        failures.append(f"best last-layer induction score {max(out['induction_scores_last_layer'])} "
+                        f"(needs >= {GATE['induction_score_at_least']})")
+    base = out.get("baseline_held_out")
+    if base is not None:
+        if not out["held_out"]["val_loss"] < base["val_loss"]:
+            failures.append(f"held-out loss {out['held_out']['val_loss']} is not below the baseline's {base['val_loss']}")
+        if not out["held_out"]["icl_score"] < base["icl_score"]:
+            failures.append(f"in-context-learning score {out['held_out']['icl_score']} is not more negative "
+                            f"than the baseline's {base['icl_score']}")
+    return failures
+
+
 def main(argv=None) -> None:
     from utils.models import load_model
 
@@ -67,8 +164,27 @@ def main(argv=None) -> None:
     parser.add_argument("model", nargs="?", default="attn-only-2l")
     parser.add_argument("--seq-len", type=int, default=50)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--gate", action="store_true",
+                        help="print the bundled 2-layer model's gate (second-copy losses, best heads, held-out "
+                             "loss and in-context learning against attn-only-1l); exit 1 if it fails")
+    parser.add_argument("--baseline", default="attn-only-1l", help="the model --gate compares against")
     args = parser.parse_args(argv)
     model = load_model(args.model, device="cpu")
+    if args.gate:
+        out = gate_report(model, load_model(args.baseline, device="cpu"))
+        print(f"{args.model}: the gate")
+        for n, second in out["second_copy"].items():
+            print(f"  BOS, r, r at n={n}: second-copy loss {second['mean']:.3f} nats; 10-token chunks {second['chunks']}")
+        print(f"  layer-0 previous-token scores {out['previous_token_scores_layer0']}")
+        print(f"  last-layer induction scores   {out['induction_scores_last_layer']}")
+        for name, held in ((args.model, out["held_out"]), (args.baseline, out["baseline_held_out"])):
+            print(f"  {name}: held-out loss {held['val_loss']:.3f}, in-context learning "
+                  f"(loss at positions {ICL_LATE[0]}-{ICL_LATE[1]} minus {ICL_EARLY[0]}-{ICL_EARLY[1]}) "
+                  f"{held['icl_score']:+.3f}")
+        failures = gate_failures(out)
+        print("  gate: " + ("PASS" if not failures else "FAIL: " + "; ".join(failures)))
+        print(json.dumps(out))
+        raise SystemExit(1 if failures else 0)
     report = induction_report(model, args.seq_len, args.batch)
     print(f"{args.model}: repeated random tokens, seq_len {args.seq_len}, batch {args.batch}")
     print(f"  loss first half {report['loss_first_half']:.3f}, second half {report['loss_second_half']:.3f}, "

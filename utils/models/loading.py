@@ -116,19 +116,26 @@ def write_model_card(model_dir: Union[str, Path, None] = None) -> Path:
             f"| file size | {size / 1e6:.2f} MB |",
             f"| steps x batch x seq | {tc['steps']} x {tc['batch_size']} x {tc['seq_len']} |",
             f"| tokens seen | {report['tokens_seen']:,} (text) |",
-            f"| repeated-segment rows | {tc['repeated_fraction']:.0%} |",
-            *([f"| synthetic rows per step | {tc['synthetic_batch']} x "
-               f"{tc['seq_len'] if tc.get('synthetic_tiled') else 'up to 2 x ' + str(tc['synthetic_half_final']) + ' + 1'}"
-               f" {'(a random 4-50-token block tiled over the row)' if tc.get('synthetic_tiled') else '(BOS + r + r)'}"
-               f"; alone for the first {tc.get('synthetic_only_steps', 0)} steps ({report.get('synthetic_rows', 0):,} rows); "
-               f"the train loss below is text + synthetic, tokens/s counts both |"]
-              if tc.get("synthetic_batch") else []),
-            f"| optimizer | AdamW, peak lr {tc['lr']}, warm-up {tc['warmup_steps']}, cosine to 10%, "
-            f"wd {tc['weight_decay']} |",
+            *([f"| repeated-segment rows | {tc['repeated_fraction']:.0%} |"] if tc.get("repeated_fraction") else []),
+            *([f"| synthetic rows | {tc['synthetic_rows']} of every {tc['batch_size']} rows for the first "
+               f"{tc['synthetic_until']} steps (BOS + a random block of {tc['synthetic_period'][0]}-"
+               f"{tc['synthetic_period'][1]} tokens tiled over the row): {report.get('synthetic_tokens', 0):,} tokens, "
+               f"{report.get('synthetic_tokens', 0) / (report.get('synthetic_tokens', 0) + report['tokens_seen']):.1%}"
+               f" of all |"] if tc.get("synthetic_rows") else []),
+            f"| optimizer | AdamW, peak lr {tc['lr']}, warm-up {tc['warmup_steps']}, "
+            + (f"constant, then linear decay to 10% over the last {tc['decay_steps']} steps"
+               if tc.get("decay_steps") else "cosine to 10%")
+            + f", wd {tc['weight_decay']} |",
             f"| final train loss | {report['final_train_loss']:.3f} nats |",
             f"| final held-out loss | {report['final_val_loss']:.3f} nats |",
             f"| training time | {report['train_seconds'] / 60:.1f} min on {report['device']} "
             f"(torch threads: {report['torch_threads']}, {report['tokens_per_second']:,} tokens/s) |",
+            *([f"| compute | {report['step_gflop']} GFLOP per step (matrix products, forward + backward); "
+               f"{report['achieved_gflops']} GFLOP/s achieved against torch.mm's {report['torch_mm_gflops']} GFLOP/s |"]
+              if report.get("step_gflop") else []),
+            *([f"| training trajectory | `{name}.train.json`, key `history`: held-out loss, in-context-learning "
+               f"score, second-copy loss, best previous-token and induction scores every {tc['eval_every']} steps |"]
+              if tc.get("track_induction") else []),
             f"| seed / date / torch | {tc['seed']} / {report['date']} / {report['torch']} |",
             "",
         ]

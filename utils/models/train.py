@@ -4,16 +4,18 @@ Seeded and deterministic on one machine and thread count. Writes
 utils/assets/models/NAME.safetensors (fp16), NAME.json (config) and NAME.train.json (what was
 done and measured), then regenerates utils/assets/models/MODEL_CARD.md.
 
-The 2-layer model also trains on rows of repeated random tokens: induction heads form after far
-fewer tokens than on natural text alone, which a CPU budget needs.
+Long runs are resumable: ``--checkpoint PATH`` saves the whole training state (weights, Adam,
+the data generator, the logged trajectory) every eval, and ``--resume`` continues from it.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Optional
 from datetime import date
 
@@ -36,22 +38,19 @@ class TrainConfig:
     # 6.59 at 1e-3, 5.58 at 3e-3, 5.09 at 6e-3 and 4.61 at 1.2e-2.
     lr: float = 1e-2
     warmup_steps: int = 100
+    # None: cosine decay to 10% of the peak over all the steps. An integer: warm-up, a constant
+    # rate, then a linear decay to 10% over the last ``decay_steps`` (warmup-stable-decay), so a
+    # resumed run can be made longer without changing the schedule it has already followed.
+    decay_steps: Optional[int] = None
     weight_decay: float = 0.01
-    repeated_fraction: float = 0.0  # rows that get a repeated random-token segment
-    repeated_vocab: Optional[int] = None  # draw segment tokens from the N most frequent tokens
-    # A second, synthetic batch per step: rows BOS + r + r of uniformly random tokens, where the
-    # half-length n starts short and grows (the time an induction head takes to form grows with
-    # the context it must search, so it forms first on short rows and then generalises).
-    synthetic_batch: int = 0
-    synthetic_half: tuple = (4, 8)  # n drawn uniformly from [lo, hi(step)]
-    synthetic_half_final: int = 60  # hi grows linearly from synthetic_half[1] to this ...
-    synthetic_ramp: tuple = (300, 1200)  # ... between these steps
-    synthetic_only_steps: int = 0  # the first steps train on the synthetic batch alone
-    # Tiled rows: BOS + r r r ... (period n) filling seq_len, so every position is trained and
-    # each query has several earlier copies to learn from, however long the context.
-    synthetic_tiled: bool = False
+    # Synthetic rows: for steps < synthetic_until, the first ``synthetic_rows`` rows of each batch
+    # are BOS + a random block (period drawn from ``synthetic_period``) tiled over the row.
+    synthetic_rows: int = 0
+    synthetic_period: tuple = (8, 63)
+    synthetic_until: int = 0
     seed: int = 0
     eval_every: int = 250
+    track_induction: bool = False  # log the in-context-learning and head scores at each eval
     notes: str = ""
 
 
@@ -63,20 +62,16 @@ PRESETS = {
         notes="1-layer attention-only, shortformer positions, no LayerNorm: the path expansion is exact.",
     ),
     "attn-only-2l": TrainConfig(
-        # Induction heads need a previous-token head in layer 0 and a head in layer 1 whose keys
-        # read it; neither helps alone, so training sits on a plateau first. What failed here
-        # (loss drop < 0.9 nats, induction score < 0.02): no LayerNorm with init 0.02 (the QK
-        # gradients, ~1e-11, drown in Adam's eps), 25-75% of text rows with one repeated segment,
-        # and BOS + r + r rows whose length grows during training. What works: LayerNorm, and a
-        # synthetic batch of rows BOS + r r r ... (a random block of 4-50 tokens tiled over the
-        # whole context) on its own for 600 steps, then alongside the text.
+        # Natural text only. Induction heads need a previous-token head in layer 0 and a layer-1
+        # head whose keys read it; neither helps alone, so the loss sits on a plateau before the
+        # phase change. LayerNorm keeps the QK gradients out of Adam's eps (without it, at init
+        # 0.02, they were ~1e-11 here).
         model=ModelConfig(n_layers=2, d_model=128, n_heads=8, d_head=32, d_mlp=None,
                           positional_embedding_type="shortformer", normalization_type="LN", seed=2),
-        steps=1500, seed=2, lr=1e-3, synthetic_batch=32, synthetic_tiled=True, synthetic_half=(4, 50),
-        synthetic_half_final=50, synthetic_only_steps=600,
-        notes="2-layer attention-only, shortformer positions, LayerNorm before each layer; each step adds a "
-              "batch of random token blocks tiled over the context (alone for the first 600 steps) so "
-              "induction heads form within a CPU budget.",
+        steps=6000, seed=2, lr=3e-3, warmup_steps=200, decay_steps=1000, eval_every=250,
+        track_induction=True,
+        notes="2-layer attention-only, shortformer positions, LayerNorm before each layer, trained on the "
+              "course's natural text only (no synthetic rows).",
     ),
     "gelu-1l": TrainConfig(
         model=ModelConfig(n_layers=1, d_model=128, n_heads=4, d_head=32, d_mlp=512,
@@ -85,48 +80,6 @@ PRESETS = {
         notes="1 layer with a GELU MLP (d_mlp=512), standard positions, pre-LayerNorm: the SAE chapters' model.",
     ),
 }
-
-
-def frequent_tokens(n: int) -> torch.Tensor:
-    """The n most frequent token ids of the training split (BOS excluded), most frequent first."""
-    from utils.data.dataset import load_corpus_tokens
-
-    counts = torch.bincount(load_corpus_tokens()["train"], minlength=1)
-    counts[0] = -1
-    return counts.argsort(descending=True)[:n]
-
-
-def insert_repeated_segments(tokens: torch.Tensor, fraction: float, d_vocab: int,
-                             generator: torch.Generator, pool: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Overwrite a span of some rows with r + r, where r is 8-48 uniformly random tokens
-    (from ``pool`` if given, else from every id but BOS)."""
-    if fraction <= 0:
-        return tokens
-    tokens = tokens.clone()
-    batch, seq_len = tokens.shape
-    chosen = torch.rand(batch, generator=generator) < fraction
-    for row in torch.nonzero(chosen)[:, 0].tolist():
-        length = int(torch.randint(8, min(48, (seq_len - 1) // 2) + 1, (1,), generator=generator))
-        start = int(torch.randint(1, seq_len - 2 * length + 1, (1,), generator=generator))
-        if pool is None:
-            segment = torch.randint(1, d_vocab, (length,), generator=generator)
-        else:
-            segment = pool[torch.randint(0, len(pool), (length,), generator=generator)]
-        tokens[row, start:start + length] = segment
-        tokens[row, start + length:start + 2 * length] = segment
-    return tokens
-
-
-def synthetic_half_max(step: int, cfg: TrainConfig) -> int:
-    start, end = cfg.synthetic_ramp
-    frac = min(1.0, max(0.0, (step - start) / max(1, end - start)))
-    return round(cfg.synthetic_half[1] + frac * (cfg.synthetic_half_final - cfg.synthetic_half[1]))
-
-
-def synthetic_repeats(batch: int, half: int, d_vocab: int, generator: torch.Generator) -> torch.Tensor:
-    """[batch, 1 + 2 * half]: BOS, then the same uniformly random tokens twice."""
-    r = torch.randint(1, d_vocab, (batch, half), generator=generator)
-    return torch.cat([torch.zeros(batch, 1, dtype=torch.long), r, r], dim=1)
 
 
 def synthetic_tiled_repeats(batch: int, period: int, seq_len: int, d_vocab: int,
@@ -138,6 +91,19 @@ def synthetic_tiled_repeats(batch: int, period: int, seq_len: int, d_vocab: int,
     return torch.cat([torch.zeros(batch, 1, dtype=torch.long), body], dim=1)
 
 
+def with_synthetic_rows(tokens: torch.Tensor, step: int, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """The batch with its first ``cfg.synthetic_rows`` rows replaced by tiled random blocks, while
+    ``step < cfg.synthetic_until``; otherwise the batch unchanged."""
+    if not cfg.synthetic_rows or step >= cfg.synthetic_until:
+        return tokens
+    lo, hi = cfg.synthetic_period
+    period = int(torch.randint(lo, hi + 1, (1,), generator=generator))
+    tokens = tokens.clone()
+    tokens[:cfg.synthetic_rows] = synthetic_tiled_repeats(cfg.synthetic_rows, period, tokens.shape[1],
+                                                          cfg.model.d_vocab, generator)
+    return tokens
+
+
 @torch.no_grad()
 def evaluate(model: HookedTinyTransformer, n_seqs: int = 256, batch_size: int = 64) -> float:
     """Mean next-token loss on the held-out analysis set."""
@@ -147,14 +113,64 @@ def evaluate(model: HookedTinyTransformer, n_seqs: int = 256, batch_size: int = 
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+    """Linear warm-up, then cosine decay to 10% of the peak (or, with ``decay_steps``, a constant
+    rate and a linear decay to 10% over the last ``decay_steps``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.decay_steps is not None:
+        decay_start = cfg.steps - cfg.decay_steps
+        if step < decay_start:
+            return cfg.lr
+        return cfg.lr * (1 - 0.9 * (step - decay_start) / max(1, cfg.decay_steps))
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True) -> tuple[HookedTinyTransformer, dict]:
+def step_flops(model: HookedTinyTransformer, batch_size: int, seq_len: int) -> int:
+    """FLOPs of one training step's matrix products (forward and backward), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tokens = torch.zeros(batch_size, seq_len, dtype=torch.long, device=next(model.parameters()).device)
+    with FlopCounterMode(display=False) as counter:
+        model(tokens, return_type="loss").backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def mm_gflops(device: str, n: int = 1024, repeats: int = 20) -> float:
+    """The device's measured torch.mm rate on n x n float32 matrices, in GFLOP/s."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def save_checkpoint(path, model, optim, generator, step: int, history: list, seconds: float, cfg: TrainConfig) -> None:
+    """Everything a run needs to continue exactly where it stopped; written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "model": model.state_dict(), "optim": optim.state_dict(),
+                "generator": generator.get_state(), "history": history, "seconds": seconds,
+                "train_config": {k: v for k, v in asdict(cfg).items() if k != "model"},
+                "model_config": asdict(cfg.model)}, tmp)
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoint: Optional[str] = None,
+          resume: bool = False, checkpoint_every: Optional[int] = None,
+          stop_at: Optional[int] = None) -> tuple[HookedTinyTransformer, dict]:
+    """Train from scratch, or with ``resume`` continue from ``checkpoint`` (same preset; ``cfg.steps``
+    may be larger than before). With ``checkpoint`` set, the state is saved every
+    ``checkpoint_every`` steps (default: every eval) and at the end. ``stop_at`` ends the run early
+    (at that step, on the full run's schedule), to be resumed later."""
     torch.manual_seed(cfg.seed)
     model = HookedTinyTransformer(cfg.model).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -162,59 +178,88 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True) -> tuple
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     generator = torch.Generator().manual_seed(cfg.seed)
+    history, first_step, seconds_before = [], 0, 0.0
+    if resume:
+        if checkpoint is None or not Path(checkpoint).exists():
+            raise FileNotFoundError(f"--resume needs an existing checkpoint, got {checkpoint!r}")
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state["model_config"] != asdict(cfg.model):
+            raise ValueError("the checkpoint was trained with another model config")
+        if state["step"] > cfg.steps:
+            raise ValueError(f"the checkpoint is at step {state['step']}, past steps={cfg.steps}")
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        generator.set_state(state["generator"])
+        history, first_step, seconds_before = state["history"], state["step"], state["seconds"]
+    every = checkpoint_every or cfg.eval_every
+    flops = step_flops(model, cfg.batch_size, cfg.seq_len)
+    mm_rate = mm_gflops(device)
     stream = batches("train", cfg.batch_size, cfg.seq_len, generator)
-    history, start = [], time.time()
-    pool = frequent_tokens(cfg.repeated_vocab) if cfg.repeated_vocab else None
-    bar = tqdm(range(cfg.steps), disable=not progress, desc="train")
+    start = time.time()
+    last_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    bar = tqdm(range(first_step, last_step), disable=not progress, desc="train", initial=first_step, total=cfg.steps)
+    loss = torch.tensor(float("nan"))
     for step in bar:
-        tokens = insert_repeated_segments(next(stream), cfg.repeated_fraction, cfg.model.d_vocab, generator, pool)
+        tokens = with_synthetic_rows(next(stream), step, cfg, generator)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg)
-        text_phase = step >= cfg.synthetic_only_steps
-        loss = model(tokens.to(device), return_type="loss") if text_phase else 0.0
-        if cfg.synthetic_batch:
-            half = int(torch.randint(cfg.synthetic_half[0], synthetic_half_max(step, cfg) + 1, (1,), generator=generator))
-            if cfg.synthetic_tiled:
-                synthetic = synthetic_tiled_repeats(cfg.synthetic_batch, half, cfg.seq_len, cfg.model.d_vocab, generator)
-            else:
-                synthetic = synthetic_repeats(cfg.synthetic_batch, half, cfg.model.d_vocab, generator)
-            loss = loss + model(synthetic.to(device), return_type="loss")
+        loss = model(tokens.to(device), return_type="loss")
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            elapsed = seconds_before + time.time() - start
             model.eval()
-            history.append({"step": step + 1, "train_loss": round(loss.item(), 4),
-                            "val_loss": round(evaluate(model), 4)})
-            if cfg.model.n_layers >= 2:  # watch for the induction-head phase change
-                from utils.induction import induction_report
+            point = {"step": done, "train_loss": round(loss.item(), 4), "lr": lr_at(step, cfg),
+                     "seconds": round(elapsed, 1)}
+            if cfg.track_induction:
+                from utils.induction import trajectory_point
 
-                report = induction_report(model, seq_len=50, batch=16)
-                history[-1]["induction_loss_drop"] = report["loss_drop"]
-                history[-1]["max_induction_score"] = max(report["layers"][cfg.model.n_layers - 1]["induction_score"])
+                point.update(trajectory_point(model))
+            else:
+                point["val_loss"] = round(evaluate(model), 4)
+            history.append(point)
             model.train()
             bar.write(json.dumps(history[-1]))
-    seconds = time.time() - start
-    text_steps = cfg.steps - min(cfg.steps, cfg.synthetic_only_steps)  # synthetic-only steps skip the text
-    tokens_seen = text_steps * cfg.batch_size * cfg.seq_len
+        if checkpoint and (done % every == 0 or done == last_step):
+            save_checkpoint(checkpoint, model, optim, generator, done, history,
+                            seconds_before + time.time() - start, cfg)
+    seconds = seconds_before + time.time() - start
+    synthetic_steps = min(last_step, cfg.synthetic_until) if cfg.synthetic_rows else 0
+    synthetic_tokens = synthetic_steps * cfg.synthetic_rows * cfg.seq_len
+    tokens_seen = last_step * cfg.batch_size * cfg.seq_len - synthetic_tokens
+    step_seconds = seconds / max(1, last_step)  # the whole run, evals included: a lower bound on the rate
     report = {
         "train_config": {k: v for k, v in asdict(cfg).items() if k != "model"},
         "tokens_seen": tokens_seen,
-        "synthetic_rows": cfg.steps * cfg.synthetic_batch,
+        "synthetic_tokens": synthetic_tokens,
         "train_seconds": round(seconds, 1),
-        "tokens_per_second": round((tokens_seen + cfg.steps * cfg.synthetic_batch * cfg.seq_len) / seconds),
+        "tokens_per_second": round(cfg.batch_size * cfg.seq_len / step_seconds),
+        "step_gflop": round(flops / 1e9, 3),
+        "achieved_gflops": round(flops / step_seconds / 1e9, 2),
+        "torch_mm_gflops": round(mm_rate, 2),
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "history": history,
-        "final_train_loss": history[-1]["train_loss"],
-        "final_val_loss": history[-1]["val_loss"],
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "final_val_loss": history[-1]["val_loss"] if history else None,
         "date": date.today().isoformat(),
         "torch": torch.__version__,
     }
     return model.cpu().eval(), report
+
+
+def set_field(cfg: TrainConfig, item: str) -> None:
+    """Apply one ``FIELD=VALUE`` override (VALUE parsed as JSON, so 3e-3, 4, [8, 63], null work)."""
+    name, sep, value = item.partition("=")
+    if not sep or name not in TrainConfig.__dataclass_fields__ or name == "model":
+        raise SystemExit(f"--set wants FIELD=VALUE with FIELD a TrainConfig field, got {item!r}")
+    parsed = json.loads(value)
+    setattr(cfg, name, tuple(parsed) if isinstance(parsed, list) else parsed)
 
 
 def main(argv=None) -> None:
@@ -224,17 +269,30 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out-dir", default=str(MODEL_DIR), help="where to write the weights")
+    parser.add_argument("--checkpoint", help="save the full training state here (every eval and at the end)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: eval_every)")
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    parser.add_argument("--stop-at", type=int, help="stop (and checkpoint) at this step, on the full run's schedule")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a TrainConfig field for an experiment, e.g. --set lr=0.002 (recorded in the report)")
+    parser.add_argument("--no-save", action="store_true", help="train (and checkpoint) without writing the bundled files")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = PRESETS[args.name]
+    cfg = copy.deepcopy(PRESETS[args.name])
     if args.steps:
         cfg.steps = args.steps
-    model, report = train(cfg, device=args.device)
+    for item in args.set:
+        set_field(cfg, item)
+    model, report = train(cfg, device=args.device, checkpoint=args.checkpoint, resume=args.resume,
+                          checkpoint_every=args.checkpoint_every, stop_at=args.stop_at)
+    print(json.dumps({k: report[k] for k in ("tokens_seen", "train_seconds", "final_val_loss", "tokens_per_second",
+                                             "step_gflop", "achieved_gflops", "torch_mm_gflops")}))
+    if args.no_save or (args.stop_at is not None and args.stop_at < cfg.steps):
+        return
     report["notes"] = cfg.notes
     save_model(model, args.name, report, out_dir=args.out_dir)
     write_model_card(args.out_dir)
-    print(json.dumps({k: report[k] for k in ("tokens_seen", "train_seconds", "final_val_loss")}))
 
 
 if __name__ == "__main__":
