@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
-# Set up and open the course in JupyterLab, starting at chapter 00.
+# Set up the course and open it in JupyterLab: the whole repository in the file browser, chapter 00
+# open. Extra options go to JupyterLab, e.g. on a server:
+#   bash scripts/course.sh --no-browser --port 8890
+# DEMYSTIFY_SKIP_SETUP=1 skips the install (it is quick when everything is installed already).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-exec python -m jupyterlab chapters/00_orientation/00_orientation.ipynb
+if [ "${DEMYSTIFY_SKIP_SETUP:-0}" != 1 ]; then
+  bash scripts/setup.sh course
+fi
+args=("--ServerApp.root_dir=$PWD")
+if [ "$(id -u)" = 0 ]; then
+  args+=(--allow-root)  # containers and cloud VMs often run as root; Jupyter refuses without it
+fi
+exec python -m jupyterlab "${args[@]}" "$@" chapters/00_orientation/00_orientation.ipynb

@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Install the course into the current Python (use a virtual environment or conda env if you like).
+#   bash scripts/setup.sh          the student install: the package and JupyterLab ([course])
+#   bash scripts/setup.sh dev      instructors and tests: adds nbgrader, pytest, Playwright ([dev])
 # torch is installed first and on its own: the CPU build is enough for every chapter, and a plain
-# `pip install torch` may pull gigabytes of CUDA libraries you do not need.
+# `pip install torch` may pull gigabytes of CUDA libraries you do not need. A torch that is already
+# installed (a GPU build, say) is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install "torch==${DEMYSTIFY_TORCH_VERSION:-2.13.0}"
-python -m pip install -e ".[dev]" -c scripts/constraints.txt
+extra="${1:-course}"
+case "$extra" in course|dev) ;; *) echo "usage: bash scripts/setup.sh [course|dev]" >&2; exit 2 ;; esac
+if ! python -c "import torch" 2>/dev/null; then
+  python -m pip install "torch==${DEMYSTIFY_TORCH_VERSION:-2.13.0}"
+fi
+torch_version="$(python -c 'import torch; print(torch.__version__)')"
+# Pin the installed torch so nothing below replaces it.
+python -m pip install -e ".[$extra]" -c scripts/constraints.txt -c <(echo "torch==$torch_version")

@@ -98,7 +98,7 @@ def test_outputs_counts_and_volatile_metadata_cleared():
         assert not {"execution", "scrolled", "collapsed"} & set(cell.metadata)
     assert "widgets" not in out.metadata
     assert out.metadata.kernelspec == {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
-    assert out.metadata.language_info == {"name": "python", "file_extension": ".py"}
+    assert out.metadata.language_info == {"name": "python"}  # what a kernel adds on save is dropped
 
 
 def test_grade_and_readonly_cells_locked_with_checksums():
@@ -284,3 +284,35 @@ def test_nbgrader_config_sets_only_real_options():
         cls = classes.get(section) or getattr(preprocessors, section, None) or getattr(converters, section)
         for option in options:
             assert option in cls.class_traits(config=True), f"{section}.{option} is not an nbgrader option"
+
+
+def test_what_jupyterlab_writes_on_save_is_not_a_change(course):
+    """Open a solution in JupyterLab, run it, let autosave write it: the chapter is still in sync."""
+    _, solutions, chapters = course
+    build.build_chapter(SLUG, solutions, chapters)
+    path = solutions / SLUG / f"{SLUG}.ipynb"
+    nb = json.loads(path.read_text())
+    nb["metadata"]["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    nb["metadata"]["language_info"] = {
+        "codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py", "mimetype": "text/x-python",
+        "name": "python", "nbconvert_exporter": "python", "pygments_lexer": "ipython3", "version": "3.11.7"}
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            cell["execution_count"] = i + 1
+            cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["PASS\n"]}]
+            cell["metadata"]["execution"] = {"iopub.execute_input": "2026-12-02T10:00:00.000Z"}
+            cell["metadata"]["scrolled"] = True
+    path.write_text(json.dumps(nb, indent=1))
+    assert build.check([SLUG], solutions, chapters) == []
+    # ... while a real edit still is.
+    nb["cells"][-1]["source"] = ["print('changed')"]
+    path.write_text(json.dumps(nb, indent=1))
+    assert any("OUT OF SYNC" in p for p in build.check([SLUG], solutions, chapters))
+
+
+def test_every_solution_cell_has_an_id_so_jupyterlab_keeps_them():
+    for path in sorted((REPO / "solutions").glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb")):
+        nb = json.loads(path.read_text())
+        assert (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5), path.name
+        assert all(cell.get("id") for cell in nb["cells"]), f"{path.name}: a cell without an id"

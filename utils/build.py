@@ -156,7 +156,9 @@ def validate(nb: NotebookNode) -> list[str]:
 
 
 def _ensure_cell_ids(nb: NotebookNode) -> None:
-    """nbformat 4.5 requires cell ids and invents random ones when missing; derive stable ones."""
+    """nbformat 4.5 requires cell ids and invents random ones when missing; derive stable ones.
+    (Every committed solution has ids, so JupyterLab, which only invents ids for cells lacking
+    one, never changes them: tests/test_build.py checks both.)"""
     if (nb.nbformat, nb.nbformat_minor) < (4, 5):
         return
     for i, cell in enumerate(nb.cells):
@@ -171,8 +173,9 @@ def _normalise(nb: NotebookNode) -> None:
     kernelspec = nb.metadata.get("kernelspec", {})
     if kernelspec.get("language", "python") == "python":
         nb.metadata["kernelspec"] = dict(PYTHON_KERNELSPEC)
-    if "language_info" in nb.metadata:
-        nb.metadata["language_info"].pop("version", None)  # the author's patch release of Python
+    if nb.metadata.get("language_info", {}).get("name", "python") == "python":
+        # A kernel fills in codemirror_mode, mimetype, version, ... when the notebook is saved.
+        nb.metadata["language_info"] = {"name": "python"}
     for cell in nb.cells:
         for key in VOLATILE_CELL_METADATA:
             cell.metadata.pop(key, None)

@@ -3,20 +3,25 @@
 ``utils.build`` and tests/test_notebooks.py keep the first cell of every solution notebook equal
 to SETUP_CELL, so changing the URL here and rebuilding updates the whole course.
 """
+# The course's repository; notebooks read DEMYSTIFY_REPO_URL first, so a fork can install itself.
 REPO_URL = "https://github.com/demystify-course/demystify"
 
 SETUP_CELL = f'''# Setup: run this cell first. In Colab it installs the course package; locally it only checks it.
-import subprocess, sys
+import os, subprocess, sys
 
-REPO_URL = "{REPO_URL}"
+REPO_URL = os.environ.get("DEMYSTIFY_REPO_URL", "{REPO_URL}")
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"demystify @ git+{{REPO_URL}}"], check=True)
+    import torch  # Colab's own build (with CUDA): pinned below so that pip never replaces it
+    with open("/tmp/demystify-torch.txt", "w") as pin:
+        pin.write(f"torch=={{torch.__version__}}\\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/demystify-torch.txt",
+                    f"demystify @ git+{{REPO_URL}}"], check=True)
 try:
     import utils
 except ImportError as exc:
     raise ImportError("The course package is not installed: from the repository root run "
-                      "`pip install -e .` (see README.md), then restart the kernel.") from exc
+                      "`bash scripts/setup.sh` (see README.md), then restart the kernel.") from exc
 import torch
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
