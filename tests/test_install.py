@@ -123,7 +123,7 @@ def test_colab_setup_cell_installs_from_the_repo_url_and_keeps_torch(fresh_venv,
     _run(python, "-m", "pip", "uninstall", "-y", "-q", "demystify", cwd=tmp_path)
     fake_colab = ("import os, sys, types\n"
                   "sys.modules['google.colab'] = types.ModuleType('google.colab')  # what Colab has loaded\n"
-                  f"os.environ['DEMYSTIFY_REPO_URL'] = {('file://' + str(clone))!r}")
+                  f"os.environ['DEMYSTIFY_REPO_URL'] = {('file://localhost' + str(clone))!r}")
     nb = _execute_in(python, root, [fake_colab], [LOAD_EVERYTHING])
     report = _assert_ran_from_the_install(nb, root / "venv")
     assert report["torch_version"] == torch.__version__ and report["torch"] == torch.__file__, \

@@ -222,7 +222,8 @@ def test_pretrained_route_offline_fails_fast(monkeypatch):
     start = time.time()
     with pytest.raises(ConnectionError, match=r"load_model\('attn-only-1l'\)"):
         load_pretrained("attn-only-1l")
-    assert time.time() - start < 1.0
+    # Fails before any network wait; the bound is wide so a busy machine never trips it.
+    assert time.time() - start < 10.0
     with pytest.raises(ValueError, match="unknown pretrained"):
         load_pretrained("gpt2")
 
