@@ -324,3 +324,22 @@ def test_matches_hooked_transformer_3x(name):
     tokens = torch.randint(0, cfg.d_vocab, (2, cfg.n_ctx))
     with torch.no_grad():
         torch.testing.assert_close(reference(tokens), model(tokens), rtol=1e-4, atol=1e-4)
+
+
+def test_loss_path_equals_cross_entropy_of_the_logits_with_the_same_gradients():
+    from utils.models.transformer import lm_cross_entropy
+
+    model = HookedTinyTransformer(ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_vocab=64, n_ctx=12,
+                                              normalization_type="LN"))
+    tokens = torch.randint(0, 64, (3, 12), generator=torch.Generator().manual_seed(0))
+    fast = model(tokens, return_type="loss")
+    fast.backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    plain = lm_cross_entropy(model(tokens), tokens)
+    plain.backward()
+    torch.testing.assert_close(fast, plain)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fast_grads[name], p.grad, msg=name)
+    logits, loss = model(tokens, return_type="both")
+    torch.testing.assert_close(loss, plain)

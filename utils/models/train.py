@@ -70,11 +70,11 @@ PRESETS = {
         # tokens), and the rest of the run, the decay included, is text only.
         model=ModelConfig(n_layers=2, d_model=128, n_heads=8, d_head=32, d_mlp=None,
                           positional_embedding_type="shortformer", normalization_type="LN", seed=2),
-        steps=3500, seed=2, lr=3e-3, warmup_steps=200, decay_steps=1000, eval_every=250,
+        steps=12000, seed=2, lr=3e-3, warmup_steps=200, decay_steps=1000, eval_every=250,
         synthetic_rows=4, synthetic_until=1500, synthetic_period=(8, 63), track_induction=True,
         notes="2-layer attention-only, shortformer positions, LayerNorm before each layer, trained on the "
-              "course's text; for the first 1500 of 3500 steps, 4 rows of each 32-row batch are random "
-              "token blocks tiled over the context (5.4% of all tokens); the last 2000 steps are text only.",
+              "course's text; for the first 1500 of 12000 steps, 4 rows of each 32-row batch are random "
+              "token blocks tiled over the context (1.6% of all tokens); the rest is text only.",
     ),
     "gelu-1l": TrainConfig(
         model=ModelConfig(n_layers=1, d_model=128, n_heads=4, d_head=32, d_mlp=512,
@@ -198,6 +198,9 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
     flops = step_flops(model, cfg.batch_size, cfg.seq_len)
     mm_rate = mm_gflops(device)
     stream = batches("train", cfg.batch_size, cfg.seq_len, generator)
+    if progress:
+        print(f"one step: {flops / 1e9:.2f} GFLOP of matrix products (forward + backward); "
+              f"torch.mm on this device: {mm_rate:.1f} GFLOP/s", flush=True)
     start = time.time()
     last_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     bar = tqdm(range(first_step, last_step), disable=not progress, desc="train", initial=first_step, total=cfg.steps)
@@ -217,8 +220,10 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
         if done % cfg.eval_every == 0 or done == cfg.steps:
             elapsed = seconds_before + time.time() - start
             model.eval()
+            rate = (done - first_step) / (time.time() - start)  # steps/s since this process started
             point = {"step": done, "train_loss": round(loss.item(), 4), "lr": lr_at(step, cfg),
-                     "seconds": round(elapsed, 1)}
+                     "seconds": round(elapsed, 1), "tokens_per_second": round(rate * cfg.batch_size * cfg.seq_len),
+                     "achieved_gflops": round(rate * flops / 1e9, 2), "torch_mm_gflops": round(mm_rate, 1)}
             if cfg.track_induction:
                 from utils.induction import trajectory_point
 

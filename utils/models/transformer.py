@@ -306,9 +306,14 @@ class HookedTinyTransformer(HookedRootModule):
             resid = block(resid, shortformer_pos)
         if self.cfg.normalization_type == "LN":
             resid = self.ln_final(resid)
-        logits = resid @ self.W_U + self.b_U
         if return_type is None:
             return None
+        if return_type == "loss" and not loss_per_token:
+            # Training's path: no logits for the last position (it predicts nothing), and one fused
+            # cross-entropy; equal to lm_cross_entropy(logits, tokens) (tests/test_models.py).
+            logits = resid[:, :-1] @ self.W_U + self.b_U
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        logits = resid @ self.W_U + self.b_U
         if return_type == "logits":
             return logits
         loss = lm_cross_entropy(logits, tokens, per_token=loss_per_token)
