@@ -473,3 +473,57 @@ def test_interrupts_work_when_the_grader_starts_with_sigint_ignored(tmp_path):
     row = _rows(out)["slow"]
     assert (row["total"], row["hook_question_check"]) == ("1", "1"), row
     assert "ignored the interrupt" not in row["flags"]
+
+
+# --------------------------------------------------------------------------- the course's own references
+
+REFERENCE_CHEATS = {  # grade_id -> a cell that answers with the course's reference, one way each
+    "attention_pattern_solution": "from utils.attention import attention_pattern\n",
+    "head_output_solution": "import utils.attention as ua\nhead_output = ua.head_output\n",
+    "tensor_head_einsum_solution": "import importlib\n"
+                                   "tensor_head_einsum = importlib.import_module('utils.attention').tensor_head_einsum\n",
+    "tensor_head_kron_solution": "import utils.attention\ntensor_head_kron = getattr(utils.attention, 'tensor_head_' + 'kron')\n",
+    "multihead_residual_solution": "import types, utils.attention as ua\n_f = ua.multihead_residual\n"
+                                   "multihead_residual = types.FunctionType(_f.__code__, _f.__globals__, 'm', "
+                                   "_f.__defaults__, _f.__closure__)\n",
+    "path_logits_solution": "from utils.attention import path_logits as _pl\n"
+                            "def path_logits(*args, **kwargs):\n    return _pl(*args, **kwargs)\n",
+    "read_write_weights_solution": "from utils.checks import ch01 as _c\n"
+                                   "read_write_weights = _c.READ_WRITE_WEIGHTS.reference\n",
+    "virtual_weight_solution": "import utils.attention as ua\nvirtual_weight = ua.virtual_weight\n"
+                               "import inspect\nexec(inspect.getsource(ua.virtual_weight))  # refused: course source\n",
+    "compose_heads_solution": "import utils.attention as ua\nns = {}\nexec(open(ua.__file__).read(), ns)\n"
+                              "compose_heads = ns['compose_heads']\n",
+}
+FLAGGED_AS_REFERENCE = ["attention_pattern", "head_output", "tensor_head_einsum", "tensor_head_kron",
+                        "multihead_residual", "path_logits", "read_write_weights", "virtual_weight"]
+
+
+def test_answers_from_the_course_references_score_zero_and_are_flagged(tmp_path):
+    slug = "01_tensorized_attention"
+    root, out = tmp_path / "submitted", tmp_path / "grades.csv"
+    subs.write(root, slug, "honest", trim(subs.correct(slug)))
+    cheat = trim(subs.correct(slug))
+    for grade_id, source in REFERENCE_CHEATS.items():
+        subs.set_cell(cheat, grade_id, source)
+    subs.write(root, slug, "cheat", cheat)
+    # A course helper that calls a reference internally is fine: the honest notebook plus a plot-style call.
+    helper = trim(subs.correct(slug))
+    subs.insert_after(helper, "attention_pattern_solution",
+                      "import utils.attention as ua, torch\n_x = torch.randn(1, 4, 8)\n"
+                      "_ = ua.attention_pattern(_x, torch.randn(2, 8, 4), torch.randn(2, 8, 4), torch.zeros(2, 4), "
+                      "torch.zeros(2, 4))  # at cell time, outside any graded call\n")
+    subs.write(root, slug, "uses_reference_outside_graded_calls", helper)
+    done = _grade(str(root), "--chapter", "01", "--out", str(out), "--jobs", "2", *LIMITS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _rows(out)
+    assert rows["honest"]["total"] == rows["honest"]["max_total"] == "20" and rows["honest"]["flags"] == ""
+    other = rows["uses_reference_outside_graded_calls"]
+    assert other["total"] == "20" and other["flags"] == "", other
+    row = rows["cheat"]
+    scored = {k: v for k, v in row.items() if k.endswith("_check") and v != "0"}
+    assert row["total"] == "3", (scored, row["flags"])  # only the multiple-choice answers
+    for name in FLAGGED_AS_REFERENCE:
+        assert f"used reference: {name}" in row["flags"], (name, row["flags"])
+    assert "read the course's source utils/attention.py" in row["flags"], row["flags"]
+    assert "called the course's reference implementation" in row["attention_pattern_check message"]

@@ -341,4 +341,5 @@ def encode_requests(plan: ChapterPlan) -> bytes:
                 tensors[key] = req.rng
                 item["rng"] = key
         out.append(item)
-    return codec.pack_frame({"requests": out, "imports": plan.imports}, codec.tensors_to_bytes(tensors))
+    return codec.pack_frame({"requests": out, "imports": plan.imports, "checks_module": plan.module},
+                            codec.tensors_to_bytes(tensors))

@@ -240,6 +240,11 @@ def serve(header: dict, work: dict, tensors: dict, shell, send) -> None:
 
     if os.path.realpath(utils.__file__).startswith(os.path.realpath(scratch)):
         raise RuntimeError(f"utils imported from the scratch directory ({utils.__file__})")
+    from utils.grading import tripwire
+
+    # Before any student code: the chapter's references note their use, their source is unreadable.
+    used_references = tripwire.install(work["checks_module"]) if work.get("checks_module") else set()
+    tripwire.block_source_reads(lambda what: send({"t": "violation", "what": what}))
     jail.set_limits(int(config["memory_mb"]) * 2**20, int(config["fsize_mb"]) * 2**20, int(config["cpu_seconds"]))
     jail.install_guard(scratch, config["protected"], lambda what: send({"t": "violation", "what": what}))
     with open("/proc/self/statm") as f:
@@ -290,6 +295,7 @@ def serve(header: dict, work: dict, tensors: dict, shell, send) -> None:
                     args, kwargs = codec.decode(req["call"], tensors)
                     if req.get("rng") is not None:
                         torch.set_rng_state(tensors[req["rng"]])
+                    used_references.clear()
                     try:
                         with torch.no_grad():
                             got = fn(*args, **kwargs)
@@ -306,6 +312,8 @@ def serve(header: dict, work: dict, tensors: dict, shell, send) -> None:
                         out_tensors: dict = {}
                         out["value"] = codec.encode(got, out_tensors)
                         payload = codec.tensors_to_bytes(out_tensors)
+                    if used_references:
+                        out["used_reference"] = sorted(used_references)
         except KeyboardInterrupt:
             out, payload = {"t": "result", "k": k, "error": {"kind": "timeout"}}, b""
             stuck.add(symbol)
