@@ -527,3 +527,42 @@ def test_answers_from_the_course_references_score_zero_and_are_flagged(tmp_path)
         assert f"used reference: {name}" in row["flags"], (name, row["flags"])
     assert "read the course's source utils/attention.py" in row["flags"], row["flags"]
     assert "called the course's reference implementation" in row["attention_pattern_check message"]
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def test_shards_merge_into_the_single_run_gradebook(tmp_path):
+    from utils.grading.batch import RUN_COLUMNS, in_shard
+
+    root = tmp_path / "submitted"
+    students = {f"s{i}": (subs.correct(SLUG) if i % 3 else subs.chapter(SLUG)) for i in range(7)}
+    for name, nb in students.items():
+        subs.write(root, SLUG, name, trim(nb))
+    single, one, two, merged = (tmp_path / f"{n}.csv" for n in ("single", "shard1", "shard2", "merged"))
+    assert _grade(str(root), "--chapter", "00", "--out", str(single), "--jobs", "2", *LIMITS).returncode == 0
+    for i, out in ((1, one), (2, two)):
+        done = _grade(str(root), "--chapter", "00", "--out", str(out), "--shard", f"{i}/2", "--jobs", "1", *LIMITS)
+        assert done.returncode == 0, done.stdout + done.stderr
+    shard_rows = [_rows(one), _rows(two)]
+    assert not set(shard_rows[0]) & set(shard_rows[1]) and set(shard_rows[0]) | set(shard_rows[1]) == set(students)
+    assert all(in_shard(s, 1, 2) for s in shard_rows[0]) and shard_rows[0] and shard_rows[1]
+    done = _grade("merge", "--out", str(merged), str(one), str(two))
+    assert done.returncode == 0, done.stderr
+
+    def content(path):
+        return [{k: v for k, v in r.items() if k not in RUN_COLUMNS} for r in _rows(path).values()]
+
+    assert content(merged) == content(single)
+    assert list(_rows(merged)) == sorted(students)
+    assert _rows(merged)["s1"]["total"] == _rows(merged)["s1"]["max_total"] and _rows(merged)["s0"]["total"] == "0"
+    # A student graded differently in two shards, and gradebooks of different columns, are refused.
+    forged = tmp_path / "forged.csv"
+    forged.write_text(one.read_text().replace(f",{_rows(one)[next(iter(_rows(one)))]['total']},", ",99,", 1))
+    assert _grade("merge", "--out", str(tmp_path / "x.csv"), str(one), str(forged)).returncode == 2
+    other = tmp_path / "other.csv"
+    other.write_text("student,total\nz,1\n")
+    bad = _grade("merge", "--out", str(tmp_path / "y.csv"), str(one), str(other))
+    assert bad.returncode == 2 and "columns differ" in bad.stderr
+    bad = _grade(str(root), "--chapter", "00", "--out", str(tmp_path / "z.csv"), "--shard", "3/2")
+    assert bad.returncode == 2 and "1 <= I <= N" in bad.stderr

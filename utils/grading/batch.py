@@ -196,6 +196,74 @@ class Gradebook:
             raise
 
 
+# --------------------------------------------------------------------------- shards
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` (1 <= I <= N) -> (I, N)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise BatchError(f"--shard {text!r}: expected I/N with 1 <= I <= N, e.g. 2/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def in_shard(student: str, index: int, count: int) -> bool:
+    """Whether ``student`` belongs to shard ``index`` of ``count``: by a hash of the id, so the
+    slices do not depend on which other students are present or on the order of discovery."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(student.encode("utf-8")).digest()[:8], "big") % count == index - 1
+
+
+# Columns that record when and how long, not what was graded (they differ between any two runs).
+RUN_COLUMNS = ("seconds", "graded_at")
+
+
+def merge_gradebooks(paths: list[Path], out: Path) -> int:
+    """Combine shard gradebooks (same chapter and columns) into one, one row per student, sorted,
+    written atomically; returns the number of rows. A student in two shards must have identical
+    rows there (apart from timing), otherwise the merge is refused."""
+    header, rows = None, {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise BatchError(f"{path}: no such gradebook")
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            cols = next(reader, None)
+            if cols is None or "student" not in cols:
+                raise BatchError(f"{path}: not a gradebook (no header with a student column)")
+            if header is None:
+                header = cols
+            elif cols != header:
+                raise BatchError(f"{path}: its columns differ from {paths[0]}'s (another chapter or grader version)")
+            for values in reader:
+                if len(values) != len(cols):
+                    continue  # a half-written last line
+                r = dict(zip(cols, values))
+                prev = rows.get(r["student"])
+                if prev is not None and {k: v for k, v in prev.items() if k not in RUN_COLUMNS} != \
+                        {k: v for k, v in r.items() if k not in RUN_COLUMNS}:
+                    raise BatchError(f"student {r['student']!r} has different rows in two shards")
+                rows[r["student"]] = r
+    if header is None:
+        raise BatchError("merge needs at least one gradebook")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(out).name}.", dir=Path(out).parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(sorted(rows.values(), key=lambda r: r["student"]))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(rows)
+
+
 # --------------------------------------------------------------------------- feedback
 
 

@@ -1,5 +1,8 @@
 """``python -m utils.grading SUBMISSIONS --chapter NN --out grades.csv [options]``
 
+``python -m utils.grading merge --out grades.csv SHARD.csv [SHARD.csv ...]`` combines the
+gradebooks of ``--shard 1/N`` ... ``--shard N/N`` runs into the one a single run writes.
+
 Exit status: 0 when every submission was graded (bad notebooks included: they get an ``invalid``
 row), 1 when a grader-side error left some ungraded (they are retried by the next run), 2 for bad
 arguments or input (the message says what is wrong), 130 when interrupted (nothing graded is lost).
@@ -37,11 +40,32 @@ def _parser() -> argparse.ArgumentParser:
                         "(needs user namespaces); basic: limits and the audit hook only; auto (default): "
                         "namespace where it works")
     p.add_argument("--regrade", action="store_true", help="grade every submission again, even unchanged ones")
+    p.add_argument("--shard", help="I/N: grade only the I-th of N deterministic slices of the students (for a job "
+                   "array; combine the N gradebooks with `python -m utils.grading merge`)")
     p.add_argument("--solutions", type=Path, default=build.SOLUTIONS, help=argparse.SUPPRESS)
     return p
 
 
+def merge_main(argv: list[str]) -> int:
+    from utils.grading.batch import BatchError, merge_gradebooks
+
+    p = argparse.ArgumentParser(prog="python -m utils.grading merge",
+                                description="Combine shard gradebooks into one (one row per student, sorted).")
+    p.add_argument("gradebooks", nargs="+", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    args = p.parse_args(argv)
+    try:
+        n = merge_gradebooks(args.gradebooks, args.out)
+    except BatchError as e:
+        return _fail(str(e))
+    print(f"merged {len(args.gradebooks)} gradebook(s): {n} student(s) in {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["merge"]:
+        return merge_main(argv[1:])
     args = _parser().parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     try:
         subs = discover(args.submissions, slug)
+        if args.shard:
+            from utils.grading.batch import in_shard, parse_shard
+
+            index, count = parse_shard(args.shard)
+            subs = [s for s in subs if in_shard(s.student, index, count)]
+            print(f"shard {index}/{count}: {len(subs)} submission(s)", flush=True)
     except BatchError as e:
         return _fail(str(e))
     base = tempfile.mkdtemp(prefix="demystify-grading-")
