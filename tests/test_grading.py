@@ -566,3 +566,64 @@ def test_shards_merge_into_the_single_run_gradebook(tmp_path):
     assert bad.returncode == 2 and "columns differ" in bad.stderr
     bad = _grade(str(root), "--chapter", "00", "--out", str(tmp_path / "z.csv"), "--shard", "3/2")
     assert bad.returncode == 2 and "1 <= I <= N" in bad.stderr
+
+
+# --------------------------------------------------------------------------- the class report
+
+
+def test_class_report_counts_named_misconceptions_and_renders_in_a_browser(tmp_path):
+    slug = "01_tensorized_attention"
+    root, out = tmp_path / "submitted", tmp_path / "grades.csv"
+    for name in ("honest_a", "honest_b"):
+        subs.write(root, slug, name, trim(subs.correct(slug)))
+    no_mask = trim(subs.correct(slug))
+    subs.set_cell(no_mask, "attention_pattern_solution",
+                  "def attention_pattern(qk_input, W_Q, W_K, b_Q, b_K):\n"
+                  "    q, k = qk_input @ W_Q + b_Q, qk_input @ W_K + b_K\n"
+                  "    return (q @ k.transpose(-1, -2) / W_Q.shape[-1] ** 0.5).softmax(-1)\n")
+    subs.set_cell(no_mask, "bias_question_answer", 'answer_bias = "a"\n')
+    subs.write(root, slug, "no_mask", no_mask)
+    cheat = trim(subs.correct(slug))
+    subs.set_cell(cheat, "attention_pattern_solution", REFERENCE_CHEATS["attention_pattern_solution"])
+    subs.write(root, slug, "cheat", cheat)
+    subs.write(root, slug, "stub", trim(subs.chapter(slug)))
+    assert _grade(str(root), "--chapter", "01", "--out", str(out), "--jobs", "2", *LIMITS).returncode == 0
+    report, counts = tmp_path / "report.html", tmp_path / "counts.csv"
+    done = _grade("report", str(out), "--out", str(report), "--csv", str(counts))
+    assert done.returncode == 0, done.stderr
+    with open(counts, newline="") as f:
+        table = [r for r in csv.DictReader(f) if r["exercise"] == "attention_pattern_check"]
+    found = {r["what went wrong"]: int(r["how many"]) for r in table}
+    assert sum(v for k, v in found.items() if k.startswith("There is no causal mask")) == 1, found
+    assert found.get("used a reference") == 1 and found.get("not implemented") == 1, found
+    assert float(table[0]["mean"]) == pytest.approx(2 * 2 / 5)  # two honest students of five get the 2 points
+    text = report.read_text()
+    assert "cheat" in text and "used reference: attention_pattern" in text and "b_V is not zero" in text
+    assert "<script" not in text and "http" not in text.replace("http-equiv", "")  # offline, self-contained
+    bad = _grade("report", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r.html"))
+    assert bad.returncode == 2 and "no such gradebook" in bad.stderr
+
+    chromium = Path("/usr/bin/chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if not (chromium.exists() and sync_playwright):
+        if os.environ.get("DEMYSTIFY_REQUIRE_BROWSER") == "1":
+            raise AssertionError("DEMYSTIFY_REQUIRE_BROWSER=1 but chromium or playwright is missing")
+        pytest.skip("the browser half needs Debian's chromium and playwright")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(report.as_uri())
+        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+        assert len(widths) == 2 and min(widths) > 100, widths  # both figures decoded
+        assert "There is no causal mask" in page.inner_text("body")
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    from PIL import Image
+
+    image = Image.open(shot).convert("L")
+    assert image.size[1] > 600 and len(set(image.resize((64, 64)).getdata())) > 20  # rendered, not blank

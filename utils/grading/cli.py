@@ -3,6 +3,9 @@
 ``python -m utils.grading merge --out grades.csv SHARD.csv [SHARD.csv ...]`` combines the
 gradebooks of ``--shard 1/N`` ... ``--shard N/N`` runs into the one a single run writes.
 
+``python -m utils.grading report grades.csv --out report.html [--csv counts.csv]`` writes the class
+report (see utils/grading/report.py).
+
 Exit status: 0 when every submission was graded (bad notebooks included: they get an ``invalid``
 row), 1 when a grader-side error left some ungraded (they are retried by the next run), 2 for bad
 arguments or input (the message says what is wrong), 130 when interrupted (nothing graded is lost).
@@ -66,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["merge"]:
         return merge_main(argv[1:])
+    if argv[:1] == ["report"]:
+        from utils.grading.report import main as report_main
+
+        return report_main(argv[1:])
     args = _parser().parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
