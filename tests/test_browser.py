@@ -121,60 +121,90 @@ def _run_all(page) -> None:
     page.wait_for_selector(".jp-Notebook .jp-Cell", state="attached")
     page.wait_for_function("() => { const s = document.querySelector('.jp-Notebook-ExecutionIndicator');"
                            " return s && s.getAttribute('data-status') === 'idle'; }", timeout=120_000)
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    started = ("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
+               ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
+    for attempt in range(3):  # a Run All sent while the kernel is still connecting can be dropped
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        try:
+            page.wait_for_function(started, timeout=20_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     try:
         page.wait_for_function(
             "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent);"
-            " return p.length > 0 && p.every(t => /\\[\\d+\\]/.test(t)); }", timeout=300_000)
+            " return p.length > 0 && p.every(t => /\\[\\d+\\]/.test(t)); }", timeout=240_000)
     except Exception:
-        page.screenshot(path="/tmp/browser-failure.png", full_page=True)
+        page.screenshot(path=os.path.join(os.environ.get("TMPDIR", "/tmp"), "demystify-browser-failure.png"),
+                        full_page=True)
         raise
 
 
+def _twice(flow) -> None:
+    """Run a page flow; if it fails, say why and run it once more in a fresh page (a JupyterLab
+    start-up race, such as a Run All sent while the kernel connects, should not fail CI; a real
+    breakage fails both times). A failing Run All leaves a screenshot in $TMPDIR."""
+    try:
+        flow()
+    except Exception as first:  # noqa: BLE001 - retried once, then raised
+        print(f"browser flow failed once, retrying: {type(first).__name__}: {str(first)[:300]}")
+        flow()
+
+
 def test_file_browser_lists_every_chapter(browser, course):
-    page = _open(browser, course, "chapters")
-    page.wait_for_selector(".jp-DirListing-item[title*='00_orientation'], .jp-DirListing-itemText")
-    names = page.locator(".jp-DirListing-itemText").all_inner_texts()
-    slugs = sorted(p.name for p in (REPO / "chapters").glob("[0-9][0-9]_*") if p.is_dir())
-    missing = [s for s in slugs if s not in names]
-    assert len(slugs) == 7
-    assert not missing, f"the file browser lists {names}; missing chapters {missing}"
-    page.close()
+    def flow():
+        page = _open(browser, course, "chapters")
+        page.wait_for_selector(".jp-DirListing-item[title*='00_orientation'], .jp-DirListing-itemText")
+        names = page.locator(".jp-DirListing-itemText").all_inner_texts()
+        slugs = sorted(p.name for p in (REPO / "chapters").glob("[0-9][0-9]_*") if p.is_dir())
+        missing = [s for s in slugs if s not in names]
+        assert len(slugs) == 7
+        assert not missing, f"the file browser lists {names}; missing chapters {missing}"
+        page.close()
+
+    _twice(flow)
 
 
 def test_chapter_00_runs_to_the_end_with_every_check_passing(browser, course):
-    page = _open(browser, course, "chapters/00_orientation/00_orientation.ipynb")
-    _run_all(page)
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error'], "
-                          ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").count()
-    text = "\n".join(page.locator(".jp-OutputArea-output").all_inner_texts())
-    assert errors == 0 and "Traceback" not in text, text[-3000:]
-    nb = nbformat.read(REPO / "solutions" / "00_orientation" / "00_orientation.ipynb", as_version=4)
-    n_checks = sum(1 for c in nb.cells if c.cell_type == "code" and "check." in c.source
-                   and c.metadata.get("nbgrader", {}).get("grade"))
-    assert text.count("PASS") >= n_checks > 0, text[-3000:]
-    assert re.search(r"^00 .*all done", text, re.M), f"show_progress() does not show chapter 00 done:\n{text[-2000:]}"
-    progress = json.loads((course[2] / "progress.json").read_text())
-    assert progress, "nothing was recorded in the progress file"
-    page.close()
+    def flow():
+        page = _open(browser, course, "chapters/00_orientation/00_orientation.ipynb")
+        _run_all(page)
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error'], "
+                              ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").count()
+        text = "\n".join(page.locator(".jp-OutputArea-output").all_inner_texts())
+        assert errors == 0 and "Traceback" not in text, text[-3000:]
+        nb = nbformat.read(REPO / "solutions" / "00_orientation" / "00_orientation.ipynb", as_version=4)
+        n_checks = sum(1 for c in nb.cells if c.cell_type == "code" and "check." in c.source
+                       and c.metadata.get("nbgrader", {}).get("grade"))
+        assert text.count("PASS") >= n_checks > 0, text[-3000:]
+        assert re.search(r"^00 .*all done", text, re.M), f"show_progress() does not show chapter 00 done:\n{text[-2000:]}"
+        progress = json.loads((course[2] / "progress.json").read_text())
+        assert progress, "nothing was recorded in the progress file"
+        page.close()
+
+    _twice(flow)
 
 
 def test_chapter_02_explorer_and_chapter_04_sliders_respond(browser, course):
-    page = _open(browser, course, "chapters/widgets.ipynb")
-    _run_all(page)
-    view = page.locator(".widget-html-content").first
-    view.wait_for()
-    before = view.inner_text()
-    page.locator(".widget-dropdown select").first.select_option(index=1)  # head 0 -> head 1
-    page.wait_for_function("b => document.querySelector('.widget-html-content').innerText !== b", arg=before)
-    assert view.inner_text() != before
-    # Chapter 04: switch the output from ReLU to linear; the model retrains and the plot redraws.
-    image = page.locator(".widget-output img").first
-    image.wait_for(timeout=120_000)
-    src = image.get_attribute("src")
-    page.locator(".widget-toggle-button", has_text="linear").click()
-    page.wait_for_function(
-        "s => { const i = document.querySelector('.widget-output img'); return i && i.getAttribute('src') !== s; }",
-        arg=src, timeout=120_000)
-    page.close()
+    def flow():
+        page = _open(browser, course, "chapters/widgets.ipynb")
+        _run_all(page)
+        view = page.locator(".widget-html-content").first
+        view.wait_for()
+        before = view.inner_text()
+        page.locator(".widget-dropdown select").first.select_option(index=1)  # head 0 -> head 1
+        page.wait_for_function("b => document.querySelector('.widget-html-content').innerText !== b", arg=before)
+        assert view.inner_text() != before
+        # Chapter 04: switch the output from ReLU to linear; the model retrains and the plot redraws.
+        image = page.locator(".widget-output img").first
+        image.wait_for(timeout=120_000)
+        src = image.get_attribute("src")
+        page.locator(".widget-toggle-button", has_text="linear").click()
+        page.wait_for_function(
+            "s => { const i = document.querySelector('.widget-output img'); return i && i.getAttribute('src') !== s; }",
+            arg=src, timeout=120_000)
+        page.close()
+
+    _twice(flow)
