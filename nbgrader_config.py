@@ -54,6 +54,7 @@ c.CourseDirectory.ignore = [
     "*.py",
     "*.so",
     "*.pyd",
+    "questions.json",  # the question bank (answer keys) beside each solution: never released or copied
 ]
 
 # --- release ----------------------------------------------------------------------------------

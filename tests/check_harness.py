@@ -7,7 +7,24 @@ import torch
 
 from utils import progress
 from utils.checks import CheckFailure
+from utils.build import SOLUTIONS
 from utils.checks.core import outputs_match, seed_for
+from utils.checks.questions import LETTERS, read_bank
+
+
+def bank(chapter: str) -> dict:
+    """The chapter's trusted question bank (solutions/NN_slug/questions.json), by question name."""
+    (path,) = SOLUTIONS.glob(f"{chapter}_*/questions.json")
+    return read_bank(path)
+
+
+def right(chapter: str, name: str) -> str:
+    return bank(chapter)[name].answer
+
+
+def questions(check_module, chapter: str) -> list:
+    """(ask, explanations, right answer) for every question of the chapter's bank."""
+    return [(getattr(check_module, name), q.explanations, q.answer) for name, q in bank(chapter).items()]
 
 
 def assert_every_function_exercise_covered(check_module, exercise_of: dict, correct) -> None:
@@ -55,7 +72,7 @@ def assert_deterministic(exercises) -> None:
             assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
 
 
-def assert_multiple_choice(questions, options) -> None:
+def assert_multiple_choice(questions, options=LETTERS) -> None:
     """``questions``: (ask, explanations, right). Each wrong option gets its explanation; no answer
     and an unknown letter are told apart; the right one passes."""
     for ask, explanations, right in questions:

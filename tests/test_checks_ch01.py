@@ -3,6 +3,7 @@ mistake, including the ones that produce NaN."""
 import math
 import re
 
+import check_harness as harness
 import pytest
 import torch
 
@@ -22,11 +23,7 @@ EXERCISES = {
     "virtual_weight": check.VIRTUAL_WEIGHT,
     "compose_heads": check.COMPOSE_HEADS,
 }
-QUESTIONS = {
-    "factor_question": ("a", check.FACTOR_EXPLANATIONS),
-    "bias_question": ("b", check.BIAS_EXPLANATIONS),
-    "exactness_question": ("c", check.EXACTNESS_EXPLANATIONS),
-}
+QUESTIONS = {name: (q.answer, q.explanations) for name, q in harness.bank("01").items()}
 
 
 # --------------------------------------------------------------------------- other correct versions
@@ -394,7 +391,7 @@ def test_multiple_choice(name, capsys):
     for bad, why in explanations.items():
         with pytest.raises(CheckFailure, match=re.escape(why[:40])):
             ask(bad)
-    assert set(explanations) | {correct} == set(check.OPTIONS)
+    assert set(explanations) | {correct} == set(harness.LETTERS)
     with pytest.raises(CheckFailure, match="set your answer"):
         ask(None)
     with pytest.raises(CheckFailure, match="not one of"):
@@ -405,7 +402,7 @@ def test_multiple_choice(name, capsys):
 
 def test_progress_is_recorded(isolated_progress, capsys):
     check.compose_heads(at.compose_heads)
-    check.bias_question("b")
+    check.bias_question(harness.right("01", "bias_question"))
     progress.show_progress("01")
     out = capsys.readouterr().out
     assert f"2/{len(check.EXERCISES)}" in out and "attention_pattern" in out

@@ -4,6 +4,7 @@ order, top tokens along the wrong axis, positions in the OV circuit, no baseline
 import math
 import re
 
+import check_harness as harness
 import pytest
 import torch
 from transformer_lens import FactoredMatrix
@@ -25,11 +26,7 @@ EXERCISES = {
     "confirmation_effect": check.CONFIRMATION_EFFECT,
     "spearman": check.SPEARMAN,
 }
-QUESTIONS = {
-    "axis_question": ("b", check.AXIS_EXPLANATIONS),
-    "baseline_question": ("b", check.BASELINE_EXPLANATIONS),
-    "shortformer_question": ("b", check.SHORTFORMER_EXPLANATIONS),
-}
+QUESTIONS = {name: (q.answer, q.explanations) for name, q in harness.bank("02").items()}
 SQUARE = ("full_ov_circuit", "full_qk_circuit", "ov_from_activations", "positional_qk_pattern")
 
 
@@ -406,7 +403,7 @@ def test_multiple_choice(name, capsys):
     for bad, why in explanations.items():
         with pytest.raises(CheckFailure, match=re.escape(why[:40])):
             ask(bad)
-    assert set(explanations) | {correct} == set(check.OPTIONS)
+    assert set(explanations) | {correct} == set(harness.LETTERS)
     with pytest.raises(CheckFailure, match="set your answer"):
         ask(None)
     with pytest.raises(CheckFailure, match="not one of"):
@@ -417,7 +414,7 @@ def test_multiple_choice(name, capsys):
 
 def test_progress_is_recorded(isolated_progress, capsys):
     check.spearman(C.spearman)
-    check.axis_question("b")
+    check.axis_question(harness.right("02", "axis_question"))
     progress.show_progress("02")
     out = capsys.readouterr().out
     assert f"2/{len(check.EXERCISES)}" in out and "full_ov_circuit" in out

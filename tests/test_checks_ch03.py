@@ -6,6 +6,7 @@ twice, log-probabilities misused or unshifted, missing Frobenius normalisation).
 import re
 
 import numpy as np
+import check_harness as harness
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,11 +33,7 @@ EXERCISES = {
     "composition_score": check.COMPOSITION_SCORE,
     "composition_scores": check.COMPOSITION_SCORES,
 }
-QUESTIONS = {
-    "copying_question": ("b", check.COPYING_EXPLANATIONS),
-    "k_composition_question": ("b", check.K_COMPOSITION_EXPLANATIONS),
-    "baseline_question": ("b", check.BASELINE_EXPLANATIONS),
-}
+QUESTIONS = {name: (q.answer, q.explanations) for name, q in harness.bank("03").items()}
 SQUARE = ("full_ov_circuit_eigenvalues", "composition_score", "composition_scores")
 
 
@@ -558,7 +555,7 @@ def test_multiple_choice(name, capsys):
     for bad, why in explanations.items():
         with pytest.raises(CheckFailure, match=re.escape(why[:40])):
             ask(bad)
-    assert set(explanations) | {correct} == set(check.OPTIONS)
+    assert set(explanations) | {correct} == set(harness.LETTERS)
     with pytest.raises(CheckFailure, match="set your answer"):
         ask(None)
     with pytest.raises(CheckFailure, match="not one of"):
@@ -569,6 +566,6 @@ def test_multiple_choice(name, capsys):
 
 def test_progress_is_recorded(isolated_progress, capsys):
     check.copying_score(cp.copying_score)
-    check.k_composition_question("b")
+    check.k_composition_question(harness.right("03", "k_composition_question"))
     done = progress._load()["03"]
     assert set(done) == {"copying_score", "k_composition_question"}

@@ -1,4 +1,5 @@
 """Chapter 04's checks accept correct implementations and name each catalogued mistake."""
+import check_harness as harness
 import pytest
 import torch
 import torch.nn.functional as F
@@ -226,14 +227,12 @@ def test_in_place_edits_cannot_corrupt_the_reference():
 
 
 def test_multiple_choice():
-    questions = [(check.dense_regime_question, check.DENSE_EXPLANATIONS, "b"),
-                 (check.antipodal_question, check.ANTIPODAL_EXPLANATIONS, "a"),
-                 (check.privileged_basis_question, check.PRIVILEGED_EXPLANATIONS, "c")]
+    questions = harness.questions(check, "04")
     for ask, explanations, right in questions:
         for bad, why in explanations.items():
             with pytest.raises(CheckFailure, match=why[:25].replace("(", r"\(").replace(")", r"\)")):
                 ask(bad)
-        assert set(explanations) | {right} == set(check.OPTIONS)
+        assert set(explanations) | {right} == set(harness.LETTERS)
         with pytest.raises(CheckFailure, match="set your answer"):
             ask(None)
         with pytest.raises(CheckFailure, match="not one of"):
@@ -249,9 +248,9 @@ def test_progress_is_recorded_and_shown(capsys):
     check.weighted_loss(sp.importance_weighted_loss)
     check.superposition(sp.superposition)
     check.dimensionality(sp.dimensionality)
-    check.dense_regime_question("b")
-    check.antipodal_question("a")
-    check.privileged_basis_question("c")
+    check.dense_regime_question(harness.right("04", "dense_regime_question"))
+    check.antipodal_question(harness.right("04", "antipodal_question"))
+    check.privileged_basis_question(harness.right("04", "privileged_basis_question"))
     progress.show_progress("04")
     out = capsys.readouterr().out
     assert f"{len(check.EXERCISES)}/{len(check.EXERCISES)}" in out and "all done" in out

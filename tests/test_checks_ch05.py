@@ -186,11 +186,7 @@ EXERCISE_OF = {check.sae_forward: check.SAE_FORWARD, check.sae_loss: check.SAE_L
                check.topk_activation: check.TOPK}
 
 
-QUESTIONS = [  # (ask, explanations, right answer)
-    (check.l0_question, check.L0_EXPLANATIONS, "b"),
-    (check.shrinkage_question, check.SHRINKAGE_EXPLANATIONS, "c"),
-    (check.resampling_question, check.RESAMPLING_EXPLANATIONS, "a"),
-]
+QUESTIONS = harness.questions(check, "05")  # (ask, explanations, right answer)
 
 
 def test_every_function_exercise_is_covered():
@@ -344,7 +340,7 @@ def test_in_place_edits_cannot_corrupt_the_reference():
 
 
 def test_multiple_choice():
-    harness.assert_multiple_choice(QUESTIONS, check.OPTIONS)
+    harness.assert_multiple_choice(QUESTIONS)
 
 
 def test_progress_is_recorded_and_shown(capsys):

@@ -111,11 +111,7 @@ EXERCISE_OF = {check.top_activating: check.TOP_ACTIVATING, check.logit_weights: 
                check.match_features: check.MATCH}
 
 
-QUESTIONS = [  # (ask, explanations, right answer)
-    (check.neuron_question, check.NEURON_EXPLANATIONS, "b"),
-    (check.specificity_question, check.SPECIFICITY_EXPLANATIONS, "b"),
-    (check.universality_question, check.UNIVERSALITY_EXPLANATIONS, "c"),
-]
+QUESTIONS = harness.questions(check, "06")  # (ask, explanations, right answer)
 
 
 def test_every_function_exercise_is_covered():
@@ -215,7 +211,7 @@ def test_unknown_wrong_answer_reports_location():
 
 
 def test_multiple_choice():
-    harness.assert_multiple_choice(QUESTIONS, check.OPTIONS)
+    harness.assert_multiple_choice(QUESTIONS)
 
 
 def test_progress_is_recorded_and_shown(capsys):

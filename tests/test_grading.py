@@ -239,7 +239,7 @@ def test_rerun_skips_unchanged_and_replaces_changed(batch, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "unchanged, kept from the gradebook: 2" in again.stdout and _rows(out) == rows
     nb = trim(subs.correct(SLUG))
-    subs.set_cell(nb, subs.HOOK_ANSWER, 'answer_hook = "c"\n')
+    subs.set_cell(nb, subs.HOOK_ANSWER, f'answer_hook = "{subs.wrong_answer("00", "hook_question")}"\n')
     subs.write(root, SLUG, "malformed_json", nb)  # a fixed resubmission
     third = _grade(str(root), "--chapter", "00", "--out", str(out), "--jobs", "1", *LIMITS)
     assert third.returncode == 0 and "kept from the gradebook: 1" in third.stdout
@@ -421,7 +421,7 @@ def test_chapter_01_generalises(tmp_path):
                   "def attention_pattern(qk_input, W_Q, W_K, b_Q, b_K):\n"
                   "    q, k = qk_input @ W_Q + b_Q, qk_input @ W_K + b_K\n"
                   "    return (q @ k.transpose(-1, -2) / W_Q.shape[-1] ** 0.5).softmax(-1)\n")
-    subs.set_cell(nb, "bias_question_answer", 'answer_bias = "a"\n')
+    subs.set_cell(nb, "bias_question_answer", f'answer_bias = "{subs.wrong_answer("01", "bias_question")}"\n')
     subs.write(root, slug, "no_mask", nb)
     done = _grade(str(root), "--chapter", "01", "--out", str(out), "--jobs", "2", *LIMITS)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -529,6 +529,46 @@ def test_answers_from_the_course_references_score_zero_and_are_flagged(tmp_path)
     assert "called the course's reference implementation" in row["attention_pattern_check message"]
 
 
+ORACLE_CHEAT = """import json, os, pathlib
+import utils, utils.checks.ch00 as _c
+from utils.checks.core import CheckFailure
+found = set()
+for _x in "abcd":  # the self-check as an oracle
+    try:
+        _c.hook_question(_x)
+    except CheckFailure:
+        continue
+    found.add(_x)
+_repo = pathlib.Path(utils.__file__).parent.parent
+for _bank in list(_repo.glob("*/00_orientation/questions.json")) + [pathlib.Path("questions.json")]:
+    try:  # the released bank, the trusted one, one beside the notebook
+        found.add(json.loads(_bank.read_text())["questions"]["hook_question"]["answer"])
+    except Exception:
+        pass
+answer_hook = found.pop() if len(found) == 1 else None
+print("oracle found", answer_hook)
+"""
+
+
+def test_multiple_choice_keys_are_out_of_reach_at_grading_time(tmp_path):
+    """The cheat is real (outside the grader it finds the key); under the grader it finds nothing,
+    and the score comes from the solution's hidden key."""
+    found = {}
+    exec(ORACLE_CHEAT, found)
+    assert found["answer_hook"] == subs.bank_answer("00", "hook_question")
+    root, out = tmp_path / "submitted", tmp_path / "grades.csv"
+    nb = trim(subs.correct(SLUG))
+    subs.set_cell(nb, subs.HOOK_ANSWER, ORACLE_CHEAT)
+    subs.write(root, SLUG, "oracle", nb)
+    subs.write(root, SLUG, "honest", trim(subs.correct(SLUG)))
+    done = _grade(str(root), "--chapter", "00", "--out", str(out), "--jobs", "1", *LIMITS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _rows(out)
+    assert rows["honest"]["total"] == rows["honest"]["max_total"] == "3"
+    assert rows["oracle"]["hook_question_check"] == "0", rows["oracle"]
+    assert "set your answer" in rows["oracle"]["hook_question_check message"]
+
+
 # --------------------------------------------------------------------------- shards
 
 
@@ -581,7 +621,7 @@ def test_class_report_counts_named_misconceptions_and_renders_in_a_browser(tmp_p
                   "def attention_pattern(qk_input, W_Q, W_K, b_Q, b_K):\n"
                   "    q, k = qk_input @ W_Q + b_Q, qk_input @ W_K + b_K\n"
                   "    return (q @ k.transpose(-1, -2) / W_Q.shape[-1] ** 0.5).softmax(-1)\n")
-    subs.set_cell(no_mask, "bias_question_answer", 'answer_bias = "a"\n')
+    subs.set_cell(no_mask, "bias_question_answer", f'answer_bias = "{subs.wrong_answer("01", "bias_question")}"\n')
     subs.write(root, slug, "no_mask", no_mask)
     cheat = trim(subs.correct(slug))
     subs.set_cell(cheat, "attention_pattern_solution", REFERENCE_CHEATS["attention_pattern_solution"])

@@ -55,7 +55,7 @@ def test_instructor_workflow_end_to_end(tmp_path):
         root = course / "submitted"
         subs.write(root, SLUG, "alice", subs.correct(SLUG))  # everything right: 3 points
         nb = subs.trim(subs.correct(SLUG))
-        subs.set_cell(nb, subs.HOOK_ANSWER, 'answer_hook = "a"\n')
+        subs.set_cell(nb, subs.HOOK_ANSWER, f'answer_hook = "{subs.wrong_answer("00", "hook_question")}"\n')
         subs.write(root, SLUG, "bob", nb)  # the question wrong: 2 points
         nb = subs.trim(subs.chapter(SLUG))  # a syntax error, and the test cell deleted: 0 points
         subs.set_cell(nb, subs.PER_TOKEN_LOSS, "def per_token_loss(logits, tokens)\n    return logits\n")
@@ -81,6 +81,11 @@ def test_instructor_workflow_end_to_end(tmp_path):
         ran.append(argv[1] if argv[0] == "nbgrader" else argv[2])
     assert ran == ["generate_assignment", "autograde", "generate_feedback", "export", "utils.grading"]
 
+    # nbgrader's release carries no answer key: no question bank, no hidden keyed line
+    released = list((course / "release").rglob("*"))
+    assert any(p.suffix == ".ipynb" for p in released) and not any(p.name == "questions.json" for p in released)
+    assert not any("key=" in p.read_text() for p in released if p.suffix == ".ipynb")
+
     # scores, as exported
     with open(course / "grades.csv", newline="") as f:
         scores = {r["student_id"]: (float(r["score"]), float(r["max_score"])) for r in csv.DictReader(f)}
@@ -100,7 +105,7 @@ def test_instructor_workflow_end_to_end(tmp_path):
     for student in scores:
         page = (course / "feedback" / student / SLUG / f"{SLUG}.html").read_text()
         text = re.sub(r"<[^>]+>", "", page).replace("&quot;", '"').replace("&#39;", "'")
-        assert "HIDDEN TESTS" not in text and "cases=[" not in text.replace(" ", "")
+        assert "HIDDEN TESTS" not in text and "cases=[" not in text.replace(" ", "") and "key=" not in text
         assert not any(h in text for h in hidden)
     carol = re.sub(r"<[^>]+>", "", (course / "feedback" / "carol" / SLUG / f"{SLUG}.html").read_text())
     assert "NameError" in carol  # the student still sees why the check failed

@@ -8,7 +8,8 @@ from utils.models import ModelConfig, load_model
 from utils.models.loading import save_model, write_model_card
 import pytest
 
-from utils.models.train import (PRESETS, TrainConfig, lr_at, set_field, synthetic_tiled_repeats, train,
+from utils.models.train import (PRESETS, TrainConfig, lr_at, past_synthetic_schedule, set_field,
+                                synthetic_rows_at, synthetic_tiled_repeats, synthetic_token_count, train,
                                 with_synthetic_rows)
 
 TINY = TrainConfig(model=ModelConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=32),
@@ -56,22 +57,39 @@ def test_synthetic_rows_repeat_their_block():
         assert torch.equal(body[:, i], body[:, i - 7])
 
 
-def test_synthetic_rows_replace_the_first_rows_only_until_their_step():
+def test_synthetic_rows_replace_the_first_rows_only_inside_their_windows():
     cfg = copy.deepcopy(TINY)
-    cfg.synthetic_rows, cfg.synthetic_until, cfg.synthetic_period = 3, 5, (4, 4)
+    cfg.synthetic_schedule, cfg.synthetic_period = ((0, 5, 3), (8, 10, 8)), (4, 4)
     text = torch.randint(1, 4096, (8, 32), generator=torch.Generator().manual_seed(1))
     text[:, 0] = 0
     g = torch.Generator().manual_seed(0)
     mixed = with_synthetic_rows(text, 4, cfg, g)
     assert torch.equal(mixed[3:], text[3:]) and not torch.equal(mixed[:3], text[:3])
     assert torch.equal(mixed[:3, 1:5], mixed[:3, 5:9]) and mixed[:, 0].eq(0).all()
-    assert torch.equal(with_synthetic_rows(text, 5, cfg, g), text)  # none from synthetic_until on
+    before = g.get_state()
+    assert torch.equal(with_synthetic_rows(text, 5, cfg, g), text)  # none between the windows ...
+    assert torch.equal(g.get_state(), before)  # ... and no random numbers drawn there
+    assert not torch.equal(with_synthetic_rows(text, 9, cfg, g)[7], text[7])  # the second window: all 8 rows
+    assert [synthetic_rows_at(s, cfg) for s in range(12)] == [3] * 5 + [0] * 3 + [8] * 2 + [0] * 2
+    assert synthetic_token_count(cfg, 12) == (5 * 3 + 2 * 8) * cfg.seq_len
+    assert synthetic_token_count(cfg, 9) == (5 * 3 + 1 * 8) * cfg.seq_len  # a run stopped inside a window
+    with pytest.raises(ValueError, match="9 rows"):
+        cfg.synthetic_schedule = ((0, 5, 9),)
+        with_synthetic_rows(text, 0, cfg, g)
+
+
+def test_a_resume_refuses_a_config_that_rewrites_the_synthetic_rows_already_trained():
+    old_style = {"synthetic_rows": 4, "synthetic_until": 1500}  # checkpoints before the schedule field
+    assert past_synthetic_schedule(old_style, 3750) == [(0, 1500, 4)]
+    assert past_synthetic_schedule({"synthetic_schedule": [(0, 1500, 4), (3750, 4350, 32)]}, 3750) == [(0, 1500, 4)]
+    assert past_synthetic_schedule({"synthetic_schedule": [(0, 1500, 4), (3000, 4350, 32)]}, 3750) == [
+        (0, 1500, 4), (3000, 3750, 32)]
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     cfg = TrainConfig(model=ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, n_ctx=32, normalization_type="LN"),
                       steps=12, batch_size=4, seq_len=32, warmup_steps=2, decay_steps=4, eval_every=4, seed=3,
-                      track_induction=True, synthetic_rows=1, synthetic_until=6, synthetic_period=(3, 9))
+                      track_induction=True, synthetic_schedule=((0, 6, 1),), synthetic_period=(3, 9))
     whole, report = train(copy.deepcopy(cfg), progress=False)
     ckpt = tmp_path / "run.pt"
     train(copy.deepcopy(cfg), progress=False, checkpoint=str(ckpt), stop_at=7)
@@ -90,6 +108,13 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
         train(other, progress=False, checkpoint=str(ckpt), resume=True)
     with pytest.raises(FileNotFoundError):
         train(copy.deepcopy(cfg), progress=False, checkpoint=str(tmp_path / "none.pt"), resume=True)
+    rewritten = copy.deepcopy(cfg)
+    rewritten.synthetic_schedule = ((0, 3, 1),)  # would misreport the rows steps 3-5 trained on
+    with pytest.raises(ValueError, match="synthetic rows before step 12"):
+        train(rewritten, progress=False, checkpoint=str(ckpt), resume=True)
+    later = copy.deepcopy(cfg)
+    later.steps, later.synthetic_schedule = 16, ((0, 6, 1), (12, 14, 2))  # a new window after the checkpoint: fine
+    assert train(later, progress=False, checkpoint=str(ckpt), resume=True)[1]["synthetic_tokens"] == (6 + 4) * 32
 
 
 def test_set_field_parses_json_and_refuses_unknown_fields():

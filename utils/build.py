@@ -10,6 +10,12 @@ run them, Colab opens them) and `--check` proves they are still what the solutio
     python -m utils.build                 # rebuild every chapter
     python -m utils.build 03 05_sparse_autoencoders
     python -m utils.build --check         # exit 1 if a committed chapter is stale
+    python -m utils.build --exam --out DIR  # an instructor's release for a graded class (below)
+
+The exam build is for a class whose grades count. It writes the chapters to DIR (never to
+chapters/) without the question bank (questions.json), so a multiple-choice check only records the
+answer, and without each exercise's last, full-code hint (see drop_code_hints); the earlier hints
+stay. Grades then come only from the solutions' hidden keys.
 
 The output is byte-for-byte deterministic: outputs, execution counts and editor state are dropped,
 kernel metadata is normalised, JSON is written with sorted keys and a trailing newline. The
@@ -23,6 +29,7 @@ import argparse
 import copy
 import difflib
 import hashlib
+import re
 import shutil
 import sys
 import warnings
@@ -41,6 +48,7 @@ from nbgrader.preprocessors import (
     LockCells,
 )
 
+from utils.checks.questions import BANK_NAME
 from utils.paths import REPO
 
 SOLUTIONS = REPO / "solutions"
@@ -184,8 +192,24 @@ def _normalise(nb: NotebookNode) -> None:
             cell.execution_count = None
 
 
-def build_notebook(nb: NotebookNode) -> NotebookNode:
-    """The student version of a solutions notebook (the input is not modified)."""
+EXAM_METADATA = {"build": "exam"}
+_DETAILS = re.compile(r"\n*<details>.*?</details>", re.S)
+
+
+def drop_code_hints(text: str) -> str:
+    """A markdown cell without its last ``<details>`` hint when that is the full-code one: the
+    course's hints escalate, so with two or more the last gives the code away, and a lone hint
+    does when it holds a fenced code block. Every other hint is kept."""
+    blocks = list(_DETAILS.finditer(text))
+    if not blocks or (len(blocks) == 1 and "```" not in blocks[-1].group(0)):
+        return text
+    last = blocks[-1]
+    return text[:last.start()] + text[last.end():]
+
+
+def build_notebook(nb: NotebookNode, exam: bool = False) -> NotebookNode:
+    """The student version of a solutions notebook (the input is not modified); ``exam``: the
+    instructor's graded release (see the module docstring)."""
     nb = copy.deepcopy(nb)
     _ensure_cell_ids(nb)
     problems = validate(nb)
@@ -195,6 +219,11 @@ def build_notebook(nb: NotebookNode) -> NotebookNode:
     for preprocessor in _pipeline():
         nb, resources = preprocessor.preprocess(nb, resources)
     _normalise(nb)
+    if exam:
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                cell.source = drop_code_hints(cell.source)
+        nb.metadata["demystify"] = dict(EXAM_METADATA)
     return nb
 
 
@@ -233,23 +262,25 @@ def _extra_files(slug: str, solutions_dir: Path) -> list[Path]:
     return files
 
 
-def render(slug: str, solutions_dir: Path = SOLUTIONS) -> str:
+def render(slug: str, solutions_dir: Path = SOLUTIONS, exam: bool = False) -> str:
     """The chapter notebook's text, built in memory."""
     source = _source_notebook(slug, solutions_dir)
     if not source.is_file():
         raise BuildError(f"{source}: no such notebook")
     try:
-        return dumps(build_notebook(read_source(source)))
+        return dumps(build_notebook(read_source(source), exam=exam))
     except BuildError as e:
         if str(e).startswith(str(source)):
             raise
         raise BuildError("\n".join(f"{source}: {line}" for line in str(e).splitlines())) from None
 
 
-def build_chapter(slug: str, solutions_dir: Path = SOLUTIONS, chapters_dir: Path = CHAPTERS) -> Path:
-    """Write chapters/<slug>/<slug>.ipynb (and copy the folder's other files); return its path.
-    Files are only rewritten when their content changes."""
-    text = render(slug, solutions_dir)
+def build_chapter(slug: str, solutions_dir: Path = SOLUTIONS, chapters_dir: Path = CHAPTERS,
+                  exam: bool = False) -> Path:
+    """Write chapters/<slug>/<slug>.ipynb (and copy the folder's other files; in an exam build,
+    all but the question bank); return its path. Files are only rewritten when their content
+    changes."""
+    text = render(slug, solutions_dir, exam=exam)
     out_dir = Path(chapters_dir) / slug
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{slug}.ipynb"
@@ -257,6 +288,8 @@ def build_chapter(slug: str, solutions_dir: Path = SOLUTIONS, chapters_dir: Path
     if not target.is_file() or target.read_bytes() != data:
         target.write_bytes(data)
     for rel in _extra_files(slug, solutions_dir):
+        if exam and rel.name == BANK_NAME:
+            continue
         src, dst = Path(solutions_dir) / slug / rel, out_dir / rel
         if not dst.is_file() or dst.read_bytes() != src.read_bytes():
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -358,9 +391,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.build", description=__doc__.split("\n\n")[0])
     parser.add_argument("chapters", nargs="*", metavar="SLUG_OR_NN", help="e.g. 03 or 03_copying_and_composition; default: all")
     parser.add_argument("--check", action="store_true", help="compare with the committed chapters, write nothing")
+    parser.add_argument("--exam", action="store_true",
+                        help="an instructor's graded release: no answer keys, no full-code hints (needs --out)")
+    parser.add_argument("--out", type=Path, help="where --exam writes its chapters (a folder outside chapters/)")
     parser.add_argument("--solutions", type=Path, default=SOLUTIONS, help=argparse.SUPPRESS)
     parser.add_argument("--chapters-dir", type=Path, default=CHAPTERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.exam and (args.out is None or args.check):
+        parser.error("--exam writes a release: give --out DIR (and no --check)")
+    if args.out is not None and not args.exam:
+        parser.error("--out is for --exam; the normal build writes chapters/")
+    if args.exam and args.out.resolve() in (CHAPTERS.resolve(), args.chapters_dir.resolve()):
+        parser.error(f"--exam must not overwrite the committed chapters; choose another --out than {args.out}")
 
     try:
         slugs = resolve(args.chapters, args.solutions)
@@ -381,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             failed |= status != "ok"
         else:
             try:
-                path = build_chapter(slug, args.solutions, args.chapters_dir)
+                path = build_chapter(slug, args.solutions, args.out if args.exam else args.chapters_dir,
+                                     exam=args.exam)
             except BuildError as e:
                 print(f"{slug}: error\n{e}", file=sys.stderr)
                 failed = True

@@ -83,6 +83,22 @@ def write(root: Path, slug: str, name: str, nb=None, raw: Optional[bytes] = None
 PER_TOKEN_LOSS = "per_token_loss_solution"
 HOOK_ANSWER = "hook_question_answer"
 
+
+def bank_answer(chapter: str, name: str) -> str:
+    """The trusted key of a question (from the solutions' bank)."""
+    from utils.build import SOLUTIONS
+    from utils.checks.questions import read_bank
+
+    (path,) = SOLUTIONS.glob(f"{chapter}_*/questions.json")
+    return read_bank(path)[name].answer
+
+
+def wrong_answer(chapter: str, name: str) -> str:
+    """A letter that is NOT the trusted key of the question."""
+    from utils.checks.questions import LETTERS
+
+    return next(letter for letter in LETTERS if letter != bank_answer(chapter, name))
+
 # Correct except on batches of exactly 2 sequences, where it forgets the shift: partial credit.
 PARTLY_WRONG_LOSS = '''def per_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     log_probs = logits.log_softmax(dim=-1)
@@ -235,7 +251,7 @@ def build_ch00(root: Path, gradebook: Path, feedback: Path, slim: Callable = lam
     add("honest_correct", honest_correct(slug))
     nb = honest_correct(slug)
     set_cell(nb, PER_TOKEN_LOSS, PARTLY_WRONG_LOSS)
-    set_cell(nb, HOOK_ANSWER, 'answer_hook = "a"\n')
+    set_cell(nb, HOOK_ANSWER, f'answer_hook = "{wrong_answer("00", "hook_question")}"\n')
     add("honest_partly_wrong", nb)
     add("honest_stub", honest_chapter(slug))
 

@@ -73,14 +73,6 @@ def per_token_loss(fn, cases: Cases = None) -> None:
     run_check(PER_TOKEN_LOSS, fn, cases)
 
 
-HOOK_OPTIONS = ("a", "b", "c", "d")
-HOOK_EXPLANATIONS = {
-    "a": "hook_attn_scores holds the scaled, masked scores BEFORE the softmax; they do not sum to 1.",
-    "c": "hook_z holds the weighted sum of value vectors, one d_head vector per head, not the pattern.",
-    "d": "hook_q holds the queries; the pattern needs queries and keys combined through a softmax.",
-}
-
-
-def hook_question(answer) -> None:
+def hook_question(answer, key=None) -> None:
     """Which hook holds attention probabilities that sum to 1 over key positions?"""
-    check_choice(CHAPTER, "hook_question", answer, "b", HOOK_OPTIONS, HOOK_EXPLANATIONS)
+    check_choice(CHAPTER, "hook_question", answer, key)

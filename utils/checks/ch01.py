@@ -506,44 +506,20 @@ def compose_heads(fn, cases: Cases = None) -> None:
 
 
 # --------------------------------------------------------------------------- conceptual questions
-
-OPTIONS = ("a", "b", "c", "d")
-
-FACTOR_EXPLANATIONS = {
-    "b": "W_OV acts on each position's vector separately; it never mixes positions. Moving information "
-         "between positions is A's job.",
-    "c": "A is computed from the queries and keys (W_Q, W_K), not from W_V or W_O: the two factors are "
-         "separate, which is exactly why the head factorises as A ⊗ W_OV.",
-    "d": "A mixes positions, not residual dimensions: (A ⊗ Id) treats every residual coordinate alike.",
-}
+# Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
+# The options, keys and explanations live in the solutions' questions.json (utils/checks/questions.py).
 
 
-def factor_question(answer) -> None:
+def factor_question(answer, key=None) -> None:
     """Which sentence describes the two factors of h(x) = (A ⊗ W_O W_V) x?"""
-    check_choice(CHAPTER, "factor_question", answer, "a", OPTIONS, FACTOR_EXPLANATIONS)
+    check_choice(CHAPTER, "factor_question", answer, key)
 
 
-BIAS_EXPLANATIONS = {
-    "a": "b_V is not zero in general (the check cases use random biases, and trained models learn them).",
-    "c": "The causal mask decides which keys a query sees, but the bias term would be constant even without it.",
-    "d": "No: W_O is a general [d_head, d_model] matrix.",
-}
-
-
-def bias_question(answer) -> None:
+def bias_question(answer, key=None) -> None:
     """Why does b_V contribute the same vector b_V W_O at every position?"""
-    check_choice(CHAPTER, "bias_question", answer, "b", OPTIONS, BIAS_EXPLANATIONS)
+    check_choice(CHAPTER, "bias_question", answer, key)
 
 
-EXACTNESS_EXPLANATIONS = {
-    "a": "The patterns are the one nonlinear part, and the expansion does not linearise them: it freezes them "
-         "at their actual values, so it is exact.",
-    "b": "Float32 rounding gives errors around 1e-6 relative, far below 1e-3, for any weights.",
-    "d": "With standard positions the expansion would still be exact, but W_pos would sit in the residual "
-         "stream and add paths of its own. Shortformer keeps positions out of it.",
-}
-
-
-def exactness_question(answer) -> None:
+def exactness_question(answer, key=None) -> None:
     """Why is the path expansion exact for attn-only-1l?"""
-    check_choice(CHAPTER, "exactness_question", answer, "c", OPTIONS, EXACTNESS_EXPLANATIONS)
+    check_choice(CHAPTER, "exactness_question", answer, key)

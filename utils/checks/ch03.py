@@ -905,46 +905,20 @@ def composition_scores(fn, cases: Cases = None) -> None:
 
 
 # --------------------------------------------------------------------------- conceptual questions
-
-OPTIONS = ("a", "b", "c", "d")
-
-COPYING_EXPLANATIONS = {
-    "a": "Eigenvalues of a non-symmetric matrix are perfectly meaningful (they may be complex); the random-init "
-         "baseline shows the trained scores are far from chance.",
-    "c": "Both measures use the same full OV circuit W_E W_V W_O W_U; the difference is in what they ask of it.",
-    "d": "A larger k would let more tokens pass, but that is not why the two measures disagree: the eigenvalue "
-         "score is not a statement about individual tokens at all.",
-}
+# Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
+# The options, keys and explanations live in the solutions' questions.json (utils/checks/questions.py).
 
 
-def copying_question(answer) -> None:
+def copying_question(answer, key=None) -> None:
     """Why can a head have a high eigenvalue copying score but a low self-top-5 fraction?"""
-    check_choice(CHAPTER, "copying_question", answer, "b", OPTIONS, COPYING_EXPLANATIONS)
+    check_choice(CHAPTER, "copying_question", answer, key)
 
 
-K_COMPOSITION_EXPLANATIONS = {
-    "a": "The query sits at the current token (the second A); it already knows it is A. The fact 'my previous "
-         "token was A' was written at the position of B, and B is a KEY the induction head must find.",
-    "c": "Values decide what is moved once the head attends; they cannot decide WHERE it attends.",
-    "d": "A single layer cannot do it: 'the token before me was A' is not in any token's embedding. An earlier "
-         "head has to write it first, and a later head has to read it.",
-}
-
-
-def k_composition_question(answer) -> None:
+def k_composition_question(answer, key=None) -> None:
     """Which part of the layer-1 induction head reads the previous-token head's output?"""
-    check_choice(CHAPTER, "k_composition_question", answer, "b", OPTIONS, K_COMPOSITION_EXPLANATIONS)
+    check_choice(CHAPTER, "k_composition_question", answer, key)
 
 
-BASELINE_EXPLANATIONS = {
-    "a": "A composition score is a ratio of norms: it is never negative, so there is nothing to centre.",
-    "c": "Random matrices do NOT score 0: a random W_A W_B still has a sizeable norm, about 1/sqrt(d_model) "
-         "of ||W_A|| ||W_B||.",
-    "d": "The initialisation is irrelevant here; the baseline is about what unrelated matrices of these shapes "
-         "score, trained or not.",
-}
-
-
-def baseline_question(answer) -> None:
+def baseline_question(answer, key=None) -> None:
     """Why compare composition scores with random matrices of the same shapes?"""
-    check_choice(CHAPTER, "baseline_question", answer, "b", OPTIONS, BASELINE_EXPLANATIONS)
+    check_choice(CHAPTER, "baseline_question", answer, key)

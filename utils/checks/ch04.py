@@ -417,44 +417,17 @@ def dimensionality(fn, cases: Cases = None) -> None:
 
 # --------------------------------------------------------------------------- multiple choice
 
-OPTIONS = ("a", "b", "c", "d")
 
-DENSE_EXPLANATIONS = {
-    "a": "Squeezing 20 dense features into 5 dimensions would make them interfere on every input; the "
-         "model gains more by representing fewer features cleanly.",
-    "c": "Antipodal pairs only pay off when the two features are rarely on together; with 1 - S = 1 they "
-         "are always on together. Look at the 1 - S = 1 column of the sweep.",
-    "d": "The bias alone can only output a constant (the mean of unrepresented features). The model does "
-         "represent some features: look at the norms in the 1 - S = 1 column.",
-}
-
-
-def dense_regime_question(answer) -> None:
+def dense_regime_question(answer, key=None) -> None:
     """Dense regime of the n=20, m=5 ReLU model: what is represented?"""
-    check_choice(CHAPTER, "dense_regime_question", answer, "b", OPTIONS, DENSE_EXPLANATIONS)
+    check_choice(CHAPTER, "dense_regime_question", answer, key)
 
 
-ANTIPODAL_EXPLANATIONS = {
-    "b": "The linear model cannot remove anything: with W_j = -W_i, an input on feature i writes -x_i onto "
-         "feature j's output and the error is paid in full. It is the ReLU that removes it.",
-    "c": "Antipodal pairs are not orthogonal; their directions are exactly opposite, W_j = -W_i.",
-    "d": "Both features are on together only with probability (1 - S)^2, but then they cancel in the hidden "
-         "space; the benefit comes from the far more common case where only one is on.",
-}
-
-
-def antipodal_question(answer) -> None:
+def antipodal_question(answer, key=None) -> None:
     """Why can a ReLU model afford an antipodal pair?"""
-    check_choice(CHAPTER, "antipodal_question", answer, "a", OPTIONS, ANTIPODAL_EXPLANATIONS)
+    check_choice(CHAPTER, "antipodal_question", answer, key)
 
 
-PRIVILEGED_EXPLANATIONS = {
-    "a": "Both models have exactly the same parameters, W and b.",
-    "b": "Both models have the ReLU on the output; it acts on features, not on the hidden units.",
-    "d": "The learning rate changes how fast a model trains, not which directions its loss prefers.",
-}
-
-
-def privileged_basis_question(answer) -> None:
+def privileged_basis_question(answer, key=None) -> None:
     """Why do features align with hidden units only in the ReLU-hidden model?"""
-    check_choice(CHAPTER, "privileged_basis_question", answer, "c", OPTIONS, PRIVILEGED_EXPLANATIONS)
+    check_choice(CHAPTER, "privileged_basis_question", answer, key)

@@ -873,46 +873,17 @@ def topk_activation(fn, cases: Cases = None) -> None:
 
 # =========================================================================== multiple choice
 
-OPTIONS = ("a", "b", "c", "d")
 
-L0_EXPLANATIONS = {
-    "a": "L0 is about activations, not weights: a dictionary's weights are dense (every decoder column is a "
-         "full direction). It counts how many FEATURES are non-zero on each token, averaged over tokens.",
-    "c": "That is the L1 norm (the penalty the SAE is trained with), not L0: L0 counts the active features and "
-         "ignores how large they are.",
-    "d": "That would be the number of live features. L0 is per token: how many features fire on a typical "
-         "token.",
-}
-
-
-def l0_question(answer) -> None:
+def l0_question(answer, key=None) -> None:
     """What does L0 = 25 mean?"""
-    check_choice(CHAPTER, "l0_question", answer, "b", OPTIONS, L0_EXPLANATIONS)
+    check_choice(CHAPTER, "l0_question", answer, key)
 
 
-SHRINKAGE_EXPLANATIONS = {
-    "a": "The decoder columns have unit norm (you normalised them), so they cannot shrink. What shrinks is "
-         "the activations f.",
-    "b": "The ReLU only zeroes negative pre-activations; it does not scale the positive ones down.",
-    "d": "TopK still reconstructs from a few features (k per token); what it removes is the penalty on how "
-         "LARGE their activations are.",
-}
-
-
-def shrinkage_question(answer) -> None:
+def shrinkage_question(answer, key=None) -> None:
     """Why do L1 SAEs shrink activations, and what does TopK change?"""
-    check_choice(CHAPTER, "shrinkage_question", answer, "c", OPTIONS, SHRINKAGE_EXPLANATIONS)
+    check_choice(CHAPTER, "shrinkage_question", answer, key)
 
 
-RESAMPLING_EXPLANATIONS = {
-    "b": "Once a feature is dead its L1 penalty is 0 too (its activation is 0 on every input): nothing pushes "
-         "it in any direction, down or up.",
-    "c": "Normalising the decoder only rescales columns; it never touches the encoder, which is what decides "
-         "whether a feature fires.",
-    "d": "Other features do not take over a dead feature's weights; its weights simply stop changing.",
-}
-
-
-def resampling_question(answer) -> None:
+def resampling_question(answer, key=None) -> None:
     """Why does a dead feature not come back by itself?"""
-    check_choice(CHAPTER, "resampling_question", answer, "a", OPTIONS, RESAMPLING_EXPLANATIONS)
+    check_choice(CHAPTER, "resampling_question", answer, key)

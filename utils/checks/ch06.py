@@ -451,46 +451,17 @@ def match_features(fn, cases: Cases = None) -> None:
 
 # =========================================================================== multiple choice
 
-OPTIONS = ("a", "b", "c", "d")
 
-NEURON_EXPLANATIONS = {
-    "a": "A strong feature can still be carried mostly by one neuron; the strength of its activations says "
-         "nothing about how many neurons it is spread over.",
-    "c": "Correlation with the NEURONS is what tells a feature apart from a neuron; the logit weights can agree "
-         "whether or not the feature is a neuron.",
-    "d": "Decoder columns have unit norm by construction; that says nothing about whether one neuron dominates.",
-}
-
-
-def neuron_question(answer) -> None:
+def neuron_question(answer, key=None) -> None:
     """What would show that a feature is just a neuron in disguise?"""
-    check_choice(CHAPTER, "neuron_question", answer, "b", OPTIONS, NEURON_EXPLANATIONS)
+    check_choice(CHAPTER, "neuron_question", answer, key)
 
 
-SPECIFICITY_EXPLANATIONS = {
-    "a": "It fires on every full stop, so it misses none: that is HIGH sensitivity. It also fires on commas, so "
-         "when it fires the hypothesis is often false: LOW specificity.",
-    "c": "Missing no full stop means high sensitivity, not low.",
-    "d": "Firing on commas too means that many of its firings are not full stops: specificity is low.",
-}
-
-
-def specificity_question(answer) -> None:
+def specificity_question(answer, key=None) -> None:
     """A feature fires on every full stop and on every comma: its specificity and sensitivity for "full stop"."""
-    check_choice(CHAPTER, "specificity_question", answer, "b", OPTIONS, SPECIFICITY_EXPLANATIONS)
+    check_choice(CHAPTER, "specificity_question", answer, key)
 
 
-UNIVERSALITY_EXPLANATIONS = {
-    "a": "Decoder directions can be compared, but two dictionaries may place a feature along slightly different "
-         "directions and still fire on exactly the same tokens; activations over the same tokens are what "
-         "the paper correlates.",
-    "b": "Feature i of one SAE and feature i of another are unrelated: the order of the features is arbitrary "
-         "(it depends on the random initialisation). Matching has to search over all pairs.",
-    "d": "Dead features correlate 0 with everything (they never vary); counting them as unmatched lowers the "
-         "fraction but does not make it meaningless. Leave them out or report them separately.",
-}
-
-
-def universality_question(answer) -> None:
+def universality_question(answer, key=None) -> None:
     """How should features of two independently trained SAEs be matched?"""
-    check_choice(CHAPTER, "universality_question", answer, "c", OPTIONS, UNIVERSALITY_EXPLANATIONS)
+    check_choice(CHAPTER, "universality_question", answer, key)

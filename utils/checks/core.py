@@ -25,8 +25,10 @@ with the grader for free when it follows the pattern every check here follows:
   case, only from inside run_check's cases, with arguments computed from the case's inputs; what
   it does with the output (shape checks, statistics) runs in the trusted process;
 * ``make_inputs(seed)`` and ``extra_inputs`` are deterministic (the grader computes them twice);
-* a multiple-choice (or any value) question ``NAME(answer)`` calls ``check_choice(...)``: the
-  answer must be plain data (str, number, bool, None, or lists/tuples/dicts of them);
+* a multiple-choice question ``NAME(answer, key=None)`` calls ``check_choice(CHAPTER, NAME, answer,
+  key)``; its graded cell holds the self-check ``check.NAME(symbol)`` and, between the HIDDEN TESTS
+  markers, ``check.NAME(symbol, key="b")``: only the keyed call is scored, and the key is read
+  from the trusted notebook, never from this package (utils/checks/questions.py);
 * the inputs ``make_inputs``/``extra_inputs`` produce are tensors, numbers, strings, None and
   tuples/lists/dicts of them (they are sent to the student's process as JSON + safetensors);
 * a graded test cell holds only such calls (``check.NAME(symbol, literal args...)``), the hidden
@@ -47,6 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 import torch
 
 from utils import progress
+from utils.checks import questions
 
 Cases = Union[int, Iterable[int], None]
 
@@ -213,26 +216,29 @@ def run_check(ex: Exercise, fn: Callable, cases: Cases = None, quiet: bool = Fal
     return len(inputs_list)
 
 
-def choice_failure(name: str, answer: Any, correct: Any, options: Sequence[Any],
-                   explanations: Optional[dict] = None) -> Optional[str]:
-    """Why ``answer`` is not the right option, or None when it is."""
-    if answer is None or answer is ...:
-        return f"{name}: set your answer first (one of {list(options)})."
-    if answer not in options:
-        return f"{name}: {answer!r} is not one of the options {list(options)}."
-    if answer != correct:
-        why = (explanations or {}).get(answer, "Not quite: reread the explanation above and try again.")
-        return f"{name}: {why}"
-    return None
+def check_choice(chapter: str, name: str, answer: Any, key: Optional[str] = None) -> None:
+    """A multiple-choice question stored as a variable (the answer is a letter).
 
-
-def check_choice(chapter: str, name: str, answer: Any, correct: Any, options: Sequence[Any],
-                 explanations: Optional[dict] = None) -> None:
-    """A multiple-choice question stored as a variable (the answer is a letter or option)."""
+    With ``key`` (a hidden test in the solution notebook) the answer is compared with it. Without,
+    the chapter's question bank is looked up (see utils/checks/questions.py): found (the normal
+    build), the check says at once whether the answer is right and why not; absent (an exam
+    build), it only records the answer."""
     session = _SESSION.get()
     if session is not None:
-        return session._run_choice(chapter, name, answer, correct, options, explanations)
-    failure = choice_failure(name, answer, correct, options, explanations)
+        return session._run_choice(chapter, name, answer, key)
+    question = questions.find_question(chapter, name)
+    if key is None and question is None:  # an exam build: record the answer, do not judge it
+        failure = questions.form_failure(name, answer)
+        if failure is not None:
+            raise CheckFailure(failure)
+        print(f"RECORDED {chapter}/{name}: {answer!r} (this build has no answer key; your instructor grades it)")
+        progress.record(chapter, name)
+        return None
+    if key is None:
+        failure = question.failure(answer)
+    else:
+        failure = questions.choice_failure(name, answer, key, questions.LETTERS,
+                                           question.explanations if question and question.answer == key else None)
     if failure is not None:
         raise CheckFailure(failure)
     print(f"PASS {chapter}/{name}")
@@ -275,6 +281,8 @@ class GradingSession:
     exercises: list = field(default_factory=list)  # (Exercise, number of cases) per run_check call
     outcomes: list = field(default_factory=list)
     current: Optional[tuple] = None  # (exercise name, case index) while a case runs
+    questions: dict = field(default_factory=dict)  # the trusted question bank, for explanations
+    keyed: bool = False  # whether the last check_choice call carried its key
 
     def _note(self, kind: str) -> None:
         if self.kind not in (None, kind):
@@ -308,12 +316,14 @@ class GradingSession:
             raise first
         return len(inputs_list)
 
-    def _run_choice(self, chapter: str, name: str, answer: Any, correct: Any, options: Sequence[Any],
-                    explanations: Optional[dict]) -> None:
+    def _run_choice(self, chapter: str, name: str, answer: Any, key: Optional[str]) -> None:
         self._note("choice")
-        if self.mode == "plan":
+        self.keyed = key is not None
+        if self.mode == "plan" or key is None:  # a keyless call is the student's self-check: not scored
             return None
-        failure = choice_failure(name, answer, correct, options, explanations)
+        question = self.questions.get(name)
+        explanations = question.explanations if question is not None and question.answer == key else None
+        failure = questions.choice_failure(name, answer, key, questions.LETTERS, explanations)
         self.outcomes.append(CaseOutcome(name, "answer", failure is None, failure or ""))
         if failure is not None:
             raise CheckFailure(failure)
@@ -324,11 +334,12 @@ _SESSION: ContextVar[Optional[GradingSession]] = ContextVar("demystify_grading_s
 
 
 @contextmanager
-def grading_session(mode: str) -> Iterator[GradingSession]:
-    """Run check functions for a trusted grader (``utils.grading``); see GradingSession."""
+def grading_session(mode: str, bank: Optional[dict] = None) -> Iterator[GradingSession]:
+    """Run check functions for a trusted grader (``utils.grading``); see GradingSession. ``bank``:
+    the chapter's trusted questions (their explanations become the feedback on a wrong answer)."""
     if mode not in ("plan", "grade"):
         raise ValueError(f"mode must be 'plan' or 'grade', not {mode!r}")
-    session = GradingSession(mode)
+    session = GradingSession(mode, questions=dict(bank or {}))
     token = _SESSION.set(session)
     try:
         yield session

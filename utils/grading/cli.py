@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from utils import build
+from utils.checks.questions import BANK_NAME
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,7 +152,10 @@ def _grade(args, slug: str, subs: list, base: str) -> int:
 
         options.hide_dirs = [os.path.realpath(p) for p in (root, base, args.feedback, args.solutions)
                              if p is not None and hideable(p)]
-        options.hide_files = [os.path.realpath(p) for p in [args.out] + ([args.submissions] if root is None else [])]
+        # The released question banks (the self-learner's oracle) are answer keys to a submission.
+        banks = sorted(build.CHAPTERS.glob(f"*/{BANK_NAME}"))
+        options.hide_files = [os.path.realpath(p) for p in [args.out] + ([args.submissions] if root is None else [])
+                              + banks]
         options.protected = options.hide_dirs + options.hide_files
         for other in build.discover(args.solutions):
             if other != slug:

@@ -401,6 +401,8 @@ def score_cell(cell, plan: ChapterPlan, run_result: RunResult, limits: Limits) -
         fn = getattr(module, call.check)
         outcomes: list = []
         final = ""
+        if call.kind == "choice" and not call.n_cases:
+            continue  # the self-check line; its hidden, keyed twin is scored
         if call.kind == "choice":
             k = call.requests[0]
             header, tensors = run_result.results.get(k, (None, {}))
@@ -416,7 +418,8 @@ def score_cell(cell, plan: ChapterPlan, run_result: RunResult, limits: Limits) -
                     value = codec.opaque(f"malformed ({e})")
                 if codec.is_opaque(value):
                     flags.append("answer is not plain data")
-                with core.grading_session("grade") as session, contextlib.redirect_stdout(io.StringIO()):
+                with core.grading_session("grade", plan.questions) as session, \
+                        contextlib.redirect_stdout(io.StringIO()):
                     try:
                         fn(value, *call.args, **call.kwargs)
                     except core.CheckFailure as e:

@@ -23,6 +23,7 @@ from nbgrader.utils import compute_checksum
 
 from utils import build
 from utils.checks import core
+from utils.checks.questions import trusted_bank
 from utils.grading import codec
 
 
@@ -79,6 +80,7 @@ class ChapterPlan:
     manual: list  # grade_ids of graded cells this grader cannot score (free text, markdown)
     max_points: float
     imports: list = field(default_factory=list)  # modules the chapter imports: loaded before student code
+    questions: dict = field(default_factory=dict)  # the trusted question bank beside the solution notebook
 
     @property
     def grade_ids(self) -> set:
@@ -236,6 +238,12 @@ def plan_call(module, call: CheckCall, requests: list, value_requests: dict, whe
                         "so it cannot be graded outside the student's process (see utils/checks/core.py)")
     call.kind = session.kind
     if call.kind == "choice":
+        if not session.keyed:  # the student's own self-check line: the keyed hidden call scores
+            call.n_cases, call.requests = 0, []
+            return
+        if not call.hidden:
+            raise PlanError(f"{where}: {call.check} carries its key outside the HIDDEN TESTS markers, so "
+                            "the released chapter would show the answer")
         call.n_cases = 1
         if call.symbol not in value_requests:
             value_requests[call.symbol] = len(requests)
@@ -304,12 +312,15 @@ def build_plan(chapter: str, solutions_dir: Path = build.SOLUTIONS) -> ChapterPl
             call.module = module_name
             plan_call(module, call, requests, value_requests, f"{where}, line {call.line}")
             graded.calls.append(call)
+        if not any(c.n_cases for c in graded.calls):
+            raise PlanError(f"{where}: nothing in this cell is scored (a multiple-choice cell needs a hidden "
+                            "`check.NAME(symbol, key=\"...\")` line)")
         cells.append(graded)
     modules = sorted({m for m in aliases.values()})
     return ChapterPlan(
         slug=slug, number=slug.split("_", 1)[0], trusted_path=path, module=",".join(modules), cells=cells,
         requests=requests, released=released, test_ids=test_ids, manual=manual,
-        max_points=sum(c.points for c in cells), imports=_imports(nb))
+        max_points=sum(c.points for c in cells), imports=_imports(nb), questions=trusted_bank(path))
 
 
 # --------------------------------------------------------------------------- comparing a submission

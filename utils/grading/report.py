@@ -39,9 +39,9 @@ def _read(path: Path) -> list[dict]:
     return rows
 
 
-def _named_misconceptions(checks_module: str) -> list[str]:
+def _named_misconceptions(checks_module: str, bank: dict) -> list[str]:
     """Every diagnosis sentence the chapter's checks can give: misconception explanations and the
-    multiple-choice explanations of wrong answers."""
+    trusted question bank's explanations of wrong answers."""
     from utils.checks.core import Exercise
 
     module = importlib.import_module(checks_module)
@@ -49,9 +49,8 @@ def _named_misconceptions(checks_module: str) -> list[str]:
     for value in vars(module).values():
         if isinstance(value, Exercise):
             sentences += [m.explanation for m in value.misconceptions]
-        elif isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()) \
-                and all(isinstance(k, str) and len(k) == 1 for k in value):
-            sentences += list(value.values())  # a multiple-choice explanation table
+    for question in bank.values():
+        sentences += list(question.explanations.values())
     return sorted({s for s in sentences if len(s) > 15}, key=len, reverse=True)
 
 
@@ -75,7 +74,7 @@ def summarise(rows: list[dict], solutions_dir: Path | None = None) -> tuple[str,
         raise BatchError(f"the gradebook mixes chapters: {sorted(slugs)}")
     slug = slugs.pop()
     plan = build_plan(slug, solutions_dir or build.SOLUTIONS)
-    sentences = _named_misconceptions(plan.module)
+    sentences = _named_misconceptions(plan.module, plan.questions)
     graded = [r for r in rows if r["status"] == "graded"]
     summaries = []
     for cell in plan.cells:

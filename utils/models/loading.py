@@ -117,11 +117,12 @@ def write_model_card(model_dir: Union[str, Path, None] = None) -> Path:
             f"| steps x batch x seq | {tc['steps']} x {tc['batch_size']} x {tc['seq_len']} |",
             f"| tokens seen | {report['tokens_seen']:,} (text) |",
             *([f"| repeated-segment rows | {tc['repeated_fraction']:.0%} |"] if tc.get("repeated_fraction") else []),
-            *([f"| synthetic rows | {tc['synthetic_rows']} of every {tc['batch_size']} rows for the first "
-               f"{tc['synthetic_until']} steps (BOS + a random block of {tc['synthetic_period'][0]}-"
-               f"{tc['synthetic_period'][1]} tokens tiled over the row): {report.get('synthetic_tokens', 0):,} tokens, "
+            *([f"| synthetic rows | " + "; ".join(f"{rows} of every {tc['batch_size']} rows in steps {first}-{end}"
+                                                  for first, end, rows in tc["synthetic_schedule"])
+               + f" (BOS + a random block of {tc['synthetic_period'][0]}-{tc['synthetic_period'][1]} tokens tiled "
+               f"over the row): {report.get('synthetic_tokens', 0):,} tokens, "
                f"{report.get('synthetic_tokens', 0) / (report.get('synthetic_tokens', 0) + report['tokens_seen']):.1%}"
-               f" of all |"] if tc.get("synthetic_rows") else []),
+               f" of all |"] if tc.get("synthetic_schedule") else []),
             f"| optimizer | AdamW, peak lr {tc['lr']}, warm-up {tc['warmup_steps']}, "
             + (f"constant, then linear decay to 10% over the last {tc['decay_steps']} steps"
                if tc.get("decay_steps") else "cosine to 10%")

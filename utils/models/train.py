@@ -43,11 +43,11 @@ class TrainConfig:
     # resumed run can be made longer without changing the schedule it has already followed.
     decay_steps: Optional[int] = None
     weight_decay: float = 0.01
-    # Synthetic rows: for steps < synthetic_until, the first ``synthetic_rows`` rows of each batch
-    # are BOS + a random block (period drawn from ``synthetic_period``) tiled over the row.
-    synthetic_rows: int = 0
+    # Synthetic rows: windows (first_step, end_step, rows); for first_step <= step < end_step the
+    # first ``rows`` rows of each batch are BOS + a random block (period drawn from
+    # ``synthetic_period``) tiled over the row. Empty: text only.
+    synthetic_schedule: tuple = ()
     synthetic_period: tuple = (8, 63)
-    synthetic_until: int = 0
     seed: int = 0
     eval_every: int = 250
     track_induction: bool = False  # log the in-context-learning and head scores at each eval
@@ -71,7 +71,7 @@ PRESETS = {
         model=ModelConfig(n_layers=2, d_model=128, n_heads=8, d_head=32, d_mlp=None,
                           positional_embedding_type="shortformer", normalization_type="LN", seed=2),
         steps=12000, seed=2, lr=3e-3, warmup_steps=200, decay_steps=1000, eval_every=250,
-        synthetic_rows=4, synthetic_until=1500, synthetic_period=(8, 63), track_induction=True,
+        synthetic_schedule=((0, 1500, 4),), synthetic_period=(8, 63), track_induction=True,
         notes="2-layer attention-only, shortformer positions, LayerNorm before each layer, trained on the "
               "course's text; for the first 1500 of 12000 steps, 4 rows of each 32-row batch are random "
               "token blocks tiled over the context (1.6% of all tokens); the rest is text only.",
@@ -94,16 +94,38 @@ def synthetic_tiled_repeats(batch: int, period: int, seq_len: int, d_vocab: int,
     return torch.cat([torch.zeros(batch, 1, dtype=torch.long), body], dim=1)
 
 
+def synthetic_rows_at(step: int, cfg: TrainConfig) -> int:
+    """How many rows of the batch at ``step`` are synthetic (0 outside every window)."""
+    return sum(rows for first, end, rows in cfg.synthetic_schedule if first <= step < end)
+
+
+def synthetic_token_count(cfg: TrainConfig, last_step: int) -> int:
+    """Tokens of synthetic rows in steps [0, last_step)."""
+    return sum(max(0, min(end, last_step) - first) * rows
+               for first, end, rows in cfg.synthetic_schedule) * cfg.seq_len
+
+
+def past_synthetic_schedule(train_config: dict, step: int) -> list:
+    """The synthetic windows a run (described by its saved ``train_config``) followed before
+    ``step``, clipped there; older checkpoints recorded one window as synthetic_rows/_until."""
+    windows = train_config.get("synthetic_schedule")
+    if windows is None and train_config.get("synthetic_rows"):
+        windows = [(0, train_config["synthetic_until"], train_config["synthetic_rows"])]
+    return [(first, min(end, step), rows) for first, end, rows in windows or () if first < step and rows]
+
+
 def with_synthetic_rows(tokens: torch.Tensor, step: int, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """The batch with its first ``cfg.synthetic_rows`` rows replaced by tiled random blocks, while
-    ``step < cfg.synthetic_until``; otherwise the batch unchanged."""
-    if not cfg.synthetic_rows or step >= cfg.synthetic_until:
+    """The batch with its first ``synthetic_rows_at(step)`` rows replaced by tiled random blocks
+    (the batch unchanged, and the generator untouched, outside the schedule's windows)."""
+    rows = synthetic_rows_at(step, cfg)
+    if not rows:
         return tokens
+    if rows > tokens.shape[0]:
+        raise ValueError(f"the synthetic schedule asks for {rows} rows at step {step}; the batch has {tokens.shape[0]}")
     lo, hi = cfg.synthetic_period
     period = int(torch.randint(lo, hi + 1, (1,), generator=generator))
     tokens = tokens.clone()
-    tokens[:cfg.synthetic_rows] = synthetic_tiled_repeats(cfg.synthetic_rows, period, tokens.shape[1],
-                                                          cfg.model.d_vocab, generator)
+    tokens[:rows] = synthetic_tiled_repeats(rows, period, tokens.shape[1], cfg.model.d_vocab, generator)
     return tokens
 
 
@@ -190,6 +212,10 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
             raise ValueError("the checkpoint was trained with another model config")
         if state["step"] > cfg.steps:
             raise ValueError(f"the checkpoint is at step {state['step']}, past steps={cfg.steps}")
+        past = past_synthetic_schedule(state["train_config"], state["step"])
+        if past != past_synthetic_schedule({"synthetic_schedule": cfg.synthetic_schedule}, state["step"]):
+            raise ValueError(f"the checkpoint's synthetic rows before step {state['step']} were {past}; "
+                             "this config would record other ones")
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         generator.set_state(state["generator"])
@@ -237,8 +263,7 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
             save_checkpoint(checkpoint, model, optim, generator, done, history,
                             seconds_before + time.time() - start, cfg)
     seconds = seconds_before + time.time() - start
-    synthetic_steps = min(last_step, cfg.synthetic_until) if cfg.synthetic_rows else 0
-    synthetic_tokens = synthetic_steps * cfg.synthetic_rows * cfg.seq_len
+    synthetic_tokens = synthetic_token_count(cfg, last_step)
     tokens_seen = last_step * cfg.batch_size * cfg.seq_len - synthetic_tokens
     step_seconds = seconds / max(1, last_step)  # the whole run, evals included: a lower bound on the rate
     report = {
