@@ -89,6 +89,10 @@ print(json.dumps({"utils": utils.__file__, "torch": torch.__file__, "torch_versi
 """
 
 
+def _hook_output(nb) -> str:
+    return next(_stdout(c) for c in nb.cells if c.source.startswith("check.hook_question("))
+
+
 def _installed_report(nb) -> dict:
     return json.loads(_stdout(nb.cells[-1]).strip().splitlines()[-1])
 
@@ -110,6 +114,8 @@ def test_wheel_in_a_fresh_venv_runs_chapter_00_and_loads_every_asset(fresh_venv,
     _run(python, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", wheel)
     nb = _execute_in(python, root, [], [LOAD_EVERYTHING])
     _assert_ran_from_the_install(nb, root / "venv")
+    # the wheel carries no question bank: the self-check records, the hidden key grades
+    assert "RECORDED 00/hook_question" in _hook_output(nb) and "PASS 00/hook_question" in _hook_output(nb)
 
 
 def test_colab_setup_cell_installs_from_the_repo_url_and_keeps_torch(fresh_venv, tmp_path):
@@ -123,9 +129,13 @@ def test_colab_setup_cell_installs_from_the_repo_url_and_keeps_torch(fresh_venv,
     _run(python, "-m", "pip", "uninstall", "-y", "-q", "demystify", cwd=tmp_path)
     fake_colab = ("import os, sys, types\n"
                   "sys.modules['google.colab'] = types.ModuleType('google.colab')  # what Colab has loaded\n"
-                  f"os.environ['DEMYSTIFY_REPO_URL'] = {('file://localhost' + str(clone))!r}")
+                  f"os.environ['DEMYSTIFY_REPO_URL'] = {('file://localhost' + str(clone))!r}\n"
+                  f"os.environ['DEMYSTIFY_COURSE'] = {str(tmp_path / 'content' / 'demystify')!r}  # /content on Colab")
     nb = _execute_in(python, root, [fake_colab], [LOAD_EVERYTHING])
     report = _assert_ran_from_the_install(nb, root / "venv")
+    assert (tmp_path / "content" / "demystify" / "chapters").is_dir()
+    # the clone's question bank makes the self-check answer at once, as it does locally
+    assert "RECORDED" not in _hook_output(nb) and _hook_output(nb).count("PASS 00/hook_question") == 2
     assert report["torch_version"] == torch.__version__ and report["torch"] == torch.__file__, \
         "the setup cell replaced the preinstalled torch"
     assert (Path("/tmp/demystify-torch.txt").read_text().strip() == f"torch=={torch.__version__}")

@@ -15,8 +15,13 @@ if IN_COLAB:
     import torch  # Colab's own build (with CUDA): pinned below so that pip never replaces it
     with open("/tmp/demystify-torch.txt", "w") as pin:
         pin.write(f"torch=={{torch.__version__}}\\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/demystify-torch.txt",
-                    f"demystify @ git+{{REPO_URL}}"], check=True)
+    # A clone: the package to install, and the chapters' question banks for the self-checks.
+    COURSE = os.environ.get("DEMYSTIFY_COURSE", "/content/demystify")
+    if not os.path.isdir(COURSE):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, COURSE], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/demystify-torch.txt", COURSE],
+                   check=True)
+    os.environ["DEMYSTIFY_COURSE"] = COURSE
 try:
     import utils
 except ImportError as exc:
