@@ -11,6 +11,7 @@ from utils import attention as at
 from utils import progress
 from utils.checks import CheckFailure
 from utils.checks import ch01 as check
+from utils.checks import core
 
 EXERCISES = {
     "attention_pattern": check.ATTENTION_PATTERN,
@@ -350,8 +351,29 @@ def test_stub_crash_and_non_function_fail_clearly(name, capsys):
 
 
 def test_unknown_wrong_answers_report_the_difference():
-    with pytest.raises(CheckFailure, match="max abs error"):
+    with pytest.raises(CheckFailure, match="max abs error .* relative error"):
+        check.attention_pattern(lambda **kw: at.attention_pattern(**kw) + 0.01)
+    with pytest.raises(CheckFailure, match="times 1.01 everywhere: a wrong scale factor"):
         check.attention_pattern(lambda **kw: at.attention_pattern(**kw) * 1.01)
+    with pytest.raises(CheckFailure, match="Value 2 of 2 of your result: .*max abs error") as info:
+        check.head_output(lambda **kw: (at.head_output(**kw)[0], at.head_output(**kw)[1] + 0.01))
+    assert "tensor(" not in str(info.value)  # a tuple is described part by part, never printed whole
+
+
+def test_difference_descriptions_name_scales_transposes_and_relative_errors():
+    e = torch.randn(2, 5, 5, dtype=torch.float64)
+    inputs = {"x": torch.zeros(2, 7, 32), "n_heads": 4}
+    assert "times 0.176777 everywhere (= 1/sqrt(32), a size of the inputs): a wrong scale factor" in \
+        core._describe_difference(e / 32 ** 0.5, e, inputs)
+    assert "(= 4, a size" in core._describe_difference(e * 4, e, inputs)
+    assert "times -1 everywhere: a wrong sign" in core._describe_difference(-e, e, inputs)
+    assert "transpose of the expected one" in core._describe_difference(e.transpose(-1, -2), e)
+    assert "last two axes swapped" in core._describe_difference(torch.zeros(2, 3, 4), torch.zeros(2, 4, 3))
+    assert "times" not in core._describe_difference(e + 1, e)  # an offset is not a scale
+    assert core._describe_difference(293.31, 293.27) == "Got 293.31, expected 293.27 (relative error 0.00014)."
+    hidden = core._describe_difference(e + 0.5, e, withhold=True)  # a hidden case quotes no expected value
+    assert "max abs error 0.5" in hidden and "expected " not in hidden.replace("expected one", "")
+    assert core._describe_difference([1, 2], [1, 3], withhold=True).endswith("differs from the expected one.")
     with pytest.raises(CheckFailure, match="NaN or inf"):
         check.attention_pattern(lambda **kw: at.attention_pattern(**kw) * float("nan"))
     with pytest.raises(CheckFailure, match="shape"):

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import nbformat
+import re
+
 import pytest
 import torch
 
@@ -370,6 +372,35 @@ def test_grading_session_scores_every_case_quietly(capsys, isolated_progress):
     assert capsys.readouterr().out == "" and not isolated_progress.exists()
     ch00.per_token_loss(ch00._reference, cases=[1])  # outside a session: unchanged behaviour
     assert "PASS" in capsys.readouterr().out
+
+
+def test_a_hidden_case_failure_quotes_no_expected_value():
+    from utils.checks import ch00, ch05
+
+    def off(logits, tokens):
+        return ch00._reference(logits, tokens) + 0.5
+
+    messages = {}
+    for hidden in (False, True):
+        with core.grading_session("grade") as session:
+            session.withhold_values = hidden
+            with pytest.raises(core.CheckFailure) as info:
+                ch00.per_token_loss(off, cases=[3])
+        messages[hidden] = str(info.value)
+    assert "max abs error 0.5" in messages[True] and "expected" in messages[False]
+    assert "got " not in messages[True] and "expected " not in messages[True].replace("expected one", "")
+    def two_steps(points):  # Weiszfeld stopped early: better than the mean, not yet the median
+        y = points.mean(0)
+        for _ in range(2):
+            w = 1 / (points - y).norm(dim=1).clamp_min(1e-12)
+            y = (w[:, None] * points).sum(0) / w.sum()
+        return y
+
+    with core.grading_session("grade") as session:  # a chapter's own describer respects it too
+        session.withhold_values = True
+        with pytest.raises(core.CheckFailure) as info:
+            ch05.geometric_median(two_steps, cases=[3])
+    assert "(relative) above the median's" in str(info.value) and "at your point" not in str(info.value)
 
 
 # --------------------------------------------------------------------------- other sandboxes, other chapters

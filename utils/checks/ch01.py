@@ -128,6 +128,10 @@ ATTENTION_PATTERN = Exercise(
         _m("divided by d_head", "You divided the scores by d_head; the scale is 1/sqrt(d_head).",
            lambda qk_input, W_Q, W_K, b_Q, b_K: _pattern_variant(scale=float(W_Q.shape[-1]))(
                qk_input, W_Q, W_K, b_Q, b_K)),
+        _m("divided by sqrt(d_model)", "You scaled the scores by 1/sqrt(d_model); the scale is 1/sqrt(d_head), "
+           "the length of the vectors whose dot product you take (q and k live in the head's d_head dimensions).",
+           lambda qk_input, W_Q, W_K, b_Q, b_K: _pattern_variant(scale=float(qk_input.shape[-1]) ** 0.5)(
+               qk_input, W_Q, W_K, b_Q, b_K)),
         _m("no query/key biases", "You left out the biases: q = x W_Q + b_Q and k = x W_K + b_K.",
            _pattern_variant(biases=False)),
     ),

@@ -20,7 +20,7 @@ import torch
 
 from utils.checks.common import _describe_parts, _run_described
 from utils.checks.core import (Cases, CheckFailure, Exercise, Misconception, _describe_difference, check_choice,
-                               outputs_match, run_check)
+                               outputs_match, run_check, withholding_values)
 from utils.sae import exercises as ref
 from utils.sae.metrics import fraction_variance_explained as ref_fve, l0 as ref_l0
 from utils.sae.model import geometric_median as ref_geometric_median, topk_relu
@@ -419,12 +419,17 @@ def _describe_median(inputs: dict, got, expected) -> Optional[str]:
     if not isinstance(got, torch.Tensor) or got.shape != expected.shape or not torch.isfinite(got).all():
         return None
     yours, best, mean = (_total_distance(points, y) for y in (got, expected, points.mean(0)))
+    excess = (yours - best) / max(best, 1e-12)  # how much longer your total distance is, relatively
+    if withholding_values():  # a hidden case: the relation, not the expected numbers
+        return (f"your point is not the median yet: its sum of distances is {excess:.2g} (relative) above the "
+                "median's. Iterate Weiszfeld's update until the estimate stops moving.")
     if best <= yours < mean:
         return (f"your point is better than the mean but not yet the median: the sum of distances is "
-                f"{yours:.5g} at your point and {best:.5g} at the median ({mean:.5g} at the mean). Run "
-                "Weiszfeld's update until the estimate stops moving (e.g. 200 steps, or until a step moves it "
-                "less than 1e-6), and compute in float64 if it stalls.")
-    return f"{_describe_difference(got, expected)} (Sum of distances: yours {yours:.5g}, the median's {best:.5g}.)"
+                f"{yours:.8g} at your point and {best:.8g} at the median (relative excess {excess:.2g}; "
+                f"{mean:.8g} at the mean). Run Weiszfeld's update until the estimate stops moving (e.g. 200 "
+                "steps, or until a step moves it less than 1e-6), and compute in float64 if it stalls.")
+    return (f"{_describe_difference(got, expected)} (Sum of distances: yours {yours:.8g}, the median's {best:.8g}, "
+            f"relative excess {excess:.2g}.)")
 
 
 def geometric_median(fn, cases: Cases = None) -> None:

@@ -100,8 +100,8 @@ def _describe_parts(names: Sequence[str], rtol: float, atol: float):
             if isinstance(e, torch.Tensor) and not isinstance(g, torch.Tensor):
                 return f"{name} should be a torch.Tensor, but it is a {type(g).__name__}."
             if isinstance(e, torch.Tensor):
-                return f"{name} is wrong. {_describe_difference(g, e)}"
-            return f"{name} is wrong: got {g!r}, expected {e!r}."
+                return f"{name} is wrong. {_describe_difference(g, e, inputs, rtol=rtol, atol=atol)}"
+            return f"{name} is wrong: {_describe_difference(g, e, inputs, rtol=rtol, atol=atol)}"
         return None
     return describe
 

@@ -40,6 +40,7 @@ solution notebook, so a check that breaks the contract fails there with the reas
 from __future__ import annotations
 
 import hashlib
+import math
 import traceback
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -113,18 +114,100 @@ def outputs_match(got: Any, expected: Any, rtol: float, atol: float) -> bool:
     return got == expected
 
 
-def _describe_difference(got: Any, expected: Any) -> str:
+def _input_sizes(inputs: Optional[dict]) -> list[int]:
+    """The sizes the inputs carry (tensor dimensions and integer arguments), for naming a factor."""
+    sizes = set()
+    for v in (inputs or {}).values():
+        if isinstance(v, torch.Tensor):
+            sizes.update(int(n) for n in v.shape if n > 1)
+        elif isinstance(v, int) and not isinstance(v, bool) and v > 1:
+            sizes.add(v)
+    return sorted(sizes)
+
+
+def name_factor(ratio: float, sizes: Sequence[int]) -> str:
+    """``ratio`` spelled as a size of the inputs when it is one (sqrt(32), 1/128, ...), else ''."""
+    for n in sizes:
+        for value, text in ((n, f"{n}"), (1 / n, f"1/{n}"), (n ** 0.5, f"sqrt({n})"), (n ** -0.5, f"1/sqrt({n})")):
+            if abs(ratio - value) <= 1e-3 * abs(value):
+                return text
+    return ""
+
+
+def constant_ratio(got: torch.Tensor, expected: torch.Tensor) -> Optional[float]:
+    """c when ``got`` equals c * ``expected`` everywhere (c != 1), else None."""
+    if got.is_complex() or expected.is_complex():
+        return None
+    g, e = got.detach().double().cpu().flatten(), expected.detach().double().cpu().flatten()
+    big = e.abs() > 1e-6 * max(e.abs().max().item(), 1e-30)
+    if big.sum() < 2:
+        return None
+    c = (g[big] / e[big]).median().item()
+    if not math.isfinite(c) or abs(c - 1) < 1e-3 or abs(c) < 1e-12:
+        return None
+    return c if torch.allclose(g, c * e, rtol=1e-4, atol=1e-6 * abs(c) * e.abs().max().item()) else None
+
+
+def _number(x: complex | float) -> str:
+    return f"{x:.8g}" if not isinstance(x, complex) else f"{x.real:.8g}{x.imag:+.8g}j"
+
+
+def _describe_difference(got: Any, expected: Any, inputs: Optional[dict] = None,
+                         withhold: Optional[bool] = None, rtol: float = 1e-4, atol: float = 1e-5) -> str:
+    """Where ``got`` differs from ``expected``, in the student's terms. ``withhold`` (default: the
+    grading session's ``withhold_values``): a hidden case, so no expected value is quoted (shapes,
+    scale factors and transposes still are)."""
+    if withhold is None:
+        withhold = withholding_values()
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            size = f" of {len(got)}" if isinstance(got, (tuple, list)) else ""
+            return (f"Your result should be a {type(expected).__name__} of {len(expected)} values; it is a "
+                    f"{type(got).__name__}{size}.")
+        for i, (g, e) in enumerate(zip(got, expected)):
+            if not outputs_match(g, e, rtol, atol):
+                return f"Value {i + 1} of {len(expected)} of your result: " + _describe_difference(
+                    g, e, inputs, withhold, rtol, atol)
+    if withhold and not isinstance(expected, torch.Tensor):
+        return "Your result differs from the expected one."
     if isinstance(expected, torch.Tensor):
         got = _as_tensor(got, "Your result")
+        swapped = tuple(expected.shape[:-2]) + tuple(expected.shape[-2:][::-1]) if expected.ndim >= 2 else None
         if got.shape != expected.shape:
-            return f"Your result has shape {tuple(got.shape)}, but the expected shape is {tuple(expected.shape)}."
+            hint = " (the last two axes swapped: a transpose?)" if tuple(got.shape) == swapped else ""
+            return (f"Your result has shape {tuple(got.shape)}, but the expected shape is "
+                    f"{tuple(expected.shape)}{hint}.")
         if not torch.isfinite(got).all():
             return "Your result contains NaN or inf values."
-        diff = (got.detach().double().cpu() - expected.detach().double().cpu()).abs()
+        wide = torch.complex128 if got.is_complex() or expected.is_complex() else torch.float64
+        g, e = got.detach().cpu().to(wide), expected.detach().cpu().to(wide)
+        if g.ndim >= 2 and g.shape[-1] == g.shape[-2] and not torch.allclose(g, e, rtol=1e-4, atol=1e-6) \
+                and torch.allclose(g.transpose(-1, -2), e, rtol=1e-4, atol=1e-6):
+            return "Your result is the transpose of the expected one (rows and columns swapped)."
+        c = constant_ratio(g, e)
+        if c is not None:
+            factor = name_factor(c, _input_sizes(inputs))
+            named = f" (= {factor}, a size of the inputs)" if factor else ""
+            what = "a wrong sign or scale factor" if c < 0 else "a wrong scale factor"
+            return f"Your result is the expected one times {c:.6g} everywhere{named}: {what}."
+        diff = (g - e).abs()
+        if withhold:
+            return f"Your result differs from the expected one: max abs error {diff.max().item():.2g}."
         where = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
+        rel = diff[where].item() / max(abs(e[where].item()), 1e-12)
         return (f"Your result differs from the expected one: max abs error {diff.max().item():.3g} "
-                f"at index {where} (got {got[where].item():.5g}, expected {expected[where].item():.5g}).")
+                f"at index {where} (got {_number(g[where].item())}, expected {_number(e[where].item())}, "
+                f"relative error {rel:.2g}).")
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool) and isinstance(got, (int, float)):
+        rel = abs(float(got) - float(expected)) / max(abs(float(expected)), 1e-12)
+        return f"Got {float(got):.8g}, expected {float(expected):.8g} (relative error {rel:.2g})."
     return f"Got {got!r}, expected {expected!r}."
+
+
+def withholding_values() -> bool:
+    """True while a grader scores a hidden call: messages must not quote expected values."""
+    session = _SESSION.get()
+    return session is not None and session.withhold_values
 
 
 def _clone_inputs(inputs: dict) -> dict:
@@ -194,7 +277,8 @@ def check_case(ex: Exercise, fn: Callable, inputs: dict, label: str) -> None:
     wrong = diagnose(got, inputs, ex, expected)
     if wrong is not None:
         raise CheckFailure(f"{ex.name} ({label}): {wrong.explanation}")
-    raise CheckFailure(f"{ex.name} ({label}): {_describe_difference(got, expected)}")
+    raise CheckFailure(f"{ex.name} ({label}): "
+                       f"{_describe_difference(got, expected, inputs, rtol=ex.rtol, atol=ex.atol)}")
 
 
 def run_check(ex: Exercise, fn: Callable, cases: Cases = None, quiet: bool = False) -> int:
@@ -283,6 +367,7 @@ class GradingSession:
     current: Optional[tuple] = None  # (exercise name, case index) while a case runs
     questions: dict = field(default_factory=dict)  # the trusted question bank, for explanations
     keyed: bool = False  # whether the last check_choice call carried its key
+    withhold_values: bool = False  # grading a hidden call: failure messages quote no expected value
 
     def _note(self, kind: str) -> None:
         if self.kind not in (None, kind):

@@ -428,6 +428,7 @@ def score_cell(cell, plan: ChapterPlan, run_result: RunResult, limits: Limits) -
         else:
             probe = _ReplayProbe(plan, call.requests, run_result, call.symbol, limits, flags)
             with core.grading_session("grade") as session, contextlib.redirect_stdout(io.StringIO()):
+                session.withhold_values = call.hidden
                 try:
                     fn(probe, *call.args, **call.kwargs)
                 except core.CheckFailure as e:
