@@ -8,17 +8,17 @@ with tight limits; the other tests read its gradebook and feedback.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
-import re
-
 import pytest
 import torch
 
@@ -34,7 +34,7 @@ from utils.paths import REPO
 SLUG = "00_orientation"
 # DEMYSTIFY_TEST_SANDBOX=basic runs everything as on a machine without user namespaces.
 LIMITS = ["--timeout-cell", "15", "--timeout-total", "90", "--memory-mb", "1024",
-          "--sandbox", os.environ.get("DEMYSTIFY_TEST_SANDBOX", "auto")]
+          "--sandbox", os.environ.get("DEMYSTIFY_TEST_SANDBOX") or ("namespace" if namespaces_available() else "basic")]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
 
 
@@ -327,6 +327,38 @@ def test_plan_refuses_cells_it_cannot_grade():
     assert [(c.hidden, c.kwargs) for _, c in calls] == [(False, {}), (True, {"cases": [1, 2]})]
 
 
+def test_plan_refuses_question_cells_that_would_leak_or_share_their_answer(tmp_path):
+    """A key outside the hidden markers would be released; a key-less question cell scores nothing;
+    two questions graded from one variable would both read its last value."""
+    import shutil
+
+    from utils.grading.plan import build_plan
+
+    def plan_with(edit):
+        solutions = tmp_path / f"s{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(REPO / "solutions" / SLUG, solutions / SLUG)
+        path = solutions / SLUG / f"{SLUG}.ipynb"
+        nb = nbformat.read(path, 4)
+        cell = next(c for c in nb.cells if c.source.startswith("check.hook_question("))
+        edit(nb, cell)
+        nbformat.write(nb, path)
+        return build_plan("00", solutions)
+
+    key = subs.bank_answer("00", "hook_question")
+    with pytest.raises(PlanError, match="outside the HIDDEN TESTS markers"):
+        plan_with(lambda nb, c: setattr(c, "source", f'check.hook_question(answer_hook, key="{key}")'))
+    with pytest.raises(PlanError, match="nothing in this cell is scored"):
+        plan_with(lambda nb, c: setattr(c, "source", "check.hook_question(answer_hook)"))
+
+    def second_question_on_the_same_variable(nb, cell):
+        twin = copy.deepcopy(cell)
+        twin.id, twin.metadata["nbgrader"]["grade_id"] = "twin", "hook_question_twin"
+        nb.cells.append(twin)
+
+    with pytest.raises(PlanError, match="both grade the variable 'answer_hook'"):  # ch03 had it: 3 x `answer`
+        plan_with(second_question_on_the_same_variable)
+
+
 def test_codec_sends_complex_tensors_exactly():
     for dtype in (torch.complex64, torch.complex128):
         value = {"eig": torch.randn(3, 5, dtype=dtype)}
@@ -372,6 +404,18 @@ def test_grading_session_scores_every_case_quietly(capsys, isolated_progress):
     assert capsys.readouterr().out == "" and not isolated_progress.exists()
     ch00.per_token_loss(ch00._reference, cases=[1])  # outside a session: unchanged behaviour
     assert "PASS" in capsys.readouterr().out
+
+
+def test_auto_refuses_to_fall_back_to_the_basic_sandbox(monkeypatch):
+    from utils.grading import sandbox
+
+    monkeypatch.setattr(sandbox, "namespaces_available", lambda: False)
+    for choice in ("auto", "namespace"):
+        with pytest.raises(RuntimeError, match="not available here .*pass --sandbox basic"):
+            sandbox.resolve_sandbox(choice)
+    assert sandbox.resolve_sandbox("basic") == "basic"
+    monkeypatch.setattr(sandbox, "namespaces_available", lambda: True)
+    assert sandbox.resolve_sandbox("auto") == "namespace"
 
 
 def test_a_hidden_case_failure_quotes_no_expected_value():
@@ -598,6 +642,49 @@ def test_multiple_choice_keys_are_out_of_reach_at_grading_time(tmp_path):
     assert rows["honest"]["total"] == rows["honest"]["max_total"] == "3"
     assert rows["oracle"]["hook_question_check"] == "0", rows["oracle"]
     assert "set your answer" in rows["oracle"]["hook_question_check message"]
+
+
+def test_discovery_refuses_links_and_hidden_names_and_flags_copies(tmp_path):
+    root = tmp_path / "submitted"
+    subs.write(root, SLUG, "alice", trim(subs.correct(SLUG)))
+    subs.write(root, SLUG, "bob", trim(subs.correct(SLUG)))  # byte-identical to alice's
+    subs.write(root, SLUG, ".carol", trim(subs.correct(SLUG)))  # a hidden folder: listed, not skipped
+    (root / "dave").symlink_to(root / "alice")  # a whole folder that is a link
+    (root / "erin" / SLUG).mkdir(parents=True)  # a notebook that is a link to the solution
+    (root / "erin" / SLUG / f"{SLUG}.ipynb").symlink_to(REPO / "solutions" / SLUG / f"{SLUG}.ipynb")
+    (root / ".ipynb_checkpoints").mkdir()  # what Jupyter leaves: skipped quietly
+    found = {s.student: s for s in discover(root, SLUG)}
+    assert sorted(found) == [".carol", "alice", "bob", "dave", "erin"]
+    assert found["alice"].same_as == ["bob"] and found["bob"].same_as == ["alice"] and not found["alice"].problem
+    assert "hidden name" in found[".carol"].problem
+    assert "symbolic link" in found["dave"].problem and "symbolic link" in found["erin"].problem
+    assert found["dave"].data == found["erin"].data == b""  # never read through the link
+
+
+def test_odd_notebooks_and_formula_ids_give_rows_that_say_why(tmp_path):
+    root, out = tmp_path / "submitted", tmp_path / "grades.csv"
+    subs.write(root, SLUG, "=1+1", trim(subs.correct(SLUG)))  # a spreadsheet formula as a student id
+    v3 = nbformat.convert(trim(subs.correct(SLUG)), 3)
+    subs.write(root, SLUG, "v3", raw=nbformat.writes(v3, version=3).encode())
+    odd = json.loads(nbformat.writes(trim(subs.correct(SLUG))))
+    odd["metadata"]["kernelspec"] = "python3"
+    odd["cells"][1]["metadata"]["tags"] = 7
+    odd["cells"][2]["metadata"]["nbgrader"] = {"grade_id": ["x"], "grade": True}
+    subs.write(root, SLUG, "odd_metadata", raw=json.dumps(odd).encode())
+    subs.write(root, SLUG, "bare", raw=b'{"cells": [], "nbformat": 4}')
+    done = _grade(str(root), "--chapter", "00", "--out", str(out), "--jobs", "1", *LIMITS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    raw = out.read_text()
+    assert "\n'=1+1," in raw  # written so that a spreadsheet shows it as text
+    rows = _rows(out)
+    assert all(r["status"] != "error" for r in rows.values()), rows
+    formula = next(r for student, r in rows.items() if student.endswith("=1+1"))
+    assert formula["total"] == formula["max_total"]
+    assert rows["v3"]["status"] == "graded" and rows["v3"]["total"] == rows["v3"]["max_total"], rows["v3"]
+    assert rows["odd_metadata"]["status"] == "graded", rows["odd_metadata"]
+    assert rows["bare"]["status"] == "graded" and rows["bare"]["total"] == "0"
+    again = _grade(str(root), "--chapter", "00", "--out", str(out), "--jobs", "1", *LIMITS)  # read back right
+    assert "unchanged, kept from the gradebook: 4" in again.stdout, again.stdout
 
 
 # --------------------------------------------------------------------------- shards

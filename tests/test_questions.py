@@ -55,6 +55,7 @@ def test_every_chapter_with_questions_has_a_valid_bank_and_every_question_is_in_
 @pytest.mark.parametrize("slug", sorted(banks()))
 def test_bank_notebook_and_hidden_key_agree(slug):
     nb = solution(slug)
+    symbols = []
     for name, q in banks()[slug].items():
         md, answer_cell, check_cell = question_cells(nb, name)
         assert option_lines(md.source) == q.options, f"{slug}/{name}: the notebook shows other options"
@@ -64,6 +65,8 @@ def test_bank_notebook_and_hidden_key_agree(slug):
         call = ast.parse(hidden).body[0].value
         assert {k.arg: ast.literal_eval(k.value) for k in call.keywords} == {"key": q.answer}
         assert assigned == q.answer, f"{slug}/{name}: the solution answers {assigned}, the bank {q.answer}"
+        symbols.append(symbol)
+    assert len(symbols) == len(set(symbols)), f"{slug}: two questions share an answer variable: {symbols}"
 
 
 def test_the_installed_package_holds_no_answer_key():

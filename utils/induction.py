@@ -157,6 +157,19 @@ def gate_failures(out: dict) -> list[str]:
     return failures
 
 
+def record_gate(name: str, out: dict, failures: list[str]) -> None:
+    """Keep the gate's numbers beside the weights (``gate`` in NAME.train.json) and in the model card."""
+    from utils.models.loading import MODEL_DIR, write_model_card
+
+    path = MODEL_DIR / f"{name}.train.json"
+    report = json.loads(path.read_text())
+    report["gate"] = {"passed": not failures, "failures": failures,
+                      **{k: v for k, v in out.items() if k != "second_copy"},
+                      "second_copy": {str(n): v for n, v in out["second_copy"].items()}}
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    write_model_card(MODEL_DIR)
+
+
 def main(argv=None) -> None:
     from utils.models import load_model
 
@@ -168,6 +181,8 @@ def main(argv=None) -> None:
                         help="print the bundled 2-layer model's gate (second-copy losses, best heads, held-out "
                              "loss and in-context learning against attn-only-1l); exit 1 if it fails")
     parser.add_argument("--baseline", default="attn-only-1l", help="the model --gate compares against")
+    parser.add_argument("--record", action="store_true",
+                        help="with --gate: store the result in the model's .train.json and regenerate MODEL_CARD.md")
     args = parser.parse_args(argv)
     model = load_model(args.model, device="cpu")
     if args.gate:
@@ -184,6 +199,8 @@ def main(argv=None) -> None:
         failures = gate_failures(out)
         print("  gate: " + ("PASS" if not failures else "FAIL: " + "; ".join(failures)))
         print(json.dumps(out))
+        if args.record:
+            record_gate(args.model, out, failures)
         raise SystemExit(1 if failures else 0)
     report = induction_report(model, args.seq_len, args.batch)
     print(f"{args.model}: repeated random tokens, seq_len {args.seq_len}, batch {args.batch}")

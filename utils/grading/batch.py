@@ -11,6 +11,7 @@ replaces every row. Rows of students absent from SUBMISSIONS are kept.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import re
@@ -27,7 +28,27 @@ from utils.grading.grade import MAX_NOTEBOOK_BYTES, Options, Runtime, Submission
 from utils.grading.plan import ChapterPlan
 
 FINAL = ("graded", "invalid")
+SKIPPED_NAMES = {".ipynb_checkpoints", "__pycache__", ".DS_Store"}  # what editors and Python leave behind
 NOTABLE = re.compile(r"^(utils|.*\.py|.*\.so|.*\.pyd|sitecustomize.*|usercustomize.*|.*\.pth)$")
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): such
+# cells are written with a leading apostrophe, which spreadsheets hide, and read back without it.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def from_csv_cell(text: str) -> str:
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
+
+
+def csv_row(values: dict) -> dict:
+    return {k: csv_cell(v) for k, v in values.items()}
 
 
 class BatchError(Exception):
@@ -52,19 +73,35 @@ def discover(root: Path, slug: str) -> list[Submission]:
             raise BatchError(f"{root}: not a notebook (expected a folder of submissions or an .ipynb file)")
         return [_snapshot(root.stem, root, root.parent)]
     found: dict[str, list[Path]] = {}
+    refused: dict[str, str] = {}  # student -> why their entry is not graded
+    for entry in sorted(root.iterdir()):
+        if entry.name in SKIPPED_NAMES:
+            continue
+        student = entry.stem if entry.suffix == ".ipynb" else entry.name
+        if entry.name.startswith("."):
+            refused[student] = "a hidden name (it starts with '.'): rename it to have it graded"
+        elif entry.is_symlink():
+            refused[student] = f"a symbolic link (to {os.readlink(entry)}): submissions must be real files"
     for path in sorted(root.rglob("*.ipynb")):
         rel = path.relative_to(root)
+        if rel.parts[0] in refused or Path(rel.parts[0]).stem in refused or rel.parts[0] in SKIPPED_NAMES:
+            continue
         if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-            continue  # .ipynb_checkpoints and hidden folders
+            continue  # .ipynb_checkpoints and hidden folders inside a student's folder
+        student = rel.parts[0] if len(rel.parts) > 1 else path.stem
+        if any((root / Path(*rel.parts[:i + 1])).is_symlink() for i in range(len(rel.parts))):
+            refused[student] = f"{rel} is a symbolic link (to {os.path.realpath(path)}): submissions must be real files"
+            continue
         if not path.is_file():
             continue
-        student = rel.parts[0] if len(rel.parts) > 1 else path.stem
         found.setdefault(student, []).append(path)
-    if not found:
+    if not found and not refused:
         raise BatchError(f"{root}: no notebooks found (expected {root}/<student>/.../<notebook>.ipynb or "
                          f"{root}/<student>.ipynb)")
-    subs = []
+    subs = [Submission(student, str(root / student), b"", problem=why) for student, why in refused.items()]
     for student, paths in sorted(found.items()):
+        if student in refused:
+            continue
         named = [p for p in paths if p.name == f"{slug}.ipynb"]
         chosen = named if named else paths
         if len(chosen) > 1:
@@ -72,7 +109,19 @@ def discover(root: Path, slug: str) -> list[Submission]:
                 str(p.relative_to(root)) for p in chosen)))
             continue
         subs.append(_snapshot(student, chosen[0], root))
-    return subs
+    _note_identical(subs)
+    return sorted(subs, key=lambda s: s.student)
+
+
+def _note_identical(subs: list[Submission]) -> None:
+    """Tell each submission which other students handed in the very same bytes."""
+    by_content: dict[bytes, list[Submission]] = {}
+    for sub in subs:
+        if sub.data and not sub.problem:
+            by_content.setdefault(hashlib.sha256(sub.data).digest(), []).append(sub)
+    for group in by_content.values():
+        for sub in group:
+            sub.same_as = sorted(other.student for other in group if other is not sub)
 
 
 def _snapshot(student: str, path: Path, root: Path) -> Submission:
@@ -146,7 +195,7 @@ class Gradebook:
                                      f"version (its columns differ); choose another --out or move it away")
                 for values in reader:
                     if len(values) == len(cols):
-                        r = dict(zip(cols, values))
+                        r = dict(zip(cols, map(from_csv_cell, values)))
                         self.previous[r["student"]] = r
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
@@ -174,7 +223,7 @@ class Gradebook:
         return bool(prev and prev.get("status") in FINAL and prev.get("sha256") == hashlib.sha256(sub.data).hexdigest())
 
     def append(self, values: dict) -> None:
-        self.writer.writerow(values)
+        self.writer.writerow(csv_row(values))
         self._sync()
         self.previous[values["student"]] = values
 
@@ -187,7 +236,7 @@ class Gradebook:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=self.cols, lineterminator="\n")
                 writer.writeheader()
-                writer.writerows(rows)
+                writer.writerows(csv_row(r) for r in rows)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -240,7 +289,7 @@ def merge_gradebooks(paths: list[Path], out: Path) -> int:
             for values in reader:
                 if len(values) != len(cols):
                     continue  # a half-written last line
-                r = dict(zip(cols, values))
+                r = dict(zip(cols, map(from_csv_cell, values)))
                 prev = rows.get(r["student"])
                 if prev is not None and {k: v for k, v in prev.items() if k not in RUN_COLUMNS} != \
                         {k: v for k, v in r.items() if k not in RUN_COLUMNS}:
@@ -254,7 +303,7 @@ def merge_gradebooks(paths: list[Path], out: Path) -> int:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
             writer.writeheader()
-            writer.writerows(sorted(rows.values(), key=lambda r: r["student"]))
+            writer.writerows(csv_row(r) for r in sorted(rows.values(), key=lambda r: r["student"]))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)

@@ -53,6 +53,7 @@ class Submission:
     data: bytes  # read once, before any submission runs
     extras: list = field(default_factory=list)  # notable files next to the notebook (ignored)
     problem: str = ""  # why it cannot be graded (set during discovery)
+    same_as: list = field(default_factory=list)  # other students whose notebook is byte-identical
 
 
 @dataclass
@@ -146,12 +147,19 @@ def read_notebook(data: bytes) -> nbformat.NotebookNode:
         raw = json.loads(text)
     except ValueError as e:
         raise ValueError(f"not a notebook: malformed JSON ({e})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list) or "nbformat" not in raw:
+    v3 = isinstance(raw, dict) and raw.get("nbformat") == 3 and isinstance(raw.get("worksheets"), list)
+    if not isinstance(raw, dict) or not (isinstance(raw.get("cells"), list) or v3) or "nbformat" not in raw:
         raise ValueError("not a notebook: JSON without the 'cells' and 'nbformat' fields of a Jupyter notebook")
+    if not isinstance(raw.get("metadata", {}), dict):
+        raw["metadata"] = {}  # what a kernel needs from it is checked below
+    raw.setdefault("metadata", {})
+    raw.setdefault("nbformat_minor", 0)
     try:
-        nb = nbformat.convert(nbformat.from_dict(raw), 4)
+        nb = nbformat.convert(nbformat.from_dict(raw), 4)  # nbformat 3 (worksheets) converts here
     except Exception as e:
         raise ValueError(f"not a notebook: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(nb.metadata.get("kernelspec", {}), dict):
+        nb.metadata["kernelspec"] = nbformat.NotebookNode()  # a string or a list: treated as unset
     for i, cell in enumerate(nb.cells):
         if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
             raise ValueError(f"not a notebook: cell {i} is malformed")
@@ -164,6 +172,13 @@ def read_notebook(data: bytes) -> nbformat.NotebookNode:
         if not isinstance(cell.get("metadata", {}), dict):
             cell["metadata"] = nbformat.NotebookNode()
         cell.setdefault("metadata", nbformat.NotebookNode())
+        meta = cell["metadata"]
+        if "tags" in meta and not (isinstance(meta["tags"], list) and all(isinstance(t, str) for t in meta["tags"])):
+            meta["tags"] = []  # a number or a string: no tags
+        if not isinstance(meta.get("nbgrader", {}), dict):
+            meta["nbgrader"] = nbformat.NotebookNode()  # read as a plain cell
+        elif "grade_id" in meta.get("nbgrader", {}) and not isinstance(meta["nbgrader"]["grade_id"], str):
+            meta["nbgrader"]["grade_id"] = ""  # a list or a number names no cell
     return nb
 
 
@@ -480,6 +495,8 @@ def grade_submission(sub: Submission, plan: ChapterPlan, options: Options, runti
             grade.flags.append(f"kernel language {nb.metadata['kernelspec'].get('language')!r}")
         for extra in sub.extras:
             grade.flags.append(f"ignored file next to the notebook: {extra}")
+        if sub.same_as:
+            grade.flags.append("identical to the notebook of " + ", ".join(sub.same_as))
         cells = inspect(nb, plan, grade)
         run_result = _run(sub, cells, options, runtime)
         _note_run(run_result, grade, options.limits)

@@ -218,8 +218,10 @@ class _PlanProbe:
         raise core.StopCheck
 
 
-def plan_call(module, call: CheckCall, requests: list, value_requests: dict, where: str) -> None:
+def plan_call(module, call: CheckCall, requests: list, value_requests: dict, where: str,
+              value_owners: Optional[dict] = None, cell_id: str = "") -> None:
     """Fill ``call.kind``, ``call.requests`` and ``call.n_cases`` by running the check in plan mode."""
+    value_owners = {} if value_owners is None else value_owners
     fn = getattr(module, call.check, None)
     if not callable(fn):
         raise PlanError(f"{where}: {module.__name__} has no check {call.check!r}")
@@ -245,6 +247,10 @@ def plan_call(module, call: CheckCall, requests: list, value_requests: dict, whe
             raise PlanError(f"{where}: {call.check} carries its key outside the HIDDEN TESTS markers, so "
                             "the released chapter would show the answer")
         call.n_cases = 1
+        owner = value_owners.setdefault(call.symbol, cell_id)
+        if owner != cell_id:  # the grader reads a value once, after the whole notebook has run
+            raise PlanError(f"{where}: cells {owner} and {cell_id} both grade the variable {call.symbol!r}; the "
+                            "grader reads it once, at the end, so give each question a variable of its own")
         if call.symbol not in value_requests:
             value_requests[call.symbol] = len(requests)
             requests.append(Request(call.symbol, "value"))
@@ -293,6 +299,7 @@ def build_plan(chapter: str, solutions_dir: Path = build.SOLUTIONS) -> ChapterPl
             released[grade_id] = cell
     aliases = _check_aliases(nb)
     cells, requests, value_requests, manual, test_ids = [], [], {}, [], set()
+    value_owners: dict = {}  # value symbol -> the graded cell that reads it
     for i, cell in enumerate(nb.cells):
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if not meta.get("grade"):
@@ -310,7 +317,7 @@ def build_plan(chapter: str, solutions_dir: Path = build.SOLUTIONS) -> ChapterPl
             except ImportError as e:
                 raise PlanError(f"{where}: cannot import {module_name}: {e}") from None
             call.module = module_name
-            plan_call(module, call, requests, value_requests, f"{where}, line {call.line}")
+            plan_call(module, call, requests, value_requests, f"{where}, line {call.line}", value_owners, grade_id)
             graded.calls.append(call)
         if not any(c.n_cases for c in graded.calls):
             raise PlanError(f"{where}: nothing in this cell is scored (a multiple-choice cell needs a hidden "

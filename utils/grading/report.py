@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.grading.batch import BatchError
+from utils.grading.batch import BatchError, csv_cell, from_csv_cell
 
 
 @dataclass
@@ -33,7 +33,7 @@ def _read(path: Path) -> list[dict]:
     if not Path(path).is_file():
         raise BatchError(f"{path}: no such gradebook")
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        rows = [{k: from_csv_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in csv.DictReader(f)]
     if not rows or "student" not in rows[0] or "chapter" not in rows[0]:
         raise BatchError(f"{path}: not a gradebook of python -m utils.grading (or it is empty)")
     return rows
@@ -185,7 +185,7 @@ def write_csv(path: Path, summaries: list[ExerciseSummary], facts: dict) -> None
             mean = sum(s.scores) / len(s.scores) if s.scores else 0
             rows = list(s.misconceptions.most_common()) + list(s.other_failures.most_common()) or [("", 0)]
             for what, count in rows:
-                w.writerow([s.grade_id, f"{s.max_points:g}", f"{mean:.3f}", facts["graded"], what, count])
+                w.writerow([s.grade_id, f"{s.max_points:g}", f"{mean:.3f}", facts["graded"], csv_cell(what), count])
 
 
 def main(argv: list[str]) -> int:

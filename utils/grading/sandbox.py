@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from utils.grading import codec
@@ -116,13 +117,28 @@ def namespaces_available() -> bool:
         return False
 
 
+def namespaces_missing_reason() -> str:
+    """Why unprivileged user namespaces fail here, as far as the kernel's settings tell."""
+    for path, bad in (("/proc/sys/kernel/unprivileged_userns_clone", "0"), ("/proc/sys/user/max_user_namespaces", "0"),
+                      ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1")):
+        try:
+            if Path(path).read_text().strip() == bad:
+                return f"{path} is {bad}"
+        except OSError:
+            continue
+    return "the kernel or the container refuses unprivileged user and mount namespaces"
+
+
 def resolve_sandbox(choice: str) -> str:
-    if choice == "auto":
-        return "namespace" if namespaces_available() else "basic"
-    if choice == "namespace" and not namespaces_available():
-        raise RuntimeError("--sandbox namespace: user namespaces are not available here; use --sandbox basic, "
-                           "or grade on a machine that allows them")
-    return choice
+    """``auto`` is the namespace sandbox or a refusal: untrusted work never falls back to ``basic``
+    silently, since there a native extension could still write files; ``basic`` is the
+    instructor's explicit choice."""
+    if choice in ("auto", "namespace") and not namespaces_available():
+        raise RuntimeError(f"--sandbox {choice}: user namespaces are not available here "
+                           f"({namespaces_missing_reason()}), so submissions cannot be isolated. Grade on a "
+                           "machine that allows them, or pass --sandbox basic to accept the weaker sandbox "
+                           "(an audit hook and process limits; fine for trusted submissions)")
+    return "namespace" if choice == "auto" else choice
 
 
 # --------------------------------------------------------------------------- the zygote

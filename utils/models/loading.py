@@ -137,12 +137,26 @@ def write_model_card(model_dir: Union[str, Path, None] = None) -> Path:
             *([f"| training trajectory | `{name}.train.json`, key `history`: held-out loss, in-context-learning "
                f"score, second-copy loss, best previous-token and induction scores every {tc['eval_every']} steps |"]
               if tc.get("track_induction") else []),
+            *([_gate_row(report["gate"])] if report.get("gate") else []),
             f"| seed / date / torch | {tc['seed']} / {report['date']} / {report['torch']} |",
             "",
         ]
     path = model_dir / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _gate_row(gate: dict) -> str:
+    """The induction gate (python -m utils.induction --gate --record) as one table row."""
+    second = "; ".join(f"n={n}: {v['mean']:.2f} nats (worst 10-token chunk {max(v['chunks']):.2f})"
+                       for n, v in gate["second_copy"].items())
+    held, base = gate["held_out"], gate.get("baseline_held_out", {})
+    verdict = "PASS" if gate["passed"] else "FAIL (" + "; ".join(gate["failures"]) + ")"
+    return (f"| induction gate | {verdict}: second-copy loss on BOS, r, r {second}; best layer-0 previous-token "
+            f"score {max(gate['previous_token_scores_layer0']):.2f}, best layer-1 induction score "
+            f"{max(gate['induction_scores_last_layer']):.2f}; held-out loss {held['val_loss']:.3f} and "
+            f"in-context learning {held['icl_score']:+.3f}"
+            + (f" (attn-only-1l: {base['val_loss']:.3f}, {base['icl_score']:+.3f})" if base else "") + " |")
 
 
 def _count_params(path: Path) -> int:
