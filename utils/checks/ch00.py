@@ -5,7 +5,7 @@ from functools import lru_cache
 
 import torch
 
-from utils.checks.core import Cases, Exercise, Misconception, check_choice, run_check
+from utils.checks.core import Cases, Exercise, Misconception, question, run_check
 from utils.models.transformer import lm_cross_entropy
 
 CHAPTER = "00"
@@ -73,6 +73,5 @@ def per_token_loss(fn, cases: Cases = None) -> None:
     run_check(PER_TOKEN_LOSS, fn, cases)
 
 
-def hook_question(answer, key=None) -> None:
-    """Which hook holds attention probabilities that sum to 1 over key positions?"""
-    check_choice(CHAPTER, "hook_question", answer, key)
+hook_question = question(CHAPTER, "hook_question",
+                         "Which hook holds attention probabilities that sum to 1 over key positions?")

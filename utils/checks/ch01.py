@@ -14,7 +14,7 @@ import torch
 
 from utils import attention as ref
 from utils.checks.common import INF, _m, _model, _nan_as_inf, _randint, _random_pattern, _rng  # noqa: F401
-from utils.checks.core import Cases, Exercise, Misconception, check_choice, run_check
+from utils.checks.core import Cases, Exercise, Misconception, question, run_check
 
 CHAPTER = "01"
 EXERCISES = [
@@ -511,19 +511,9 @@ def compose_heads(fn, cases: Cases = None) -> None:
 
 # --------------------------------------------------------------------------- conceptual questions
 # Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
-# The options, keys and explanations live in the solutions' questions.json (utils/checks/questions.py).
 
 
-def factor_question(answer, key=None) -> None:
-    """Which sentence describes the two factors of h(x) = (A ⊗ W_O W_V) x?"""
-    check_choice(CHAPTER, "factor_question", answer, key)
-
-
-def bias_question(answer, key=None) -> None:
-    """Why does b_V contribute the same vector b_V W_O at every position?"""
-    check_choice(CHAPTER, "bias_question", answer, key)
-
-
-def exactness_question(answer, key=None) -> None:
-    """Why is the path expansion exact for attn-only-1l?"""
-    check_choice(CHAPTER, "exactness_question", answer, key)
+factor_question = question(CHAPTER, "factor_question",
+                           "Which sentence describes the two factors of h(x) = (A ⊗ W_O W_V) x?")
+bias_question = question(CHAPTER, "bias_question", "Why does b_V contribute the same vector b_V W_O at every position?")
+exactness_question = question(CHAPTER, "exactness_question", "Why is the path expansion exact for attn-only-1l?")

@@ -19,7 +19,7 @@ from transformer_lens import FactoredMatrix
 from utils import circuits as ref
 from utils.attention import causal_mask
 from utils.checks.common import _circuit_sizes, _m, _model, _random_ov_weights, _nan_as_inf, _randint, _random_pattern, _rng
-from utils.checks.core import Cases, CheckFailure, Exercise, check_choice, run_check, seed_for
+from utils.checks.core import Cases, CheckFailure, Exercise, question, run_check, seed_for
 
 CHAPTER = "02"
 EXERCISES = [
@@ -650,19 +650,10 @@ def spearman(fn, cases: Cases = None) -> None:
 
 # --------------------------------------------------------------------------- conceptual questions
 # Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
-# The options, keys and explanations live in the solutions' questions.json (utils/checks/questions.py).
 
 
-def axis_question(answer, key=None) -> None:
-    """Which part of the [dest, src] QK circuit lists the destinations that attend most to source s?"""
-    check_choice(CHAPTER, "axis_question", answer, key)
-
-
-def baseline_question(answer, key=None) -> None:
-    """Why subtract the run with A replaced by a neutral token?"""
-    check_choice(CHAPTER, "baseline_question", answer, key)
-
-
-def shortformer_question(answer, key=None) -> None:
-    """Why does attn-only-1l's OV circuit have no positional term?"""
-    check_choice(CHAPTER, "shortformer_question", answer, key)
+axis_question = question(CHAPTER, "axis_question",
+                         "Which part of the [dest, src] QK circuit lists the destinations that attend most to source s?")
+baseline_question = question(CHAPTER, "baseline_question", "Why subtract the run with A replaced by a neutral token?")
+shortformer_question = question(CHAPTER, "shortformer_question",
+                                "Why does attn-only-1l's OV circuit have no positional term?")

@@ -30,7 +30,7 @@ from utils import induction as ind
 from utils.attention import causal_mask
 from utils.checks.ch00 import PER_TOKEN_LOSS as _CH00_PER_TOKEN_LOSS
 from utils.checks.common import _m, _model, _random_ov_weights, _nan_as_inf, _randint, _rng
-from utils.checks.core import Cases, CheckFailure, Exercise, check_choice, run_check, seed_for
+from utils.checks.core import Cases, CheckFailure, Exercise, question, run_check, seed_for
 
 CHAPTER = "03"
 EXERCISES = [
@@ -906,19 +906,11 @@ def composition_scores(fn, cases: Cases = None) -> None:
 
 # --------------------------------------------------------------------------- conceptual questions
 # Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
-# The options, keys and explanations live in the solutions' questions.json (utils/checks/questions.py).
 
 
-def copying_question(answer, key=None) -> None:
-    """Why can a head have a high eigenvalue copying score but a low self-top-5 fraction?"""
-    check_choice(CHAPTER, "copying_question", answer, key)
-
-
-def k_composition_question(answer, key=None) -> None:
-    """Which part of the layer-1 induction head reads the previous-token head's output?"""
-    check_choice(CHAPTER, "k_composition_question", answer, key)
-
-
-def baseline_question(answer, key=None) -> None:
-    """Why compare composition scores with random matrices of the same shapes?"""
-    check_choice(CHAPTER, "baseline_question", answer, key)
+copying_question = question(CHAPTER, "copying_question",
+                            "Why can a head have a high eigenvalue copying score but a low self-top-5 fraction?")
+k_composition_question = question(CHAPTER, "k_composition_question",
+                                  "Which part of the layer-1 induction head reads the previous-token head's output?")
+baseline_question = question(CHAPTER, "baseline_question",
+                             "Why compare composition scores with random matrices of the same shapes?")

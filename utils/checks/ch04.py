@@ -15,7 +15,7 @@ import re
 import torch
 
 from utils import superposition as ref
-from utils.checks.core import Cases, CheckFailure, Exercise, Misconception, check_choice, run_check
+from utils.checks.core import Cases, CheckFailure, Exercise, Misconception, question, run_check
 
 CHAPTER = "04"
 EXERCISES = ["toy_forward", "generate_batch", "weighted_loss", "superposition", "dimensionality",
@@ -416,18 +416,11 @@ def dimensionality(fn, cases: Cases = None) -> None:
 
 
 # --------------------------------------------------------------------------- multiple choice
+# Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
 
 
-def dense_regime_question(answer, key=None) -> None:
-    """Dense regime of the n=20, m=5 ReLU model: what is represented?"""
-    check_choice(CHAPTER, "dense_regime_question", answer, key)
-
-
-def antipodal_question(answer, key=None) -> None:
-    """Why can a ReLU model afford an antipodal pair?"""
-    check_choice(CHAPTER, "antipodal_question", answer, key)
-
-
-def privileged_basis_question(answer, key=None) -> None:
-    """Why do features align with hidden units only in the ReLU-hidden model?"""
-    check_choice(CHAPTER, "privileged_basis_question", answer, key)
+dense_regime_question = question(CHAPTER, "dense_regime_question",
+                                 "Dense regime of the n=20, m=5 ReLU model: what is represented?")
+antipodal_question = question(CHAPTER, "antipodal_question", "Why can a ReLU model afford an antipodal pair?")
+privileged_basis_question = question(CHAPTER, "privileged_basis_question",
+                                     "Why do features align with hidden units only in the ReLU-hidden model?")

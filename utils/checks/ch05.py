@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 
 from utils.checks.common import _describe_parts, _run_described
-from utils.checks.core import (Cases, CheckFailure, Exercise, Misconception, _describe_difference, check_choice,
-                               outputs_match, run_check, withholding_values)
+from utils.checks.core import (Cases, CheckFailure, Exercise, Misconception, _describe_difference,
+                               outputs_match, question, run_check, withholding_values)
 from utils.sae import exercises as ref
 from utils.sae.metrics import fraction_variance_explained as ref_fve, l0 as ref_l0
 from utils.sae.model import geometric_median as ref_geometric_median, topk_relu
@@ -877,18 +877,10 @@ def topk_activation(fn, cases: Cases = None) -> None:
 
 
 # =========================================================================== multiple choice
+# Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
 
 
-def l0_question(answer, key=None) -> None:
-    """What does L0 = 25 mean?"""
-    check_choice(CHAPTER, "l0_question", answer, key)
-
-
-def shrinkage_question(answer, key=None) -> None:
-    """Why do L1 SAEs shrink activations, and what does TopK change?"""
-    check_choice(CHAPTER, "shrinkage_question", answer, key)
-
-
-def resampling_question(answer, key=None) -> None:
-    """Why does a dead feature not come back by itself?"""
-    check_choice(CHAPTER, "resampling_question", answer, key)
+l0_question = question(CHAPTER, "l0_question", "What does L0 = 25 mean?")
+shrinkage_question = question(CHAPTER, "shrinkage_question",
+                              "Why do L1 SAEs shrink activations, and what does TopK change?")
+resampling_question = question(CHAPTER, "resampling_question", "Why does a dead feature not come back by itself?")

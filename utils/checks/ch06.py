@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from utils.checks.common import _describe_parts, _run_described
-from utils.checks.core import Cases, Exercise, Misconception, check_choice, run_check
+from utils.checks.core import Cases, Exercise, Misconception, question, run_check
 from utils.features import exercises as ref
 
 CHAPTER = "06"
@@ -450,18 +450,11 @@ def match_features(fn, cases: Cases = None) -> None:
 
 
 # =========================================================================== multiple choice
+# Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
 
 
-def neuron_question(answer, key=None) -> None:
-    """What would show that a feature is just a neuron in disguise?"""
-    check_choice(CHAPTER, "neuron_question", answer, key)
-
-
-def specificity_question(answer, key=None) -> None:
-    """A feature fires on every full stop and on every comma: its specificity and sensitivity for "full stop"."""
-    check_choice(CHAPTER, "specificity_question", answer, key)
-
-
-def universality_question(answer, key=None) -> None:
-    """How should features of two independently trained SAEs be matched?"""
-    check_choice(CHAPTER, "universality_question", answer, key)
+neuron_question = question(CHAPTER, "neuron_question", "What would show that a feature is just a neuron in disguise?")
+specificity_question = question(CHAPTER, "specificity_question",
+                                "A feature fires on every '.' and every ',': its specificity and sensitivity for '.'?")
+universality_question = question(CHAPTER, "universality_question",
+                                 "How should features of two independently trained SAEs be matched?")

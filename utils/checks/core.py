@@ -329,6 +329,17 @@ def check_choice(chapter: str, name: str, answer: Any, key: Optional[str] = None
     progress.record(chapter, name)
 
 
+def question(chapter: str, name: str, prompt: str) -> Callable[..., None]:
+    """The check of one multiple-choice question: ``NAME(answer, key=None)`` calls check_choice.
+    Only the name and the prompt live here; options and key are the bank's (utils/checks/questions.py)."""
+    def ask(answer: Any, key: Optional[str] = None) -> None:
+        check_choice(chapter, name, answer, key)
+
+    ask.__name__ = ask.__qualname__ = name
+    ask.__doc__ = prompt
+    return ask
+
+
 # --------------------------------------------------------------------------- trusted grading
 
 
