@@ -606,6 +606,16 @@ def _ordinal(v):
     return v.argsort(stable=True).argsort(stable=True).double()
 
 
+def _tied_rank(v, rule: str):
+    """Ranks under another tie rule than averaging: 'min', 'max' or 'dense' (0-based)."""
+    v = v.double()
+    if rule == "min":
+        return (v[None, :] < v[:, None]).sum(1).double()
+    if rule == "max":
+        return (v[None, :] <= v[:, None]).sum(1).double() - 1
+    return torch.unique(v, return_inverse=True)[1].double()
+
+
 def _shortcut(x, y):
     n = len(x)
     d = ref.average_ranks(x) - ref.average_ranks(y)
@@ -631,6 +641,18 @@ SPEARMAN = Exercise(
         _m("ties not averaged", "Tied values must share one rank, the mean of the positions they occupy (e.g. "
            "two values tied for places 3 and 4 both get 3.5). You ranked ties in arbitrary order.",
            lambda x, y: _pearson(_ordinal(x), _ordinal(y))),
+        _m("ties given the lowest rank", "Your tied values all got the LOWEST of the positions they occupy (the "
+           "'min' rule). Spearman's correlation gives each tie the MEAN of those positions (two values tied "
+           "for places 3 and 4 both get 3.5), so that the ranks still sum to the same total.",
+           lambda x, y: _pearson(_tied_rank(x, "min"), _tied_rank(y, "min"))),
+        _m("ties given the highest rank", "Your tied values all got the HIGHEST of the positions they occupy (the "
+           "'max' rule). Spearman's correlation gives each tie the MEAN of those positions (3.5 for places 3 "
+           "and 4).",
+           lambda x, y: _pearson(_tied_rank(x, "max"), _tied_rank(y, "max"))),
+        _m("dense ranks", "You numbered the distinct values 0, 1, 2, ... (dense ranks, e.g. from torch.unique's "
+           "inverse), so a tie costs no places. Spearman's ranks are positions in the sorted order, and a tie "
+           "shares the MEAN of the positions it occupies.",
+           lambda x, y: _pearson(_tied_rank(x, "dense"), _tied_rank(y, "dense"))),
         _m("ranks not centred", "You took the cosine of the ranks. A correlation subtracts each rank vector's "
            "mean first, otherwise two unrelated rankings still come out strongly positive.",
            lambda x, y: float((ref.average_ranks(x) * ref.average_ranks(y)).sum()

@@ -695,7 +695,7 @@ def _resample_inputs(seed: int) -> dict:
 
 
 def _resample_variant(*, subtract_b_dec=True, normalize=True, encoder_scale="live", reset_b_enc=True,
-                      reset_m=True, reset_v=True, reset_everything=False):
+                      reset_m=True, reset_v=True, reset_everything=False, reset_keys=STATE_KEYS):
     """A (possibly wrong) resampling on the check's flat inputs, returning the flat 9-tuple."""
     def run(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, **state):
         directions = replacement_inputs - (b_dec if subtract_b_dec else 0)
@@ -717,7 +717,7 @@ def _resample_variant(*, subtract_b_dec=True, normalize=True, encoder_scale="liv
                 s = state[prefix + k].clone()
                 if reset_everything:
                     s.zero_()
-                elif reset:
+                elif reset and k in reset_keys:
                     if k == "W_dec":
                         s[:, dead] = 0.0
                     else:
@@ -782,6 +782,22 @@ RESAMPLE = Exercise(
             "Zero BOTH of Adam's moments (exp_avg and exp_avg_sq) for the resampled features; you left the first "
             "moment exp_avg (the momentum) untouched.",
             _resample_variant(reset_m=False)),
+        Misconception(
+            "decoder's Adam state not reset",
+            "Reset Adam's state for the resampled features' DECODER COLUMNS too: exp_avg['W_dec'][:, dead] and "
+            "exp_avg_sq['W_dec'][:, dead] = 0. You reset the encoder's state only, so the old feature's "
+            "momentum keeps moving its new decoder direction.",
+            _resample_variant(reset_keys=("W_enc", "b_enc"))),
+        Misconception(
+            "encoder's Adam state not reset",
+            "Reset Adam's state for the resampled features' ENCODER ROWS and biases too: exp_avg['W_enc'][dead], "
+            "exp_avg['b_enc'][dead] (and the same in exp_avg_sq) = 0. You reset the decoder's state only.",
+            _resample_variant(reset_keys=("W_dec",))),
+        Misconception(
+            "encoder bias's Adam state not reset",
+            "Reset Adam's state for the resampled features' encoder BIAS entries too: exp_avg['b_enc'][dead] and "
+            "exp_avg_sq['b_enc'][dead] = 0.",
+            _resample_variant(reset_keys=("W_enc", "W_dec"))),
         Misconception(
             "b_dec not subtracted",
             "The new direction is the input relative to the dictionary's origin: replacement input minus "
