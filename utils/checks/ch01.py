@@ -454,9 +454,9 @@ VIRTUAL_WEIGHT = Exercise(
     reference=ref.virtual_weight,
     make_inputs=_virtual_inputs,
     misconceptions=(
-        _m("paper orientation", "You returned the paper's W_V^2 W_O^1 ([d_head_2, d_head_1]), which is our "
-           "result transposed. With row vectors head 1's output z^1 @ W_O^1 is read by head 2 as "
-           "(z^1 @ W_O^1) @ W_V^2, so return W_O_1 @ W_V_2 [d_head_1, d_head_2].",
+        _m("paper orientation", "You returned the column-layout product W_V_2 W_O_1 ([d_head_2, d_head_1]), which is "
+           "our result transposed. In the row layout the first head's output z @ W_O_1 is read by the second "
+           "head as (z @ W_O_1) @ W_V_2, so return W_O_1 @ W_V_2 [d_head_1, d_head_2].",
            lambda W_O_1, W_V_2: (W_O_1 @ W_V_2).T),
     ),
 )
@@ -483,11 +483,11 @@ COMPOSE_HEADS = Exercise(
     reference=ref.compose_heads,
     make_inputs=_compose_inputs,
     misconceptions=(
-        _m("patterns in the wrong order", "Your pattern is A^1 A^2. Head 1 moves information first and head 2 "
-           "then moves the result, so the composed pattern is A^2 @ A^1 (the matrix applied first stands on the "
-           "right).",
+        _m("patterns in the wrong order", "Your pattern is A_1 @ A_2. The first head (A_1) moves information first "
+           "and the second (A_2) then moves the result, so the composed pattern is A_2 @ A_1 (the matrix applied "
+           "first stands on the right).",
            lambda A_2, W_OV_2, A_1, W_OV_1: (A_1 @ A_2, W_OV_1 @ W_OV_2)),
-        _m("OV in paper order", "Your OV product is in the paper's column-vector order, W_OV^2 W_OV^1. With "
+        _m("OV in paper order", "Your OV product is in the column layout's order, W_OV_2 @ W_OV_1. With "
            "row vectors (x @ W_OV) the first head's matrix meets x first: W_OV_1 @ W_OV_2.",
            lambda A_2, W_OV_2, A_1, W_OV_1: (A_2 @ A_1, W_OV_2 @ W_OV_1)),
         _m("both orders reversed", "Both products are reversed: the pattern is A_2 @ A_1 and, in the row "

@@ -527,22 +527,22 @@ CONFIRMATION_EFFECT = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(_real_effect_inputs()),),
     misconceptions=(
-        _m("no baseline subtracted", "You compared the logits without subtracting the baseline: you returned C's "
-           "logit (and log-probability) with A present. C's logit at B depends on much more than A (B's own "
-           "direct path, the rest of the context, the biases); subtract the same quantity from the run where A is "
-           "replaced by the neutral token.",
+        _m("no baseline subtracted", "You compared the logits without subtracting the baseline: you returned c's "
+           "logit (and log-probability) with the source s present. c's logit at d depends on much more than s "
+           "(d's own direct path, the rest of the context, the biases); subtract the same quantity from the run "
+           "where s is replaced by the neutral token.",
            _effect_variant(baseline=False)),
-        _m("baseline subtracted the wrong way", "Your differences have the wrong sign: the gain is (with A) minus "
-           "(without A), so that a positive number means A raised C.",
+        _m("baseline subtracted the wrong way", "Your differences have the wrong sign: the gain is (with s) minus "
+           "(without s), so that a positive number means s raised c.",
            _effect_variant(sign=-1)),
-        _m("first position instead of last", "You read position 0. The prediction that C should follow B is "
-           "made at B, the LAST position of each prompt: logits[:, -1].",
+        _m("first position instead of last", "You read position 0. The prediction that c should follow d is "
+           "made at d, the LAST position of each prompt: logits[:, -1].",
            _effect_variant(position=0)),
         _m("log_softmax over positions", "Your log_softmax ran over the POSITION axis. A next-token "
            "distribution is normalised over the vocabulary: log_softmax(dim=-1).",
            _effect_variant(axis=1)),
         _m("probabilities instead of log-probabilities", "The second output is the gain in LOG-probability, "
-           "log p(C | A) - log p(C | neutral); you returned the difference of the probabilities themselves.",
+           "log p(c | s) - log p(c | neutral); you returned the difference of the probabilities themselves.",
            _effect_variant(probs=True)),
     ),
 )
@@ -676,6 +676,6 @@ def spearman(fn, cases: Cases = None) -> None:
 
 axis_question = question(CHAPTER, "axis_question",
                          "Which part of the [dest, src] QK circuit lists the destinations that attend most to source s?")
-baseline_question = question(CHAPTER, "baseline_question", "Why subtract the run with A replaced by a neutral token?")
+baseline_question = question(CHAPTER, "baseline_question", "Why subtract the run with the source s replaced by a neutral token?")
 shortformer_question = question(CHAPTER, "shortformer_question",
                                 "Why does attn-only-1l's OV circuit have no positional term?")
