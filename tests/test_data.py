@@ -149,6 +149,29 @@ def test_two_layer_model_passes_the_induction_gate():
     assert gate_failures(report) == [], report
 
 
+def test_the_gate_is_recorded_beside_the_weights_and_in_the_model_card(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from utils import induction
+    from utils.models import loading
+
+    shutil.copytree(loading.MODEL_DIR, tmp_path / "models")
+    monkeypatch.setattr(loading, "MODEL_DIR", tmp_path / "models")
+    out = {"second_copy": {63: {"mean": 0.93, "chunks": [1.0, 1.46]}, 50: {"mean": 0.9, "chunks": [1.17]}},
+           "previous_token_scores_layer0": [0.1, 0.99], "induction_scores_last_layer": [0.93, 0.2],
+           "held_out": {"val_loss": 3.25, "icl_score": -0.67}, "baseline_held_out": {"val_loss": 3.54, "icl_score": -0.32}}
+    induction.record_gate("attn-only-2l", out, [])
+    gate = json.loads((tmp_path / "models" / "attn-only-2l.train.json").read_text())["gate"]
+    assert gate["passed"] and gate["second_copy"]["63"]["mean"] == 0.93
+    card = (tmp_path / "models" / "MODEL_CARD.md").read_text()
+    assert ("| induction gate | PASS: second-copy loss on BOS, r, r n=63: 0.93 nats (worst 10-token chunk 1.46); "
+            "n=50: 0.90 nats") in card and "(attn-only-1l: 3.540, -0.320)" in card
+    induction.record_gate("attn-only-2l", out, ["a chunk too high"])
+    assert "| induction gate | FAIL (a chunk too high)" in (tmp_path / "models" / "MODEL_CARD.md").read_text()
+    assert (loading.MODEL_DIR / "attn-only-2l.train.json").parent == tmp_path / "models"
+
+
 def test_the_gate_names_every_unmet_condition():
     from utils.induction import gate_failures
 
