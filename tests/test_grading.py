@@ -687,6 +687,24 @@ def test_odd_notebooks_and_formula_ids_give_rows_that_say_why(tmp_path):
     assert "unchanged, kept from the gradebook: 4" in again.stdout, again.stdout
 
 
+def test_feedback_is_not_a_channel_out_of_the_sandbox(tmp_path):
+    """A submission that raises long messages (what it read, say) from 30 cells and from its graded
+    function gets short quotes and at most a few notes in its feedback."""
+    root, out, fb = tmp_path / "submitted", tmp_path / "grades.csv", tmp_path / "feedback"
+    nb = trim(subs.correct(SLUG))
+    subs.set_cell(nb, subs.PER_TOKEN_LOSS, "def per_token_loss(logits, tokens):\n"
+                                           "    raise ValueError('SECRET' * 1000)\n")
+    for i in range(30):
+        subs.insert_after(nb, None, f"raise RuntimeError('LEAK{i}' + 'x' * 5000)")
+    subs.write(root, SLUG, "leaky", nb)
+    done = _grade(str(root), "--chapter", "00", "--out", str(out), "--feedback", str(fb), "--jobs", "1", *LIMITS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = (fb / "leaky.md").read_text()
+    assert text.count("LEAK") <= 10 and "more notes not shown" in text
+    assert text.count("SECRET") <= 200 // 6 + 1 and "more characters" in text
+    assert len(text) < 8000, len(text)
+
+
 # --------------------------------------------------------------------------- shards
 
 

@@ -342,6 +342,23 @@ def _lost(run: RunResult, limits: Limits) -> str:
     return f"no result: your notebook stopped before this case ran ({reasons.get(run.ended, run.ended)}: {run.detail})"
 
 
+# Text a submission writes itself (exception messages) reaches its feedback; cap it, so feedback is
+# never a channel for carrying much out of the sandbox (what a cell read, say).
+QUOTED_CHARS = 200
+MAX_NOTES = 10
+
+
+def quoted(text: str) -> str:
+    text = str(text)
+    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + f"... ({len(text) - QUOTED_CHARS} more characters)"
+
+
+def _cap_notes(notes: list) -> list:
+    if len(notes) <= MAX_NOTES:
+        return notes
+    return notes[:MAX_NOTES] + [f"({len(notes) - MAX_NOTES} more notes not shown)"]
+
+
 def _error_message(exercise: str, symbol: str, error: dict, limits: Limits) -> str:
     kind = error.get("kind")
     if kind == "missing":
@@ -358,7 +375,7 @@ def _error_message(exercise: str, symbol: str, error: dict, limits: Limits) -> s
     if kind == "raised":
         message = str(error.get("message", ""))
         prefix = "{exercise}: "
-        return f"{exercise}: {message[len(prefix):] if message.startswith(prefix) else message}"
+        return f"{exercise}: {quoted(message[len(prefix):] if message.startswith(prefix) else message)}"
     return f"{exercise}: your function's output could not be sent back to the grader ({error.get('type', '?')})."
 
 
@@ -504,6 +521,7 @@ def grade_submission(sub: Submission, plan: ChapterPlan, options: Options, runti
             grade.exercises.append(score_cell(cell, plan, run_result, options.limits))
         for ex in grade.exercises:
             grade.flags.extend(f"{ex.grade_id}: {f}" for f in ex.flags if f != "timeout")
+        grade.notes = _cap_notes(grade.notes)
         grade.own_seconds = (run_result.cells_s + run_result.calls_s) or sum(
             c.get("seconds", 0.0) for c in run_result.cells.values())
         grade.setup_seconds = run_result.setup_s
@@ -560,6 +578,6 @@ def _note_run(run_result: RunResult, grade: SubmissionGrade, limits: Limits) -> 
     for i, info in sorted(run_result.cells.items()):
         error = info.get("error")
         if error and i not in run_result.timed_out_cells:
-            grade.notes.append(f"Cell {i} raised {error}")
+            grade.notes.append(f"Cell {i} raised {quoted(error)}")
             if error.startswith("MemoryError") or "allocate memory" in error:
                 grade.flags.append(f"memory limit hit in cell {i}")
