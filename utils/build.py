@@ -48,8 +48,7 @@ from nbgrader.preprocessors import (
     LockCells,
 )
 
-from utils.checks.questions import BANK_NAME
-from utils.paths import REPO
+from utils.paths import QUESTION_BANK as BANK_NAME, REPO
 
 SOLUTIONS = REPO / "solutions"
 CHAPTERS = REPO / "chapters"

@@ -5,6 +5,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 ASSETS = PACKAGE / "assets"
 REPO = PACKAGE.parent
+# Each chapter's multiple-choice bank, beside its solution (and, in the normal build, its chapter).
+QUESTION_BANK = "questions.json"
 
 
 def progress_file() -> Path:

@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from utils.paths import REPO
-
-BANK_NAME = "questions.json"
+from utils.paths import QUESTION_BANK as BANK_NAME, REPO
 LETTERS = ("a", "b", "c", "d")
 
 
