@@ -653,6 +653,7 @@ def test_discovery_refuses_links_and_hidden_names_and_flags_copies(tmp_path):
     (root / "erin" / SLUG).mkdir(parents=True)  # a notebook that is a link to the solution
     (root / "erin" / SLUG / f"{SLUG}.ipynb").symlink_to(REPO / "solutions" / SLUG / f"{SLUG}.ipynb")
     (root / ".ipynb_checkpoints").mkdir()  # what Jupyter leaves: skipped quietly
+    (root / ".gitignore").write_text("*\n")  # not a submission at all: skipped quietly too
     found = {s.student: s for s in discover(root, SLUG)}
     assert sorted(found) == [".carol", "alice", "bob", "dave", "erin"]
     assert found["alice"].same_as == ["bob"] and found["bob"].same_as == ["alice"] and not found["alice"].problem

@@ -75,8 +75,8 @@ def discover(root: Path, slug: str) -> list[Submission]:
     found: dict[str, list[Path]] = {}
     refused: dict[str, str] = {}  # student -> why their entry is not graded
     for entry in sorted(root.iterdir()):
-        if entry.name in SKIPPED_NAMES:
-            continue
+        if entry.name in SKIPPED_NAMES or not (entry.suffix == ".ipynb" or entry.is_dir()):
+            continue  # editor leftovers, and files that are not submissions (.gitignore, notes.txt)
         student = entry.stem if entry.suffix == ".ipynb" else entry.name
         if entry.name.startswith("."):
             refused[student] = "a hidden name (it starts with '.'): rename it to have it graded"
