@@ -804,3 +804,180 @@ def test_class_report_counts_named_misconceptions_and_renders_in_a_browser(tmp_p
 
     image = Image.open(shot).convert("L")
     assert image.size[1] > 600 and len(set(image.resize((64, 64)).getdata())) > 20  # rendered, not blank
+
+
+# --------------------------------------------------------------------------- kernel walls and the result stream
+
+RUNNER_ORDER = [{"t": "violation", "what": "read /x"},
+                {"t": "cell", "i": 3, "phase": "start"}, {"t": "cell", "i": 3, "phase": "end", "error": None, "seconds": 0.1},
+                {"t": "cell", "i": 7, "phase": "start"}, {"t": "cell", "i": 7, "phase": "end", "error": "E: x", "seconds": 2},
+                {"t": "call", "k": 0, "phase": "start"}, {"t": "result", "k": 0, "value": 1, "seconds": 0.0},
+                {"t": "call", "k": 1, "phase": "start"},
+                {"t": "result", "k": 1, "error": {"kind": "raised", "message": "m"}, "used_reference": ["f"], "seconds": 1.0},
+                {"t": "done", "cells_s": 2.1, "calls_s": 1.0}]
+
+
+def _order_breaks(frames) -> str:
+    from utils.grading.sandbox import FrameOrder, ProtocolError
+
+    order = FrameOrder([{"index": 3}, {"index": 7}])
+    try:
+        for frame in frames:
+            order.check(frame)
+    except ProtocolError as e:
+        return str(e)
+    return ""
+
+
+def test_the_runners_own_frame_order_is_accepted():
+    assert _order_breaks(RUNNER_ORDER) == ""
+
+
+@pytest.mark.parametrize("index, forged, why", [
+    (2, {"t": "cell", "i": 3, "phase": "end", "error": None, "seconds": 0.1}, "had not started"),  # an end twice
+    (1, {"t": "cell", "i": 7, "phase": "start"}, "out of order"),                                  # skips cell 3
+    (3, {"t": "cell", "i": 3, "phase": "start"}, "out of order"),                                  # cell 3 again
+    (3, {"t": "call", "k": 0, "phase": "start"}, "out of order"),                                  # a call before cell 7
+    (6, {"t": "result", "k": 0, "value": 1, "seconds": 0.0}, "had not started"),                   # a second result
+    (2, {"t": "cell", "i": 3, "phase": "end", "error": ["x"], "seconds": 0.1}, "not text"),
+    (2, {"t": "cell", "i": 3, "phase": "end", "error": None, "seconds": "soon"}, "seconds"),
+    (2, {"t": "cell", "i": True, "phase": "end", "error": None, "seconds": 0.1}, "had not started"),
+    (6, {"t": "result", "k": 0, "error": "boom", "seconds": 0.0}, "error"),
+    (6, {"t": "result", "k": 0, "error": {"kind": "made-up"}, "seconds": 0.0}, "error"),
+    (6, {"t": "result", "k": 0, "used_reference": "f", "seconds": 0.0}, "used_reference"),
+    (9, {"t": "done", "cells_s": "x", "calls_s": 1.0}, "cells_s"),
+    (10, {"t": "violation", "what": "late"}, "after 'done'"),
+    (0, {"t": "ready"}, "unknown type"),
+    (0, {"t": ["cell"]}, "unknown type"),
+])
+def test_forged_or_malformed_frames_are_refused(index, forged, why):
+    frames = copy.deepcopy(RUNNER_ORDER)
+    if index < len(frames) and frames[index]["t"] == forged["t"] and forged["t"] in ("done",):
+        frames[index] = forged
+    else:
+        frames.insert(index, forged)
+    assert why in _order_breaks(frames)
+
+
+def test_decode_refuses_dtypes_outside_the_allow_list():
+    tensors = {"t": torch.zeros(2, dtype=torch.uint16)}
+    with pytest.raises(codec.CodecError, match="dtype"):
+        codec.decode({"tensor": "t"}, tensors)
+    with pytest.raises(codec.CodecError):
+        codec.decode({"tensor": ["t"]}, tensors)
+
+
+SECCOMP_PROBE = r'''
+import ctypes, os, threading, torch
+from utils.grading import seccomp
+seccomp.install()
+out = []
+t = threading.Thread(target=lambda: out.append("thread")); t.start(); t.join()
+x = torch.randn(300, 300); out.append(str(tuple((x @ x).shape)))
+import _posixsubprocess, subprocess
+attempts = {
+    "fork": os.fork,
+    "memfd": lambda: os.memfd_create("hoard"),
+    "popen": lambda: subprocess.run(["/bin/true"]),
+    "posix_spawn": lambda: os.posix_spawn("/bin/true", ["true"], {}),
+    "shmget": lambda: ctypes.CDLL(None, use_errno=True).shmget(0, 4096, 0o1000 | 0o600) == -1 and ctypes.get_errno(),
+}
+for name, attempt in attempts.items():
+    try:
+        got = attempt()
+    except OSError as e:
+        got = f"refused {e.errno}"
+    out.append(f"{name}: {got}")
+print("; ".join(out))
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="seccomp is Linux-only")
+def test_the_seccomp_filter_refuses_processes_memfd_and_sysv_ipc_but_not_threads():
+    from utils.grading import seccomp
+
+    assert seccomp.available(), "the seccomp filter does not load on this Linux machine"
+    done = subprocess.run([sys.executable, "-c", SECCOMP_PROBE], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("thread; (300, 300); fork: refused 1; memfd: refused 1; popen: refused 1; "
+                                   "posix_spawn: refused 1; shmget: 1"), done.stdout
+
+
+def test_seccomp_program_is_built_for_both_architectures_and_refuses_others():
+    from utils.grading import seccomp
+
+    for machine in ("x86_64", "aarch64"):
+        code = seccomp.program(machine)
+        assert len(code) % 8 == 0 and 20 < len(code) // 8 < 60
+    with pytest.raises(seccomp.SeccompUnavailable, match="riscv"):
+        seccomp.program("riscv64")
+
+
+FORGE = '''import json, os, struct
+def forge(header):
+    data = json.dumps(header).encode()
+    os.write(3, struct.pack(">I", len(data)) + data)
+'''
+ATTACKS = {
+    # a detached process that would outlive the grader, memory no limit counts, SysV memory
+    "spawns": '''import os, _posixsubprocess
+worked = []
+for name, attempt in {
+    "fork_exec": lambda: _posixsubprocess.fork_exec(["/bin/sh", "-c", "sleep 60"], [b"/bin/sh"], True, (), None,
+                                                     None, -1, -1, -1, -1, -1, -1, -1, -1, False, True, None,
+                                                     None, None, -1, None, False),
+    "fork": os.fork,
+    "memfd": lambda: os.memfd_create("hoard"),
+}.items():
+    try:
+        attempt()
+        worked.append(name)
+    except Exception:
+        pass
+if worked:
+    raise SystemExit("WORKED " + " ".join(worked))
+''',
+    # the end of this cell, forged, then a long sleep: the per-cell limit must still hold
+    "forged_cell_end": FORGE + '''import time
+forge({"t": "cell", "i": CELL_INDEX, "phase": "end", "error": None, "seconds": 0.0})
+time.sleep(600)
+''',
+    # fields of the wrong type, which once turned the row into a grader error
+    "forged_fields": FORGE + '''forge({"t": "done", "cells_s": "soon", "calls_s": []})
+''',
+    # a dtype added to the sender's allow-list: the grader's decoder refuses it, that case fails
+    "odd_dtype": None,
+}
+
+
+def test_kernel_walls_and_forged_frames_leave_graded_rows(tmp_path):
+    """Each attack of issue 20 that the audit hook could not stop: the batch completes, every row is
+    graded (none an ``error``), the honest one keeps full marks, and the per-cell limit holds."""
+    root, out, fb = tmp_path / "submitted", tmp_path / "grades.csv", tmp_path / "feedback"
+    subs.write(root, SLUG, "honest", trim(subs.correct(SLUG)))
+    for name, source in ATTACKS.items():
+        nb = trim(subs.correct(SLUG))
+        if name == "odd_dtype":
+            subs.set_cell(nb, subs.PER_TOKEN_LOSS, "import torch\nfrom utils.grading import codec\n"
+                                                   "codec.DTYPES.add(torch.uint16)\n"
+                                                   "def per_token_loss(logits, tokens):\n"
+                                                   "    return torch.zeros(2, dtype=torch.uint16)\n")
+        else:
+            subs.insert_after(nb, subs.HOOK_ANSWER, source)
+            at = next(i for i, c in enumerate(nb.cells) if c.source == source)
+            nb.cells[at].source = source.replace("CELL_INDEX", str(at))  # its index in the notebook
+        subs.write(root, SLUG, name, nb)
+    limits = [a if a != "90" else "120" for a in LIMITS]
+    limits[limits.index("--timeout-cell") + 1] = "8"
+    done = _grade(str(root), "--chapter", "00", "--out", str(out), "--feedback", str(fb), "--jobs", "2", *limits)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _rows(out)
+    assert {r["status"] for r in rows.values()} == {"graded"}, {k: (r["status"], r["error"]) for k, r in rows.items()}
+    full = float(rows["honest"]["total"])
+    assert full == float(rows["honest"]["max_total"])
+    assert "WORKED" not in (fb / "spawns.md").read_text() and float(rows["spawns"]["total"]) == full
+    assert "timeout" in rows["forged_cell_end"]["flags"] or "protocol" in rows["forged_cell_end"]["flags"]
+    assert float(rows["forged_cell_end"]["seconds"]) < 60, rows["forged_cell_end"]
+    assert "protocol" in rows["forged_fields"]["flags"], rows["forged_fields"]["flags"]
+    assert "malformed output" in rows["odd_dtype"]["flags"] and float(rows["odd_dtype"]["total"]) < full

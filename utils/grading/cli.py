@@ -118,7 +118,11 @@ def _grade(args, slug: str, subs: list, base: str) -> int:
     except RuntimeError as e:
         return _fail(str(e))
     limits = Limits(timeout_cell=args.timeout_cell, timeout_total=args.timeout_total, memory_mb=args.memory_mb)
-    options = Options(limits=limits, sandbox=sandbox, scratch_base=base)
+    from utils.grading import seccomp
+
+    # resolve_sandbox has checked the filter for "namespace"; "basic" takes it where the kernel does.
+    options = Options(limits=limits, sandbox=sandbox, scratch_base=base,
+                      seccomp=sandbox == "namespace" or seccomp.available())
     runtime = Runtime(options).start()  # the zygote imports torch & co. while the chapter is planned
     try:
         try:
@@ -137,6 +141,9 @@ def _grade(args, slug: str, subs: list, base: str) -> int:
         if sandbox == "basic":
             print("warning: grading with the basic sandbox (limits and an audit hook; submissions can see the "
                   "filesystem): user namespaces are unavailable here or --sandbox basic was given", file=sys.stderr)
+        if not options.seccomp:
+            print("warning: no seccomp filter either (the kernel refuses it): submissions can start processes",
+                  file=sys.stderr)
 
         # What a submission must never see: the other submissions, the grader's scratch folders, the
         # gradebook, the feedback, the trusted solutions.

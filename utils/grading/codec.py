@@ -130,8 +130,10 @@ def decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
             raise CodecError(f"unexpected node {str(t)[:80]}")
         (kind, body), = t.items()
         if kind == "tensor":
-            if body not in tensors:
+            if not isinstance(body, str) or body not in tensors:
                 raise CodecError(f"missing tensor {str(body)[:40]}")
+            if tensors[body].dtype not in DTYPES:  # the sender's allow-list may have been edited
+                raise CodecError(f"tensor of dtype {tensors[body].dtype}")
             return tensors[body]
         if kind == "float":
             if body not in ("nan", "inf", "-inf"):

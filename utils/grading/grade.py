@@ -44,6 +44,7 @@ class Options:
     hide_files: list = field(default_factory=list)
     protected: list = field(default_factory=list)  # refused by the audit hook (both sandboxes)
     other_chapters: dict = field(default_factory=dict)  # slug -> grade_ids, to name a wrong chapter
+    seccomp: bool = True  # load the seccomp filter in each submission's process (see grading.seccomp)
 
 
 @dataclass
@@ -538,7 +539,8 @@ def _run(sub: Submission, cells: list, options: Options, runtime: Runtime) -> Ru
     name = Path(sub.path).name if sub.path.endswith(".ipynb") else "submission.ipynb"
     header = {
         "config": {
-            "scratch": str(scratch), "sandbox": options.sandbox, "hide_dirs": options.hide_dirs,
+            "scratch": str(scratch), "sandbox": options.sandbox, "seccomp": options.seccomp,
+            "hide_dirs": options.hide_dirs,
             "hide_files": options.hide_files, "protected": options.protected,
             "scratch_mb": options.limits.scratch_mb, "memory_mb": options.limits.memory_mb,
             "fsize_mb": options.limits.fsize_mb, "threads": options.limits.threads,

@@ -87,7 +87,7 @@ def child_env(scratch: str, threads: int) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def namespaces_available() -> bool:
-    """Whether a forked child may enter new user, mount, pid and network namespaces (checked once,
+    """Whether a forked child may enter new user, mount, pid, network and IPC namespaces (checked once,
     in a throwaway process, with the very syscalls the runner uses)."""
     if not sys.platform.startswith("linux"):
         return False
@@ -96,7 +96,7 @@ def namespaces_available() -> bool:
              "pid = os.fork()\n"
              "if pid == 0:\n"
              "    uid, gid = os.getuid(), os.getgid()\n"
-             f"    ok = libc.unshare({0x10000000 | 0x00020000 | 0x20000000 | 0x40000000}) == 0\n"
+             f"    ok = libc.unshare({0x10000000 | 0x00020000 | 0x20000000 | 0x40000000 | 0x08000000}) == 0\n"
              "    if ok:\n"
              "        open('/proc/self/setgroups', 'w').write('deny')\n"
              "        open('/proc/self/uid_map', 'w').write(f'0 {uid} 1')\n"
@@ -132,12 +132,20 @@ def namespaces_missing_reason() -> str:
 def resolve_sandbox(choice: str) -> str:
     """``auto`` is the namespace sandbox or a refusal: untrusted work never falls back to ``basic``
     silently, since there a native extension could still write files; ``basic`` is the
-    instructor's explicit choice."""
+    instructor's explicit choice. The namespace sandbox also needs the seccomp filter (no new
+    processes, no uncounted memory; see ``seccomp``)."""
+    from utils.grading import seccomp
+
     if choice in ("auto", "namespace") and not namespaces_available():
         raise RuntimeError(f"--sandbox {choice}: user namespaces are not available here "
                            f"({namespaces_missing_reason()}), so submissions cannot be isolated. Grade on a "
                            "machine that allows them, or pass --sandbox basic to accept the weaker sandbox "
                            "(an audit hook and process limits; fine for trusted submissions)")
+    if choice in ("auto", "namespace") and not seccomp.available():
+        raise RuntimeError(f"--sandbox {choice}: the kernel refuses a seccomp filter here (Linux x86_64 or "
+                           "aarch64 with seccomp is needed), so a submission could start processes and hold "
+                           "memory no limit counts. Grade on a machine that allows it, or pass --sandbox basic "
+                           "(fine for trusted submissions)")
     return "namespace" if choice == "auto" else choice
 
 
@@ -273,6 +281,91 @@ def _kill_group(pgid: int, sig: int) -> None:
             pass
 
 
+class ProtocolError(ValueError):
+    """A frame from the submission's process that the runner would never send (so: forged)."""
+
+
+def _number(header: dict, key: str) -> float:
+    value = header.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        raise ProtocolError(f"{key}={str(value)[:40]!r} is not a time in seconds")
+    return float(value)
+
+
+def _text(value, what: str, optional: bool = True) -> None:
+    if (value is None and optional) or isinstance(value, str):
+        return
+    raise ProtocolError(f"{what} is a {type(value).__name__}, not text")
+
+
+class FrameOrder:
+    """What the runner sends after ``ready``, in the only order it sends it: each cell of the plan
+    once (start, then end), then calls 0, 1, 2, ... (start, then result), then ``done``. Anything
+    else, or a field of the wrong type, is forged and raises ProtocolError: a forged cell end cannot
+    restart the per-cell clock, and no malformed field reaches the scoring code."""
+
+    ERROR_KINDS = {"timeout", "missing", "not_callable", "not_implemented", "memory", "raised", "unsendable"}
+
+    def __init__(self, cells: list):
+        self.cells = [c["index"] for c in cells]
+        self.next_cell = 0
+        self.open_cell = None
+        self.next_call = 0
+        self.open_call = None
+        self.finished = False
+
+    def check(self, header: dict) -> None:
+        kind = header.get("t")
+        if self.finished:
+            raise ProtocolError(f"a {str(kind)[:20]!r} message after 'done'")
+        if kind == "violation":
+            _text(header.get("what"), "a violation's text", optional=False)
+        elif kind == "cell":
+            i, phase = header.get("i"), header.get("phase")
+            if phase == "start":
+                if (self.open_cell is not None or self.next_call or self.next_cell >= len(self.cells)
+                        or i != self.cells[self.next_cell] or isinstance(i, bool)):
+                    raise ProtocolError(f"a start of cell {str(i)[:20]} out of order")
+                self.open_cell, self.next_cell = i, self.next_cell + 1
+            elif phase == "end":
+                if self.open_cell is None or i != self.open_cell or isinstance(i, bool):
+                    raise ProtocolError(f"an end of cell {str(i)[:20]} that had not started")
+                _text(header.get("error"), "a cell's error")
+                _number(header, "seconds")
+                self.open_cell = None
+            else:
+                raise ProtocolError(f"a cell message with phase {str(phase)[:20]!r}")
+        elif kind == "call":
+            k = header.get("k")
+            if (self.open_cell is not None or self.open_call is not None or self.next_cell != len(self.cells)
+                    or k != self.next_call or isinstance(k, bool) or header.get("phase") != "start"):
+                raise ProtocolError(f"a start of call {str(k)[:20]} out of order")
+            self.open_call, self.next_call = k, self.next_call + 1
+        elif kind == "result":
+            k = header.get("k")
+            if self.open_call is None or k != self.open_call or isinstance(k, bool):
+                raise ProtocolError(f"a result for call {str(k)[:20]} that had not started")
+            error = header.get("error")
+            if error is not None:
+                if not isinstance(error, dict) or error.get("kind") not in self.ERROR_KINDS:
+                    raise ProtocolError(f"a result with error {str(error)[:60]!r}")
+                _text(error.get("message"), "an error message")
+                _text(error.get("type"), "an error type")
+            used = header.get("used_reference")
+            if used is not None and not (isinstance(used, list) and all(isinstance(u, str) for u in used)):
+                raise ProtocolError("a result whose used_reference is not a list of names")
+            _number(header, "seconds")
+            self.open_call = None
+        elif kind == "done":
+            if self.open_cell is not None or self.open_call is not None or self.next_cell != len(self.cells):
+                raise ProtocolError("'done' before every cell and call had finished")
+            _number(header, "cells_s")
+            _number(header, "calls_s")
+            self.finished = True
+        else:
+            raise ProtocolError(f"a message of unknown type {str(kind)[:20]!r}")
+
+
 def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
     """Run one submission; never raises for anything the submission does (SandboxError when the
     grader itself cannot start it)."""
@@ -336,6 +429,7 @@ def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
     exited_at: Optional[float] = None
     done = False
     killed: Optional[tuple] = None
+    order = FrameOrder(submission.get("cells", []))
 
     def kill(reason: str, detail: str):
         nonlocal killed
@@ -356,23 +450,32 @@ def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
             elif item != "idle":
                 header, blob = item
                 kind = header.get("t")
-                if kind in ("pid", "ready", "fatal") and result.ready:
+                if kind in ("_output", "_protocol"):
+                    pass  # the reader's own notes, handled below
+                elif result.ready and kind in ("pid", "ready", "fatal"):
                     # only the runner sends these, before any student code runs: a later one is forged
                     kill("protocol", f"sent a forged {kind!r} control message")
-                elif kind == "pid" and pid is None:
-                    pid = int(header.get("pid", 0)) or None
+                    continue
+                elif result.ready:
+                    try:
+                        order.check(header)
+                    except ProtocolError as e:
+                        kill("protocol", f"sent a message the grader never asked for ({e})")
+                        continue
+                if kind == "pid" and pid is None:
+                    pid = header.get("pid") if isinstance(header.get("pid"), int) and header["pid"] > 0 else None
                 elif kind == "ready":
                     result.ready = True
                     result.setup_s = float(header.get("setup_s", 0))
                     rss_limit = int(header.get("rss", 0)) + limits.memory_mb * 2**20 + 256 * 2**20
-                    phase, phase_start, interrupted_at = None, now, None
+                    phase, phase_start, interrupted_at = ("between", None), now, None
                 elif kind == "cell":
                     i = header.get("i")
                     if header.get("phase") == "start":
                         phase, phase_start, interrupted_at = ("cell", i), now, None
                     else:
-                        result.cells[i] = {"error": header.get("error"), "seconds": header.get("seconds", 0.0)}
-                        phase, interrupted_at = None, None
+                        result.cells[i] = {"error": header.get("error"), "seconds": float(header.get("seconds", 0.0))}
+                        phase, phase_start, interrupted_at = ("between", None), now, None
                 elif kind == "call":
                     phase, phase_start, interrupted_at = ("call", header.get("k")), now, None
                 elif kind == "result":
@@ -382,7 +485,7 @@ def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
                     except codec.CodecError as e:
                         result.results[k] = ({"t": "result", "k": k,
                                               "error": {"kind": "unsendable", "type": str(e)[:100]}}, {})
-                    phase, interrupted_at = None, None
+                    phase, phase_start, interrupted_at = ("between", None), now, None
                 elif kind == "violation":
                     if len(result.violations) < 50:
                         result.violations.append(str(header.get("what", ""))[:300])
@@ -390,6 +493,7 @@ def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
                     result.cells_s = float(header.get("cells_s", 0))
                     result.calls_s = float(header.get("calls_s", 0))
                     done = True
+                    phase = None
                 elif kind == "fatal":
                     kill("fatal", str(header.get("error", ""))[:500])
                 elif kind == "_output":
@@ -408,6 +512,8 @@ def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
                     if now - phase_start > limit:
                         if phase[0] == "setup":
                             kill("timeout", f"start-up took longer than {limit:g} s")
+                        elif phase[0] == "between":  # the runner moves on at once; silence here is forged
+                            kill("timeout", f"sent nothing for {limit:g} s between cells")
                         elif interrupted_at is None:
                             (result.timed_out_cells if phase[0] == "cell" else result.timed_out_calls).append(
                                 phase[1])
