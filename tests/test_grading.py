@@ -948,6 +948,19 @@ time.sleep(600)
 ''',
     # a dtype added to the sender's allow-list: the grader's decoder refuses it, that case fails
     "odd_dtype": None,
+    # the repository's history (hidden test cases) and the gradebook's folder (other gradebooks)
+    "reads_around": '''import os
+worked = []
+for path in (REPO_GIT + "/HEAD", GRADES_DIR + "/other-gradebook.csv"):
+    try:
+        with open(path) as f:
+            f.read()
+        worked.append(path)
+    except OSError:
+        pass
+if worked:
+    raise SystemExit("WORKED " + " ".join(worked))
+''',
 }
 
 
@@ -966,8 +979,10 @@ def test_kernel_walls_and_forged_frames_leave_graded_rows(tmp_path):
         else:
             subs.insert_after(nb, subs.HOOK_ANSWER, source)
             at = next(i for i, c in enumerate(nb.cells) if c.source == source)
-            nb.cells[at].source = source.replace("CELL_INDEX", str(at))  # its index in the notebook
+            nb.cells[at].source = (source.replace("CELL_INDEX", str(at))  # its index in the notebook
+                                   .replace("REPO_GIT", repr(str(REPO / ".git"))).replace("GRADES_DIR", repr(str(tmp_path))))
         subs.write(root, SLUG, name, nb)
+    (tmp_path / "other-gradebook.csv").write_text("student,total\nsomeone,3\n")
     limits = [a if a != "90" else "120" for a in LIMITS]
     limits[limits.index("--timeout-cell") + 1] = "8"
     done = _grade(str(root), "--chapter", "00", "--out", str(out), "--feedback", str(fb), "--jobs", "2", *limits)
@@ -976,7 +991,8 @@ def test_kernel_walls_and_forged_frames_leave_graded_rows(tmp_path):
     assert {r["status"] for r in rows.values()} == {"graded"}, {k: (r["status"], r["error"]) for k, r in rows.items()}
     full = float(rows["honest"]["total"])
     assert full == float(rows["honest"]["max_total"])
-    assert "WORKED" not in (fb / "spawns.md").read_text() and float(rows["spawns"]["total"]) == full
+    for name in ("spawns", "reads_around"):
+        assert "WORKED" not in (fb / f"{name}.md").read_text() and float(rows[name]["total"]) == full, name
     assert "timeout" in rows["forged_cell_end"]["flags"] or "protocol" in rows["forged_cell_end"]["flags"]
     assert float(rows["forged_cell_end"]["seconds"]) < 60, rows["forged_cell_end"]
     assert "protocol" in rows["forged_fields"]["flags"], rows["forged_fields"]["flags"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from utils import build
 from utils.checks.questions import BANK_NAME
+from utils.paths import REPO
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -159,10 +160,24 @@ def _grade(args, slug: str, subs: list, base: str) -> int:
 
         options.hide_dirs = [os.path.realpath(p) for p in (root, base, args.feedback, args.solutions)
                              if p is not None and hideable(p)]
+        # Also out of sight where they exist: the folder of the gradebook (other gradebooks, nbgrader's
+        # files beside it), a course directory's autograded copies, and the repository's history and
+        # tests (git show HEAD:solutions/... would give the hidden cases).
+        out_dir = Path(args.out).resolve().parent
+        nearby = [out_dir, REPO / ".git", REPO / "tests"]
+        if root is not None and root.resolve().name == "submitted":
+            nearby += [root.resolve().parent / "autograded", root.resolve().parent / "feedback"]
+        for path in nearby:
+            real = os.path.realpath(path)
+            if (os.path.isdir(real) and real not in options.hide_dirs
+                    and not any(e == real or e.startswith(real.rstrip("/") + "/") for e in essentials)
+                    and not any(real.startswith(h.rstrip("/") + "/") for h in options.hide_dirs)):
+                options.hide_dirs.append(real)
         # The released question banks (the self-learner's oracle) are answer keys to a submission.
         banks = sorted(build.CHAPTERS.glob(f"*/{BANK_NAME}"))
+        course_db = [root.resolve().parent / "gradebook.db"] if root is not None and root.resolve().name == "submitted" else []
         options.hide_files = [os.path.realpath(p) for p in [args.out] + ([args.submissions] if root is None else [])
-                              + banks]
+                              + banks + course_db]
         options.protected = options.hide_dirs + options.hide_files
         for other in build.discover(args.solutions):
             if other != slug:
