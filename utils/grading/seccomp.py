@@ -10,7 +10,12 @@ Refused with EPERM, whatever calls them (Python, a C extension, ctypes, ``_posix
 - memory no limit counts: ``memfd_create`` and ``memfd_secret`` (file-backed anonymous memory
   that neither RSS nor RLIMIT_DATA sees), and System V shared memory, semaphores and message
   queues, which outlive the process;
-- reaching into another process: ``ptrace``, ``process_vm_readv``/``writev``.
+- reaching into another process: ``ptrace``, ``process_vm_readv``/``writev``;
+- undoing the mounts or entering other namespaces (``mount``, ``umount2``, ``pivot_root``,
+  ``chroot``, ``unshare``, ``setns``), and kernel interfaces no notebook needs and exploits like
+  (``bpf``, ``perf_event_open``, ``userfaultfd``, the key ring, ``io_uring``). So the audit
+  hook's exemption for code running inside an installed module's import (whose file name a
+  submission can forge with ``compile``) can no longer reach any of this through ctypes.
 
 The filter is permanent (``PR_SET_NO_NEW_PRIVS`` first, as an unprivileged filter needs) and is
 inherited by every thread. Supported on x86_64 and aarch64 Linux; elsewhere ``install`` raises
@@ -41,12 +46,18 @@ ARCHES = {
         "fork": 57, "vfork": 58, "clone": 56, "clone3": 435, "execve": 59, "execveat": 322,
         "memfd_create": 319, "memfd_secret": 447, "shmget": 29, "shmat": 30, "shmctl": 31,
         "semget": 64, "semop": 65, "semctl": 66, "semtimedop": 220, "msgget": 68, "msgsnd": 69,
-        "msgrcv": 70, "msgctl": 71, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311}),
+        "msgrcv": 70, "msgctl": 71, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
+        "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "unshare": 272, "setns": 308,
+        "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "add_key": 248, "request_key": 249,
+        "keyctl": 250, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}),
     "aarch64": (0xC00000B7, {
         "clone": 220, "clone3": 435, "execve": 221, "execveat": 281, "memfd_create": 279,
         "memfd_secret": 447, "shmget": 194, "shmctl": 195, "shmat": 196, "semget": 190, "semctl": 191,
         "semtimedop": 192, "semop": 193, "msgget": 186, "msgctl": 187, "msgrcv": 188, "msgsnd": 189,
-        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271}),
+        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271,
+        "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "unshare": 97, "setns": 268,
+        "bpf": 280, "perf_event_open": 241, "userfaultfd": 282, "add_key": 217, "request_key": 218,
+        "keyctl": 219, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}),
 }
 X32_SYSCALL_BIT = 0x40000000  # x86_64's x32 ABI: another numbering of the same calls, refused whole
 
@@ -69,7 +80,9 @@ def program(machine: str | None = None) -> bytes:
     denied = [nr[name] for name in ("fork", "vfork", "execve", "execveat", "memfd_create", "memfd_secret",
                                     "shmget", "shmat", "shmctl", "semget", "semop", "semctl", "semtimedop",
                                     "msgget", "msgsnd", "msgrcv", "msgctl", "ptrace", "process_vm_readv",
-                                    "process_vm_writev") if name in nr]
+                                    "process_vm_writev", "mount", "umount2", "pivot_root", "chroot", "unshare",
+                                    "setns", "bpf", "perf_event_open", "userfaultfd", "add_key", "request_key",
+                                    "keyctl", "io_uring_setup", "io_uring_enter", "io_uring_register") if name in nr]
     # Layout (BPF jumps only forward): arch check, load nr, x32 check, clone3 -> ENOSYS, clone -> the
     # flags test, each denied nr -> EPERM, allow; then the flags test (CLONE_THREAD set -> allow),
     # EPERM, ALLOW, ENOSYS.
