@@ -92,8 +92,8 @@ def test_bundled_models_load_and_predict(name):
     tokens = analysis_tokens(seq_len=64, n_seqs=8)
     loss = model(tokens, return_type="loss").item()
     card = json.loads((ASSETS / "models" / f"{name}.train.json").read_text())
-    # Untrained is ln(4096) = 8.32. attn-only-2l spent much of its budget on repeated random tokens
-    # and is the weakest language model (held-out 5.29; the others 3.5-3.8), hence a loose bar.
+    # Untrained is ln(4096) = 8.32; the bundled models reach 3.1-3.8 nats held out. The bar is loose
+    # on purpose: it catches an untrained or corrupted file, the gates elsewhere judge quality.
     assert loss < math.log(model.cfg.d_vocab) - 2.0, f"{name} looks untrained (loss {loss:.2f})"
     assert abs(card["final_val_loss"] - model(analysis_tokens(seq_len=128, n_seqs=256), return_type="loss").item()) < 0.05
     text = model.generate("def main():", max_new_tokens=5, seed=0)
@@ -124,19 +124,6 @@ def test_load_model_offline_in_a_fresh_process_is_quick():
 
 
 @pytest.mark.skipif("attn-only-2l" not in SHIPPED, reason="attn-only-2l is not bundled yet")
-def test_two_layer_model_has_induction_heads():
-    """The bundled model's bar today: second-half loss >= 3 nats below the first half, a layer-1 head
-    scoring > 0.3."""
-    from utils.induction import induction_report
-    from utils.models import load_model
-
-    report = induction_report(load_model("attn-only-2l", device="cpu"), seq_len=50, batch=32)
-    assert report["loss_drop"] >= 3.0, report
-    assert max(report["layers"][1]["induction_score"]) > 0.3, report
-
-
-@pytest.mark.xfail(strict=True, reason="issue 21 is open: the bundled attn-only-2l does not reach the gate yet "
-                                       "(strict: when a model that does is shipped, this marker must go)")
 def test_two_layer_model_passes_the_induction_gate():
     """Issue 21's bar, as `python -m utils.induction --gate` prints it: the second copy of BOS, r, r
     (r uniform over the vocabulary) predicted at n = 63 and 50 (mean < 1.5 nats, every 10-token
@@ -147,6 +134,23 @@ def test_two_layer_model_passes_the_induction_gate():
 
     report = gate_report(load_model("attn-only-2l", device="cpu"), baseline=load_model("attn-only-1l", device="cpu"))
     assert gate_failures(report) == [], report
+
+
+@pytest.mark.skipif("attn-only-2l" not in SHIPPED, reason="attn-only-2l is not bundled yet")
+def test_two_layer_models_trajectory_ships_beside_its_weights():
+    """Every eval of the whole run (resumed segments included): the loss, the in-context-learning
+    score, the second-copy loss and the best head scores, and the recorded gate says PASS."""
+    from utils.models.train import PRESETS
+
+    card = json.loads((ASSETS / "models" / "attn-only-2l.train.json").read_text())
+    cfg = PRESETS["attn-only-2l"]
+    steps = [p["step"] for p in card["history"]]
+    assert steps == list(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every))
+    for point in card["history"]:
+        assert {"val_loss", "icl_score", "second_copy_loss", "best_previous_token_score",
+                "best_induction_score"} <= point.keys(), point
+    assert card["history"][-1]["val_loss"] == card["final_val_loss"]
+    assert card["gate"]["passed"] and card["gate"]["failures"] == [], card["gate"]
 
 
 def test_the_gate_is_recorded_beside_the_weights_and_in_the_model_card(tmp_path, monkeypatch):

@@ -48,6 +48,16 @@ def test_warmup_stable_decay_schedule():
     assert [lr_at(s, longer) for s in range(80)] == lrs[:80]
 
 
+def test_the_decay_can_start_below_the_peak():
+    """attn-only-2l drops to 2% of the peak when its text-only half starts, then decays to 1%."""
+    cfg = TrainConfig(model=TINY.model, steps=100, lr=1.0, warmup_steps=10, decay_steps=50, decay_from=0.02,
+                      decay_to=0.01)
+    lrs = [lr_at(s, cfg) for s in range(cfg.steps)]
+    assert lrs[49] == 1.0 and lrs[50] == pytest.approx(0.02)
+    assert lrs[75] == pytest.approx(0.015) and lrs[99] == pytest.approx(0.02 - 0.01 * 49 / 50)
+    assert all(a > b for a, b in zip(lrs[50:], lrs[51:]))
+
+
 def test_synthetic_rows_repeat_their_block():
     g = torch.Generator().manual_seed(0)
     tiled = synthetic_tiled_repeats(4, 7, 128, 4096, g)
@@ -125,3 +135,15 @@ def test_set_field_parses_json_and_refuses_unknown_fields():
     for bad in ("nonsense=1", "lr", "model=1"):
         with pytest.raises(SystemExit):
             set_field(cfg, bad)
+
+
+def test_attn_only_2l_sees_synthetic_rows_only_in_its_first_half_and_as_a_minority():
+    """Issue 21's rule for the bundled two-layer model: synthetic repeated rows, if used at all,
+    are a small share of the tokens and never in the last half of training."""
+    from utils.models.train import synthetic_token_count
+
+    cfg = PRESETS["attn-only-2l"]
+    assert all(end <= cfg.steps // 2 for first, end, rows in cfg.synthetic_schedule)
+    share = synthetic_token_count(cfg, cfg.steps) / (cfg.steps * cfg.batch_size * cfg.seq_len)
+    assert share < 0.2, share
+    assert f"{share:.0%}" in cfg.notes

@@ -124,7 +124,10 @@ def write_model_card(model_dir: Union[str, Path, None] = None) -> Path:
                f"{report.get('synthetic_tokens', 0) / (report.get('synthetic_tokens', 0) + report['tokens_seen']):.1%}"
                f" of all |"] if tc.get("synthetic_schedule") else []),
             f"| optimizer | AdamW, peak lr {tc['lr']}, warm-up {tc['warmup_steps']}, "
-            + (f"constant, then linear decay to 10% over the last {tc['decay_steps']} steps"
+            + ((f"constant, then linear decay to 10% over the last {tc['decay_steps']} steps"
+                if tc.get("decay_from", 1.0) == 1.0 and tc.get("decay_to", 0.1) == 0.1 else
+                f"constant, then over the last {tc['decay_steps']} steps linear from {tc['decay_from']:g} to "
+                f"{tc['decay_to']:g} of the peak")
                if tc.get("decay_steps") else "cosine to 10%")
             + f", wd {tc['weight_decay']} |",
             f"| final train loss | {report['final_train_loss']:.3f} nats |",

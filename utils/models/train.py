@@ -42,6 +42,10 @@ class TrainConfig:
     # rate, then a linear decay to 10% over the last ``decay_steps`` (warmup-stable-decay), so a
     # resumed run can be made longer without changing the schedule it has already followed.
     decay_steps: Optional[int] = None
+    # The decay phase runs linearly from decay_from * lr to decay_to * lr. decay_from < 1 drops the
+    # rate when the decay starts (attn-only-2l: text at the peak rate erodes the copying circuit).
+    decay_from: float = 1.0
+    decay_to: float = 0.1
     weight_decay: float = 0.01
     # Synthetic rows: windows (first_step, end_step, rows); for first_step <= step < end_step the
     # first ``rows`` rows of each batch are BOS + a random block (period drawn from
@@ -68,20 +72,27 @@ PRESETS = {
         # Measured here: on text alone, 4750 steps (19 M tokens) gave no induction (best score
         # 0.01, previous-token 0.16); 4 synthetic rows of 32 for 1500 steps did not start it either.
         # Synthetic rows alone cross the plateau after ~1100 steps, so steps 0-1400 are synthetic;
-        # text then trains the language model on top of the circuit (in-context-learning score
-        # -0.67 by step 2750), but text alone lets the copying of RARE tokens fade (second-copy loss
-        # on uniform random tokens 11 nats while the induction pattern stays); 4 rows of 32 in steps
-        # 2750-3250 restore it (0.36 nats at 3250) -- and text alone erodes it again: 4.95 nats at
-        # 3500, 7.07 at 3750 (previous-token 0.98, held-out 3.30, ICL -0.64 there). So this recipe
-        # does NOT reach the gate of `python -m utils.induction --gate`; issue 21 stays open.
+        # text then trains the language model on top of the circuit. At the peak rate (3e-3) text
+        # erodes the copying of uniformly random tokens within a few hundred steps (second-copy
+        # loss 0.36 nats at step 3250, right after a window of synthetic rows, 7.07 at 3750; 15 M
+        # more tokens of permissively licensed Python did not stop it: 0.30 -> 3.39 in 300 steps),
+        # and what erodes it is the step size: from the same state, 300 text steps at 3e-4 kept it
+        # (0.30 -> 0.41) while the held-out loss kept falling. Swapping weights between the two
+        # states put the erosion in layer 0 and layer 1's QK, not in the unembedding. So: a last
+        # window of synthetic rows ends at step 4000, the halfway point, and the text-only second
+        # half runs at 2% -> 1% of the peak rate (at 10% -> 1% the second-copy loss rose 0.29 ->
+        # 0.39 -> 0.52 -> 0.69 over steps 4000-4750).
         model=ModelConfig(n_layers=2, d_model=128, n_heads=8, d_head=32, d_mlp=None,
                           positional_embedding_type="shortformer", normalization_type="LN", seed=2),
-        steps=12000, seed=2, lr=3e-3, warmup_steps=200, decay_steps=1000, eval_every=250,
-        synthetic_schedule=((0, 1400, 32), (2750, 3250, 4)), synthetic_period=(8, 63), track_induction=True,
+        steps=8000, seed=2, lr=3e-3, warmup_steps=200, decay_steps=4000, decay_from=0.02, decay_to=0.01,
+        eval_every=250, synthetic_schedule=((0, 1400, 32), (2750, 3250, 4), (3750, 4000, 4)),
+        synthetic_period=(8, 63), track_induction=True,
         notes="2-layer attention-only, shortformer positions, LayerNorm before each layer. Steps 0-1400 "
-              "of 12000 are synthetic rows only (a random block of 8-63 tokens tiled over the row), steps "
-              "2750-3250 have 4 such rows in each 32-row batch; everything else, the last 73% of "
-              "training included, is the course's text (12% of all tokens are synthetic).",
+              "of 8000 are synthetic rows only (a random block of 8-63 tokens tiled over the row); steps "
+              "2750-3250 and 3750-4000 have 4 such rows in each 32-row batch (19% of all tokens are "
+              "synthetic). Everything else, the whole second half included, is the course's text; the second "
+              "half runs at 2% -> 1% of the peak learning rate, since text at higher rates erodes the copying "
+              "of arbitrary tokens.",
     ),
     "gelu-1l": TrainConfig(
         model=ModelConfig(n_layers=1, d_model=128, n_heads=4, d_head=32, d_mlp=512,
@@ -146,14 +157,16 @@ def evaluate(model: HookedTinyTransformer, n_seqs: int = 256, batch_size: int = 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak (or, with ``decay_steps``, a constant
-    rate and a linear decay to 10% over the last ``decay_steps``)."""
+    rate and a linear decay from ``decay_from`` to ``decay_to`` of the peak over the last
+    ``decay_steps``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.decay_steps is not None:
         decay_start = cfg.steps - cfg.decay_steps
         if step < decay_start:
             return cfg.lr
-        return cfg.lr * (1 - 0.9 * (step - decay_start) / max(1, cfg.decay_steps))
+        progress = (step - decay_start) / max(1, cfg.decay_steps)
+        return cfg.lr * (cfg.decay_from + (cfg.decay_to - cfg.decay_from) * progress)
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
