@@ -153,9 +153,11 @@ _PROBE = ("import os, threading\n"
 def available() -> bool:
     """Whether the filter loads here and does what it says (checked once, in a throwaway process)."""
     try:
-        from utils.paths import REPO
+        import utils
 
-        done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, timeout=60, cwd=str(REPO))
+        # run beside the package, so that ``utils`` imports in an installed copy as in a checkout
+        above = os.path.dirname(os.path.dirname(os.path.realpath(utils.__file__)))
+        done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, timeout=60, cwd=above)
         return done.returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
