@@ -15,6 +15,7 @@ import json
 
 import torch
 
+from utils.induction_circuit import ICL_EARLY, ICL_LATE, in_context_learning_score
 from utils.models.transformer import HookedTinyTransformer, lm_cross_entropy
 
 
@@ -74,13 +75,6 @@ def chunk_means(values: torch.Tensor, size: int = 10) -> list[float]:
     return [round(chunk.mean().item(), 3) for chunk in values.split(size)]
 
 
-# In-context learning (Olsson et al. 2022): how much lower the loss is late in the context than
-# early, on held-out text. Positions are token positions (0 is BOS); a token's loss is the loss of
-# predicting it from everything before it.
-ICL_LATE = (100, 127)
-ICL_EARLY = (5, 15)
-
-
 @torch.no_grad()
 def held_out_losses(model: HookedTinyTransformer, n_seqs: int = 256, batch_size: int = 64) -> dict:
     """Held-out text loss, and the in-context-learning score: mean loss of tokens at positions
@@ -90,10 +84,9 @@ def held_out_losses(model: HookedTinyTransformer, n_seqs: int = 256, batch_size:
     data = analysis_tokens(seq_len=model.cfg.n_ctx, n_seqs=n_seqs)
     losses = torch.cat([lm_cross_entropy(model(data[i:i + batch_size]), data[i:i + batch_size], per_token=True)
                         for i in range(0, len(data), batch_size)])
-    per_position = torch.cat([torch.full((1,), float("nan")), losses.mean(0)])  # index = token position
-    late = per_position[ICL_LATE[0]:ICL_LATE[1] + 1].mean().item()
-    early = per_position[ICL_EARLY[0]:ICL_EARLY[1] + 1].mean().item()
-    return {"val_loss": round(losses.mean().item(), 4), "icl_score": round(late - early, 4),
+    late = losses[:, ICL_LATE[0] - 1:ICL_LATE[1]].mean().item()  # column t - 1 is token t's loss
+    early = losses[:, ICL_EARLY[0] - 1:ICL_EARLY[1]].mean().item()
+    return {"val_loss": round(losses.mean().item(), 4), "icl_score": round(in_context_learning_score(losses), 4),
             "loss_early": round(early, 4), "loss_late": round(late, 4)}
 
 

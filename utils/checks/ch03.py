@@ -31,6 +31,19 @@ from utils.attention import causal_mask
 from utils.checks.ch00 import PER_TOKEN_LOSS as _CH00_PER_TOKEN_LOSS
 from utils.checks.common import _m, _model, _random_ov_weights, _nan_as_inf, _randint, _rng
 from utils.checks.core import Cases, CheckFailure, Exercise, question, run_check, seed_for
+# The circuit-from-the-weights and the patching / attribution exercises live in their own modules;
+# the notebook reaches every chapter-03 check through this one.
+from utils.checks import ch03_circuit as _circuit
+from utils.checks import ch03_patching as _patching
+from utils.checks.ch03_circuit import (IN_CONTEXT_LEARNING_SCORE, K_COMPOSITION_CIRCUIT,  # noqa: F401
+                                       POSITIONAL_ATTENTION_PATTERN, TOP_1_DIAGONAL_ACCURACY,
+                                       in_context_learning_score, k_composition_circuit,
+                                       positional_attention_pattern, top_1_diagonal_accuracy)
+from utils.checks.ch03_patching import (HEAD_LOGIT_ATTRIBUTION, INDUCTION_LOGIT_DIFF,  # noqa: F401
+                                        NORMALISED_PATCHING_METRIC, PATCHED_HEAD_OUTPUTS,
+                                        PATCHED_RESIDUAL_POSITIONS, head_logit_attribution,
+                                        induction_logit_diff, normalised_patching_metric, patched_head_outputs,
+                                        patched_residual_positions)
 
 CHAPTER = "03"
 EXERCISES = [
@@ -38,7 +51,7 @@ EXERCISES = [
     "per_token_loss", "induction_scores", "previous_token_scores", "induction_loss_drop", "ablate_heads",
     "composition_score", "composition_scores",
     "copying_question", "k_composition_question", "baseline_question",
-]
+] + _circuit.EXERCISES + _patching.EXERCISES + ["patching_question"]
 REAL_SEQ_LEN = 20  # repeated random tokens of the real-model cases: BOS + 2 x 20
 
 
@@ -914,3 +927,5 @@ k_composition_question = question(CHAPTER, "k_composition_question",
                                   "Which part of the layer-1 induction head reads the previous-token head's output?")
 baseline_question = question(CHAPTER, "baseline_question",
                              "Why compare composition scores with random matrices of the same shapes?")
+patching_question = question(CHAPTER, "patching_question",
+                             "Why does patching the previous-token head alone score below zero?")

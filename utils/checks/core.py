@@ -210,9 +210,24 @@ def withholding_values() -> bool:
     return session is not None and session.withhold_values
 
 
+def _clone_value(value: Any) -> Any:
+    """A copy of ``value`` with every tensor cloned, also inside dicts, lists and tuples (a cache
+    passed as a dict of tensors)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _clone_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone_value(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_clone_value(v) for v in value)
+    return value
+
+
 def _clone_inputs(inputs: dict) -> dict:
-    """Give each call its own copy, so an in-place edit by the student cannot corrupt the reference."""
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    """Give each call its own copy, so an in-place edit by the student cannot corrupt the reference
+    (nor the inputs the misconception variants, or a later check, see)."""
+    return {k: _clone_value(v) for k, v in inputs.items()}
 
 
 def not_implemented_message(exercise: str) -> str:

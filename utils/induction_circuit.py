@@ -1,0 +1,134 @@
+"""The induction circuit read from the weights: positional attention, K-composition, copying.
+
+Reference code for chapter 03, sections on the circuit. Row-vector layout as in ``utils.copying``
+(``x @ W``); the paper's column-vector products are the transposes of the ones written here.
+
+In a shortformer model the positional embedding is added to the input of the queries and keys
+only; it never enters the residual stream. So (a) a layer-0 head's attention pattern can depend on
+positions alone, and (b) what a layer-0 head WRITES is built from token embeddings only: the
+token-level circuits below are the whole story of what layer 1 reads from layer 0 (up to the
+LayerNorms, which these circuits leave out; chapter 03 measures how little that changes).
+
+Contents:
+
+``in_context_learning_score``   late-minus-early loss on text (Olsson et al. 2022)
+``positional_attention_pattern``  a layer's attention pattern from positions alone
+``k_composition_circuit``       token-level query token x previous-token-of-key circuit, factored
+``full_ov_circuit``             token-level OV circuit of one head, factored
+``top_1_diagonal_accuracy``     fraction of rows whose largest entry is on the diagonal
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float
+from transformer_lens import FactoredMatrix
+
+from utils.attention import _require
+
+DIAGONAL_CHUNK = 512  # rows of a factored vocab x vocab matrix materialised at once
+
+# Token positions (0 is BOS) that the in-context-learning score compares, inclusive. The context
+# is 128 tokens, so "late" is its last 28 tokens and "early" the 11 after the first few.
+ICL_EARLY = (5, 15)
+ICL_LATE = (100, 127)
+
+
+def in_context_learning_score(
+    losses: Float[torch.Tensor, "batch pos_minus_1"],
+    early: tuple[int, int] = ICL_EARLY,
+    late: tuple[int, int] = ICL_LATE,
+) -> float:
+    """Mean loss of the tokens at positions late[0]..late[1] minus that at early[0]..early[1]
+    (both inclusive; token positions, so the loss of token t is column t - 1 of ``per_token_loss``).
+
+    Negative when the model predicts a token better the more context precedes it; Olsson et al.
+    (2022) use the loss at token 500 minus that at token 50 of a longer context.
+    """
+    _require(losses, "losses", 2)
+    (e0, e1), (l0, l1) = early, late
+    if not 1 <= e0 <= e1 < l0 <= l1 <= losses.shape[1]:
+        raise ValueError(f"need 1 <= early[0] <= early[1] < late[0] <= late[1] <= {losses.shape[1]} (token positions "
+                         f"of a per-token loss with {losses.shape[1]} columns); got early={early}, late={late}")
+    return float(losses[:, l0 - 1:l1].mean() - losses[:, e0 - 1:e1].mean())
+
+
+def positional_attention_pattern(
+    W_pos: Float[torch.Tensor, "n_ctx d_model"],
+    W_Q: Float[torch.Tensor, "head d_model d_head"],
+    W_K: Float[torch.Tensor, "head d_model d_head"],
+) -> Float[torch.Tensor, "head query key"]:
+    """Each head's attention pattern when queries and keys see positional embeddings only:
+    softmax over keys of (W_pos W_Q)(W_pos W_K)^T / sqrt(d_head), causally masked.
+
+    In a shortformer model this is the part of the attention score that no token can change; a
+    previous-token head puts almost all its weight on the diagonal just below the main one.
+    """
+    _require(W_pos, "W_pos", 2)
+    _require(W_Q, "W_Q", 3)
+    _require(W_K, "W_K", 3)
+    q = W_pos @ W_Q  # [head, query, d_head]
+    k = W_pos @ W_K
+    scores = q @ k.transpose(-1, -2) / math.sqrt(W_Q.shape[-1])
+    n = W_pos.shape[0]
+    future = torch.ones(n, n, dtype=torch.bool, device=W_pos.device).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+def k_composition_circuit(
+    W_E: Float[torch.Tensor, "d_vocab d_model"],
+    W_Q: Float[torch.Tensor, "d_model d_head"],
+    W_K: Float[torch.Tensor, "d_model d_head"],
+    W_V: Float[torch.Tensor, "d_model d_head"],
+    W_O: Float[torch.Tensor, "d_head d_model"],
+) -> FactoredMatrix:
+    """[d_vocab, d_vocab] FactoredMatrix, entry [a, b]: the attention score a layer-1 head (W_Q, W_K)
+    gives, from a query whose token is a, to a key whose PREVIOUS token b was moved there by a
+    layer-0 head (W_V, W_O):
+
+        (W_E W_Q) (W_E W_V W_O W_K)^T      (paper: W_E^T W_Q^T W_K W_OV W_E)
+
+    An induction head through a previous-token head scores high on the diagonal: "find the position
+    whose previous token is my token". Kept factored through d_head: never a vocab x vocab product
+    until someone asks for it.
+    """
+    for name, w in (("W_E", W_E), ("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V), ("W_O", W_O)):
+        _require(w, name, 2)
+    query_side = W_E @ W_Q  # [d_vocab, d_head]
+    key_side = W_E @ W_V @ W_O @ W_K  # [d_vocab, d_head]: what layer 0 moved, as layer 1's key reads it
+    return FactoredMatrix(query_side, key_side.T)
+
+
+def full_ov_circuit(
+    W_E: Float[torch.Tensor, "d_vocab d_model"],
+    W_V: Float[torch.Tensor, "d_model d_head"],
+    W_O: Float[torch.Tensor, "d_head d_model"],
+    W_U: Float[torch.Tensor, "d_model d_vocab"],
+) -> FactoredMatrix:
+    """[d_vocab, d_vocab] FactoredMatrix W_E W_V W_O W_U of one head: row t is how attending to token
+    t moves every logit (the direct path: embedding -> this head -> unembedding)."""
+    return FactoredMatrix(W_E @ W_V, W_O @ W_U)
+
+
+def top_1_diagonal_accuracy(M: FactoredMatrix | Float[torch.Tensor, "n n"]) -> float:
+    """Fraction of rows i whose largest entry is M[i, i] (ties count as misses for i unless i is the
+    first maximum, as argmax reports). 1 / n for a random matrix; 1 for one that maps each token to
+    itself. Materialises DIAGONAL_CHUNK rows at a time, so a factored 4096 x 4096 matrix is fine."""
+    if isinstance(M, FactoredMatrix):
+        A, B = M.A, M.B
+        if A.ndim != 2:
+            raise ValueError(f"expected a single [n, n] matrix, got a FactoredMatrix of shape {tuple(M.shape)}")
+        rows = lambda s: A[s:s + DIAGONAL_CHUNK] @ B  # noqa: E731
+        n, m = A.shape[0], B.shape[1]
+    else:
+        _require(M, "M", 2)
+        rows = lambda s: M[s:s + DIAGONAL_CHUNK]  # noqa: E731
+        n, m = M.shape
+    if n != m:
+        raise ValueError(f"top_1_diagonal_accuracy needs a square matrix; got {n} x {m}")
+    hits = 0
+    for start in range(0, n, DIAGONAL_CHUNK):
+        best = rows(start).argmax(dim=-1)
+        hits += (best == torch.arange(start, start + len(best), device=best.device)).sum().item()
+    return hits / n
