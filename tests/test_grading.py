@@ -962,6 +962,24 @@ for path in (REPO_GIT + "/HEAD", GRADES_DIR + "/other-gradebook.csv"):
 if worked:
     raise SystemExit("WORKED " + " ".join(worked))
 ''',
+    # a thread bomb: it cannot start processes, so its threads are all it can multiply
+    "threads": '''import threading, time
+for _ in range(200):
+    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+time.sleep(30)
+''',
+    # what no deny-list named: the repository's other files, the host's /etc, other processes
+    "outside_the_allow_list": '''import os
+worked = []
+for path in (REPO_README, "/etc/passwd", "/etc/hostname", "/usr/bin/env"):
+    if os.path.exists(path):
+        worked.append(path)
+pids = [p for p in os.listdir("/proc") if p.isdigit()]
+if pids != ["1"]:
+    worked.append("processes " + " ".join(pids))
+if worked:
+    raise SystemExit("WORKED " + " ".join(worked))
+''',
 }
 
 
@@ -981,7 +999,8 @@ def test_kernel_walls_and_forged_frames_leave_graded_rows(tmp_path):
             subs.insert_after(nb, subs.HOOK_ANSWER, source)
             at = next(i for i, c in enumerate(nb.cells) if c.source == source)
             nb.cells[at].source = (source.replace("CELL_INDEX", str(at))  # its index in the notebook
-                                   .replace("REPO_GIT", repr(str(REPO / ".git"))).replace("GRADES_DIR", repr(str(tmp_path))))
+                                   .replace("REPO_GIT", repr(str(REPO / ".git"))).replace("GRADES_DIR", repr(str(tmp_path)))
+                                   .replace("REPO_README", repr(str(REPO / "README.md"))))
         subs.write(root, SLUG, name, nb)
     (tmp_path / "other-gradebook.csv").write_text("student,total\nsomeone,3\n")
     limits = [a if a != "90" else "120" for a in LIMITS]
@@ -992,9 +1011,11 @@ def test_kernel_walls_and_forged_frames_leave_graded_rows(tmp_path):
     assert {r["status"] for r in rows.values()} == {"graded"}, {k: (r["status"], r["error"]) for k, r in rows.items()}
     full = float(rows["honest"]["total"])
     assert full == float(rows["honest"]["max_total"])
-    for name in ("spawns", "reads_around"):
+    for name in ("spawns", "reads_around", "outside_the_allow_list"):
         assert "WORKED" not in (fb / f"{name}.md").read_text() and float(rows[name]["total"]) == full, name
     assert "timeout" in rows["forged_cell_end"]["flags"] or "protocol" in rows["forged_cell_end"]["flags"]
     assert float(rows["forged_cell_end"]["seconds"]) < 60, rows["forged_cell_end"]
     assert "protocol" in rows["forged_fields"]["flags"], rows["forged_fields"]["flags"]
+    assert "threads: ran more than 64 threads" in rows["threads"]["flags"], rows["threads"]["flags"]
+    assert float(rows["threads"]["seconds"]) < 20 and float(rows["threads"]["total"]) < full
     assert "malformed output" in rows["odd_dtype"]["flags"] and float(rows["odd_dtype"]["total"]) < full

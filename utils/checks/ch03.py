@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Optional
 
 import torch
 from transformer_lens import FactoredMatrix
@@ -30,7 +29,7 @@ from utils import induction as ind
 from utils.attention import causal_mask
 from utils.checks.ch00 import PER_TOKEN_LOSS as _CH00_PER_TOKEN_LOSS
 from utils.checks.common import _m, _model, _random_ov_weights, _nan_as_inf, _randint, _rng
-from utils.checks.core import Cases, CheckFailure, Exercise, question, run_check, seed_for
+from utils.checks.core import Cases, CheckFailure, Exercise, default_case, question, run_check, square_case
 # The circuit-from-the-weights and the patching / attribution exercises live in their own modules;
 # the notebook reaches every chapter-03 check through this one.
 from utils.checks import ch03_circuit as _circuit
@@ -58,20 +57,6 @@ REAL_SEQ_LEN = 20  # repeated random tokens of the real-model cases: BOS + 2 x 2
 # --------------------------------------------------------------------------- shared helpers
 
 
-def _case(name: str, seed: int) -> Optional[int]:
-    """Which default case (0, 1, 2, ...) a seed belongs to; None for hidden cases."""
-    for i in range(8):
-        if seed == seed_for(name, i):
-            return i
-    return None
-
-
-def _square(name: str, seed: int) -> bool:
-    """Square sizes for the first default case (the other default cases are rectangular, so a
-    computation that only works when the sizes agree fails before the real model) and for about a
-    third of the hidden cases."""
-    case = _case(name, seed)
-    return case == 0 if case is not None else seed % 3 == 0
 
 
 @lru_cache(maxsize=1)
@@ -235,7 +220,7 @@ def eigenvalues_via_small_product(fn, cases: Cases = None) -> None:
 
 def _ov_inputs(seed: int) -> dict:
     g = _rng(seed)
-    return _random_ov_weights(g, _square("full_ov_circuit_eigenvalues", seed))
+    return _random_ov_weights(g, square_case("full_ov_circuit_eigenvalues", seed))
 
 
 def _ov_eigs(fn):
@@ -675,7 +660,7 @@ def _ablate_inputs(seed: int) -> dict:
     z = torch.randn(batch, pos, h, k, generator=g) + torch.randn(1, pos, h, k, generator=g) * 2  # per-position means
     n_heads = _randint(g, 1, h - 1)
     heads = torch.randperm(h, generator=g)[:n_heads].sort().values.tolist()
-    case = _case("ablate_heads", seed)
+    case = default_case("ablate_heads", seed)
     mean = case in (0, 2) if case is not None else bool(_randint(g, 0, 1))
     return dict(z=z, heads=heads, mean=mean)
 
@@ -767,7 +752,7 @@ def _low_rank(g, lead, m, n, r):
 def _score_inputs(seed: int) -> dict:
     g = _rng(seed)
     h0, h1 = _randint(g, 2, 3), _randint(g, 2, 3)
-    if _square("composition_score", seed):
+    if square_case("composition_score", seed):
         m = n = p = _randint(g, 4, 6)
     else:
         m, n, p = _randint(g, 5, 7), _randint(g, 8, 10), _randint(g, 3, 4)
@@ -841,14 +826,14 @@ _KIND_BY_CASE = {0: "K", 1: "Q", 2: "V"}
 def _scores_inputs(seed: int) -> dict:
     g = _rng(seed)
     h = _randint(g, 2, 4)
-    if _square("composition_scores", seed):
+    if square_case("composition_scores", seed):
         d = k = _randint(g, 4, 6)
     else:
         d = _randint(g, 7, 10)
         k = _randint(g, 2, d - 3)
     w = {name: torch.randn(2, h, d, k, generator=g) / math.sqrt(d) for name in ("W_Q", "W_K", "W_V")}
     w["W_O"] = torch.randn(2, h, k, d, generator=g) / math.sqrt(k)
-    case = _case("composition_scores", seed)
+    case = default_case("composition_scores", seed)
     kind = _KIND_BY_CASE.get(case) if case is not None else None
     return dict(w, kind=kind or "QKV"[_randint(g, 0, 2)])
 

@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Optional
 
 import torch
 from transformer_lens import FactoredMatrix
 
 from utils import induction_circuit as ref
 from utils.checks.common import _m, _nan_as_inf, _randint, _rng
-from utils.checks.core import Cases, CheckFailure, Exercise, run_check, seed_for
+from utils.checks.core import Cases, CheckFailure, Exercise, default_case, run_check, square_case
 
 CHAPTER = "03"
 EXERCISES = ["in_context_learning_score", "positional_attention_pattern", "k_composition_circuit",
@@ -59,19 +58,6 @@ ICL_REAL_SEQS = 8
 # --------------------------------------------------------------------------- shared helpers
 
 
-def _case(name: str, seed: int) -> Optional[int]:
-    """Which default case (0, 1, 2, ...) a seed belongs to; None for hidden cases."""
-    for i in range(8):
-        if seed == seed_for(name, i):
-            return i
-    return None
-
-
-def _square(name: str, seed: int) -> bool:
-    """Square sizes for the first default case (the other default cases are rectangular) and for
-    about a third of the hidden cases."""
-    case = _case(name, seed)
-    return case == 0 if case is not None else seed % 3 == 0
 
 
 def _is_factored(value) -> bool:
@@ -116,7 +102,7 @@ def _icl_inputs(seed: int) -> dict:
     e0 = _randint(g, 1, 3)
     e1 = e0 + _randint(g, 2, 4)
     l0 = e1 + _randint(g, 2, 5)
-    l1 = n if _case("in_context_learning_score", seed) == 0 else _randint(g, l0 + 2, n)
+    l1 = n if default_case("in_context_learning_score", seed) == 0 else _randint(g, l0 + 2, n)
     trend = 5.0 - 3.0 * torch.arange(n) / n
     losses = trend + torch.rand(batch, n, generator=g) * 2.0
     return dict(losses=losses, early=(e0, e1), late=(l0, l1))
@@ -196,7 +182,7 @@ def _positional_inputs(seed: int) -> dict:
     d_head or d_head^2, so scaling by d_model, sqrt(d_model), d_head or 1 are all told apart."""
     g = _rng(seed)
     h = _randint(g, 2, 3)
-    if _square("positional_attention_pattern", seed):
+    if square_case("positional_attention_pattern", seed):
         n = k = _randint(g, 4, 6)
     else:
         n, k = _randint(g, 5, 8), _randint(g, 2, 4)
@@ -297,7 +283,7 @@ def _kcomp_inputs(seed: int) -> dict:
     """One layer-1 head (W_Q, W_K) and one layer-0 head (W_V, W_O): all sizes equal in the square
     cases, d_head < d_model < d_vocab otherwise; scaled so the products stay O(1)."""
     g = _rng(seed)
-    if _square("k_composition_circuit", seed):
+    if square_case("k_composition_circuit", seed):
         vocab = d = k = _randint(g, 4, 7)
     else:
         d = _randint(g, 6, 10)
@@ -448,7 +434,7 @@ def _top1_inputs(seed: int) -> dict:
     FactoredMatrix of inner size n - 2 .. n - 5 (its A A^T part is near the identity)."""
     g = _rng(seed)
     n = _randint(g, 20, 40)
-    case = _case("top_1_diagonal_accuracy", seed)
+    case = default_case("top_1_diagonal_accuracy", seed)
     factored = case == 1 if case is not None else seed % 2 == 1
     boost = (torch.rand(n, generator=g) < 0.6) * (1.5 + torch.rand(n, generator=g) * 2)
     row_off = torch.randn(n, 1, generator=g) * 0.3

@@ -28,14 +28,13 @@ reproduces. Every variant differs from the reference on the first default case.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Optional
 
 import torch
 
 from utils import induction as ind
 from utils import patching as ref
 from utils.checks.common import _m, _nan_as_inf, _randint, _random_pattern, _rng
-from utils.checks.core import Cases, CheckFailure, Exercise, run_check, seed_for
+from utils.checks.core import Cases, CheckFailure, Exercise, default_case, run_check
 
 CHAPTER = "03"
 EXERCISES = ["induction_logit_diff", "normalised_patching_metric", "patched_head_outputs",
@@ -49,13 +48,6 @@ _ATTN_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern", "hook_res
 
 # --------------------------------------------------------------------------- shared helpers
 
-
-def _case(name: str, seed: int) -> Optional[int]:
-    """Which default case (0, 1, 2, ...) a seed belongs to; None for hidden cases."""
-    for i in range(8):
-        if seed == seed_for(name, i):
-            return i
-    return None
 
 
 def cache_keys(n_layers: int = N_LAYERS) -> list[str]:
@@ -344,7 +336,7 @@ def _head_inputs(seed: int) -> dict:
     pos, d_model = heads + _randint(g, 1, 3), _randint(g, 4, 6)
     clean = _random_cache(g, batch, pos, heads, d_head, d_model)
     corrupted = _random_cache(g, batch, pos, heads, d_head, d_model)
-    case = _case("patched_head_outputs", seed)
+    case = default_case("patched_head_outputs", seed)
     layer = _HEAD_LAYER_BY_CASE.get(case) if case is not None else None
     return dict(clean_cache=clean, corrupted_cache=corrupted,
                 layer=layer if layer is not None else _randint(g, 0, N_LAYERS - 1))
@@ -434,7 +426,7 @@ def _resid_inputs(seed: int) -> dict:
     indexing the batch for the positions still runs) and never blocks.0.hook_resid_pre (so ignoring
     hook_name for it shows)."""
     g = _rng(seed)
-    case = _case("patched_residual_positions", seed)
+    case = default_case("patched_residual_positions", seed)
     pos = _randint(g, 3, 5)
     batch = pos + _randint(g, 0, 1) if case is not None else _randint(g, 1, 4)
     heads, d_head, d_model = _randint(g, 2, 3), _randint(g, 2, 3), _randint(g, 4, 6)
@@ -514,7 +506,7 @@ def _dla_inputs(seed: int) -> dict:
     and repeated random tokens. The first default case (and a third of the hidden ones) is square,
     d_model == d_vocab, so indexing W_U's rows with tokens still runs."""
     g = _rng(seed)
-    case = _case("head_logit_attribution", seed)
+    case = default_case("head_logit_attribution", seed)
     square = case == 0 if case is not None else seed % 3 == 0
     batch, n, comps = _randint(g, 2, 3), _randint(g, 3, 5), _randint(g, 3, 5)
     if square:

@@ -90,6 +90,23 @@ def seed_for(exercise: str, case: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def default_case(exercise: str, seed: int, n: int = 8) -> Optional[int]:
+    """Which default case (0, 1, 2, ...) ``seed`` is for ``exercise``; None for a hidden case's seed."""
+    for i in range(n):
+        if seed == seed_for(exercise, i):
+            return i
+    return None
+
+
+def square_case(exercise: str, seed: int) -> bool:
+    """Whether a case should use square sizes: the first default case (so that transposed or
+    reordered products still run and can be named; the other default cases are rectangular, so a
+    computation that only works when sizes agree fails before the real model) and about a third of
+    the hidden cases."""
+    case = default_case(exercise, seed)
+    return case == 0 if case is not None else seed % 3 == 0
+
+
 def _as_tensor(value: Any, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value

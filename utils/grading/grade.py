@@ -337,7 +337,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _lost(run: RunResult, limits: Limits) -> str:
-    reasons = {"timeout": "it ran out of time", "memory": "it ran out of memory", "crashed": "it crashed",
+    reasons = {"timeout": "it ran out of time", "memory": "it ran out of memory",
+               "threads": "it started too many threads", "crashed": "it crashed",
                "output": "it sent back too much data", "protocol": "it broke the grader's result stream",
                "fatal": "the sandbox could not start"}
     return f"no result: your notebook stopped before this case ran ({reasons.get(run.ended, run.ended)}: {run.detail})"

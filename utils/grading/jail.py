@@ -5,10 +5,15 @@ Three layers, strongest first:
 1. ``enter_namespace`` (sandbox "namespace", used when user namespaces are available): the
    process (forked by the zygote, see ``runner``) has entered new user, mount, pid and network
    namespaces, so it sees no other process and has no network. Here, before any student code, it
-   mounts its own /proc, hides the submissions, the gradebook, the feedback folder, the trusted solutions and every
+   hides the submissions, the gradebook, the feedback folder, the trusted solutions and every
    other scratch directory under empty read-only mounts, puts a size-limited tmpfs at its own
-   scratch path, remounts everything else read-only, and finally enters a second user+mount
-   namespace, which locks those mounts: the student's code cannot unmount or remount them.
+   scratch path, and then moves into a new, ALLOW-LIST root (``allowed_paths``: Python's standard
+   library and site-packages, the course package, the system's shared libraries, a few /dev
+   nodes, its own /proc and its scratch folder; nothing else of the host's file system exists
+   there: no repository, no .git, no course directory, no gradebook folder, no /proc of other
+   processes). It remounts everything read-only but the scratch folder, and finally enters a
+   second user+mount namespace, which locks those mounts: the student's code cannot unmount or
+   remount them. The hiding mounts stay as a second wall inside the allowed paths.
 2. ``set_limits``: memory (RLIMIT_DATA), file size, CPU time, no core dumps; the process is made
    non-dumpable, so no other process of the same user can read its memory or open its pipes.
 3. ``install_guard``: a Python audit hook that refuses (PermissionError) writes outside the
@@ -31,6 +36,8 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
 MS_REC, MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 16384, 1 << 18, 1 << 21, 1 << 24
 CLONE_NEWUSER, CLONE_NEWNS = 0x10000000, 0x00020000
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, -1)
 PR_SET_DUMPABLE = 4
 _KEEP_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
                "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
@@ -65,14 +72,85 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+# What a submission's root holds besides Python's own paths and the course package (directories
+# bound with everything mounted below them, files bound alone; symlinks such as Debian's /lib ->
+# usr/lib are recreated as symlinks). The shared libraries are needed by extension modules that a
+# notebook imports after the sandbox is up (matplotlib's, for instance).
+SYSTEM_PATHS = ("/lib", "/lib64", "/lib32", "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/local/lib",
+                "/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/zero", "/dev/full", "/dev/random",
+                "/dev/urandom")
+
+
+def allowed_paths(exclude: Iterable[str] = ()) -> list[str]:
+    """The host paths a submission's root exposes: SYSTEM_PATHS, the standard library and every
+    site-packages directory, each entry of sys.path that is a directory, and the course package
+    (its own folder only: an editable install puts the repository root on sys.path, which is
+    replaced by the package folder). Anything inside ``exclude`` is left out."""
+    import sysconfig
+
+    import utils
+
+    package = os.path.dirname(os.path.abspath(utils.__file__))
+    repo = os.path.dirname(package)
+    candidates = list(SYSTEM_PATHS) + [package]
+    candidates += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    candidates += [p for p in sys.path if p and os.path.isabs(p)]
+    out: list[str] = []
+    for path in candidates:
+        path = os.path.normpath(path)
+        if not os.path.lexists(path) or path in out:
+            continue
+        if path != package and (_inside(path, repo) or _inside(repo, path)):
+            continue  # the repository (or a folder holding it): only the package itself goes in
+        if any(_inside(path, e) for e in exclude):
+            continue
+        out.append(path)
+    return out
+
+
+def _enter_allow_list_root(libc, scratch: str, paths: Iterable[str]) -> None:
+    """Build a root holding only ``paths`` (bound read-only later, with everything else), the
+    scratch folder and a fresh /proc, and pivot into it; the old root is detached."""
+    root = scratch.rstrip("/") + ".root"
+    os.makedirs(root, exist_ok=True)
+    _mount(libc, "tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    for path in paths:
+        target = root + path
+        if os.path.islink(path):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if not os.path.lexists(target):
+                os.symlink(os.readlink(path), target)
+            continue
+        if os.path.isdir(path):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+        _mount(libc, path, target, None, MS_BIND | MS_REC)
+    os.makedirs(root + scratch, exist_ok=True)
+    _mount(libc, scratch, root + scratch, None, MS_BIND)
+    os.makedirs(root + "/proc", exist_ok=True)
+    _mount(libc, "proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this pid namespace only
+    os.makedirs(root + "/tmp", exist_ok=True)  # empty and read-only: TMPDIR is inside the scratch folder
+    os.chdir(root)
+    if libc.syscall(SYS_PIVOT_ROOT, b".", b".") != 0:  # the old root ends up stacked on the new one
+        err = ctypes.get_errno()
+        raise OSError(err, f"pivot_root: {os.strerror(err)}")
+    if libc.umount2(b".", MNT_DETACH) != 0:  # ... and is detached: nothing outside the allow-list is left
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount2: {os.strerror(err)}")
+    os.chdir("/")
+
+
 def enter_namespace(scratch: str, hide_dirs: Iterable[str], hide_files: Iterable[str], scratch_mb: int,
-                    mount_proc: bool = True) -> None:
+                    mount_proc: bool = True, allow_list_root: bool = True) -> None:
     """Set up the mounts described in the module docstring (we are root in fresh user, mount and
     pid namespaces, and pid 1 of the latter) and lock them."""
+    hide_dirs, hide_files = list(hide_dirs), list(hide_files)
     libc = _libc()
     try:
         _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
-        if mount_proc:  # a /proc that shows this namespace's processes only
+        if mount_proc and not allow_list_root:  # a /proc that shows this namespace's processes only
             _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         for d in hide_dirs:
             if os.path.isdir(d):
@@ -82,6 +160,8 @@ def enter_namespace(scratch: str, hide_dirs: Iterable[str], hide_files: Iterable
                 _mount(libc, "/dev/null", f, None, MS_BIND)
         os.makedirs(scratch, exist_ok=True)  # inside a hiding tmpfs when the grader's folder is hidden
         _mount(libc, "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(scratch_mb)}m,mode=0700")
+        if allow_list_root:
+            _enter_allow_list_root(libc, scratch, allowed_paths(exclude=list(hide_dirs) + [scratch]))
         for point, opts in _mountinfo():
             if _inside(point, scratch) or _inside(point, "/proc"):
                 continue

@@ -39,13 +39,14 @@ class Limits:
     grace: float = 5.0  # seconds between the interrupt of a slow cell and the kill
     setup_timeout: float = 60.0  # from the fork to the first cell (counts towards timeout_total)
     threads: int = 1
+    max_threads: int = 64  # threads the submission's process may run at once (it cannot start processes)
 
 
 @dataclass
 class RunResult:
     """What came back from one submission's process."""
 
-    ended: str = "done"  # done | timeout | memory | crashed | fatal | protocol | output
+    ended: str = "done"  # done | timeout | memory | threads | crashed | fatal | protocol | output
     detail: str = ""
     ready: bool = False
     cells: dict = field(default_factory=dict)  # cell index -> {"error": str|None, "seconds": float}
@@ -87,12 +88,16 @@ def child_env(scratch: str, threads: int) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def namespaces_available() -> bool:
-    """Whether a forked child may enter new user, mount, pid, network and IPC namespaces (checked once,
-    in a throwaway process, with the very syscalls the runner uses)."""
+    """Whether a forked child may enter new user, mount, pid, network and IPC namespaces and pivot
+    into a new root (checked once, in a throwaway process, with the very syscalls the runner and
+    ``jail`` use)."""
     if not sys.platform.startswith("linux"):
         return False
-    probe = ("import ctypes, os\n"
+    from utils.grading import jail
+
+    probe = ("import ctypes, os, tempfile\n"
              "libc = ctypes.CDLL(None, use_errno=True)\n"
+             "root = tempfile.mkdtemp(prefix='demystify-probe-')\n"
              "pid = os.fork()\n"
              "if pid == 0:\n"
              "    uid, gid = os.getuid(), os.getgid()\n"
@@ -104,12 +109,16 @@ def namespaces_available() -> bool:
              "        if os.fork() == 0:\n"
              f"            r = libc.mount(None, b'/', None, ctypes.c_ulong({16384 | (1 << 18)}), None)\n"
              f"            r = r or libc.mount(b'proc', b'/proc', b'proc', ctypes.c_ulong(14), None)\n"
+             "            r = r or libc.mount(b'tmpfs', root.encode(), b'tmpfs', ctypes.c_ulong(0), b'size=64k')\n"
+             "            os.chdir(root)\n"  # the allow-list root: pivot into a fresh tmpfs, detach the old one
+             f"            r = r or libc.syscall({jail.SYS_PIVOT_ROOT}, b'.', b'.') or libc.umount2(b'.', 2)\n"
              f"            r = r or libc.unshare({0x10000000 | 0x00020000})\n"
              "            os._exit(0 if r == 0 else 1)\n"
              "        _, st = os.wait()\n"
              "        os._exit(os.waitstatus_to_exitcode(st))\n"
              "    os._exit(1)\n"
              "_, st = os.waitpid(pid, 0)\n"
+             "os.rmdir(root)\n"
              "raise SystemExit(os.waitstatus_to_exitcode(st))\n")
     try:
         return subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, timeout=30).returncode == 0
@@ -269,6 +278,22 @@ def _rss(pid: Optional[int]) -> int:
             return int(f.read().split()[1]) * PAGE
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _threads(pid: Optional[int]) -> int:
+    """Threads of ``pid`` (0 when unknown). Under the seccomp filter a submission is one process, so
+    its threads are everything it runs; a process-count rlimit would not hold here, since the
+    grader may run as root, whom the kernel exempts from RLIMIT_NPROC."""
+    if pid is None:
+        return 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -530,6 +555,8 @@ def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
                 result.peak_rss_mb = max(result.peak_rss_mb, rss / 2**20)
                 if rss > rss_limit:
                     kill("memory", f"used more than the {limits.memory_mb} MB memory limit")
+                elif _threads(pid) > limits.max_threads:
+                    kill("threads", f"ran more than {limits.max_threads} threads at once")
             if status is not None and (reader_done or now - exited_at > 5):
                 break  # (a leftover grandchild holding the pipe open cannot keep us here)
             if not zygote.alive() and status is None:
