@@ -905,6 +905,25 @@ def test_the_seccomp_filter_refuses_processes_memfd_and_sysv_ipc_but_not_threads
                                    "posix_spawn: refused 1; shmget: 1; unshare: 1"), done.stdout
 
 
+def test_a_memory_cgroup_stops_a_process_at_its_limit_where_the_machine_allows_one():
+    """The hard memory limit: a process that joined its cgroup is killed by the kernel at the limit,
+    and the grader can tell (oom_kills); the directories go away afterwards."""
+    from utils.grading import cgroup
+
+    group = cgroup.create(64 * 2**20, max_tasks=16)
+    if group is None:
+        pytest.skip("this machine does not let the grader create a cgroup (the rlimits and the watchdog remain)")
+    try:
+        join = "".join(f"open({p!r}, 'w').write(str(os.getpid()))\n" for p in group.procs_files)
+        done = subprocess.run([sys.executable, "-c", "import os\n" + join + "hoard = bytearray(300 * 2**20)\nprint('kept')"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == -9 and "kept" not in done.stdout, (done.returncode, done.stdout, done.stderr)
+        assert group.oom_kills() >= 1
+    finally:
+        group.remove()
+    assert not group.memory_dir.exists()
+
+
 def test_seccomp_program_is_built_for_both_architectures_and_refuses_others():
     from utils.grading import seccomp
 
@@ -968,6 +987,12 @@ for _ in range(200):
     threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
 time.sleep(30)
 ''',
+    # shared anonymous memory: RLIMIT_DATA does not count it; the cgroup (or the RSS watchdog) does
+    "shared_memory": '''import mmap
+hoard = mmap.mmap(-1, 3 * 2**30, flags=mmap.MAP_SHARED)
+for offset in range(0, len(hoard), 4096):
+    hoard[offset] = 1
+''',
     # what no deny-list named: the repository's other files, the host's /etc, other processes
     "outside_the_allow_list": '''import os
 worked = []
@@ -1017,5 +1042,6 @@ def test_kernel_walls_and_forged_frames_leave_graded_rows(tmp_path):
     assert float(rows["forged_cell_end"]["seconds"]) < 60, rows["forged_cell_end"]
     assert "protocol" in rows["forged_fields"]["flags"], rows["forged_fields"]["flags"]
     assert "threads: ran more than 64 threads" in rows["threads"]["flags"], rows["threads"]["flags"]
+    assert "memory: used more than the 1024 MB" in rows["shared_memory"]["flags"], rows["shared_memory"]["flags"]
     assert float(rows["threads"]["seconds"]) < 20 and float(rows["threads"]["total"]) < full
     assert "malformed output" in rows["odd_dtype"]["flags"] and float(rows["odd_dtype"]["total"]) < full

@@ -183,6 +183,9 @@ def _child(fds: list, work: dict, tensors: dict, shell) -> None:
     header, _ = read_frame(0)
     config = header["config"]
     try:
+        for procs in config.get("cgroups", []):  # the grader's cgroup for this submission, joined first
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
         if config["sandbox"] == "namespace":
             uid, gid = os.getuid(), os.getgid()
             if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC) != 0:

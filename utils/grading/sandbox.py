@@ -40,6 +40,7 @@ class Limits:
     setup_timeout: float = 60.0  # from the fork to the first cell (counts towards timeout_total)
     threads: int = 1
     max_threads: int = 64  # threads the submission's process may run at once (it cannot start processes)
+    cgroup: bool = True  # a memory + task cgroup per submission where the machine allows one (see cgroup.py)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class RunResult:
     cells_s: float = 0.0
     calls_s: float = 0.0
     peak_rss_mb: float = 0.0
+    cgroup: bool = False  # whether a memory cgroup held the run
     output_tail: str = ""
     last_phase: Optional[tuple] = None  # ("cell", index) or ("call", k) when it stopped early
 
@@ -394,8 +396,16 @@ class FrameOrder:
 def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
     """Run one submission; never raises for anything the submission does (SandboxError when the
     grader itself cannot start it)."""
+    from utils.grading import cgroup
+
     result = RunResult()
     start = time.monotonic()
+    scratch_bytes = limits.scratch_mb * 2**20
+    group = cgroup.create((limits.memory_mb + 2048) * 2**20 + scratch_bytes, limits.max_threads + 8) \
+        if limits.cgroup else None
+    if group is not None:  # the process joins it itself, before any student code runs (runner._child)
+        submission = dict(submission, config=dict(submission["config"], cgroups=group.procs_files))
+    result.cgroup = group is not None
     stdin_r, stdin_w = os.pipe()
     result_r, result_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -493,6 +503,8 @@ def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
                     result.ready = True
                     result.setup_s = float(header.get("setup_s", 0))
                     rss_limit = int(header.get("rss", 0)) + limits.memory_mb * 2**20 + 256 * 2**20
+                    if group is not None:  # every page it allocates from now on, its scratch files included
+                        group.set_memory_limit(rss_limit + scratch_bytes)
                     phase, phase_start, interrupted_at = ("between", None), now, None
                 elif kind == "cell":
                     i = header.get("i")
@@ -571,6 +583,11 @@ def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
                 time.sleep(0.01)
     for t in threads:
         t.join(timeout=2)
+    if group is not None:
+        if killed is None and not done and group.oom_kills() > 0:
+            killed = ("memory", f"used more than the {limits.memory_mb} MB memory limit (the kernel's memory "
+                                "cgroup stopped it)")
+        group.remove()
     result.wall_s = time.monotonic() - start
     result.output_tail = b"".join(tail).decode("utf-8", errors="replace")[-4000:]
     if status is not None:
