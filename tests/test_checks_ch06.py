@@ -95,6 +95,48 @@ def match_argmax(corr):
     return corr.gather(1, idx[:, None])[:, 0], idx
 
 
+def rubric_scipy(ratings, rated, auto_features, auto_scores, threshold):
+    from scipy.stats import spearmanr
+
+    table = dict(zip(auto_features.tolist(), auto_scores.tolist()))
+    scores = [table[f] for f in rated.tolist()]
+    return sum(r > threshold for r in ratings.tolist()) / len(ratings), spearmanr(ratings.tolist(), scores)[0]
+
+
+def rubric_tensors(ratings, rated, auto_features, auto_scores, threshold):
+    """Alignment by a boolean match matrix, average ranks by counting (0-d tensors returned)."""
+    scores = ((rated[:, None] == auto_features[None, :]).double() * auto_scores.double()).sum(1)
+
+    def ranks(v):
+        return (v[None, :] < v[:, None]).sum(1).double() + ((v[None, :] == v[:, None]).sum(1).double() - 1) / 2
+
+    x, y = ranks(ratings.double()), ranks(scores)
+    x, y = x - x.mean(), y - y.mean()
+    return (ratings > threshold).float().mean(), (x @ y) / (x.norm() * y.norm())
+
+
+def attribution_loops(f, W_dec, W_out, W_U, scale, tokens, position):
+    """Only the active features, one at a time: the inactive ones stay 0."""
+    out = torch.zeros(W_dec.shape[1])
+    target = int(tokens[position + 1])
+    for i in (f[position] > 0).nonzero()[:, 0].tolist():
+        write = f[position, i] * W_dec[:, i] @ W_out
+        out[i] = ((write - write.mean()) / scale[position]) @ W_U[:, target]
+    return out
+
+
+def attribution_centred_unembed(f, W_dec, W_out, W_U, scale, tokens, position):
+    """centre(v) . u = v . centre(u): centre the unembedding column instead of every write."""
+    u = W_U[:, tokens[position + 1]]
+    return f[position] / scale[position] * (W_dec.T @ (W_out @ (u - u.mean())))
+
+
+def attribution_einsum(f, W_dec, W_out, W_U, scale, tokens, position):
+    writes = torch.einsum("ms,md->sd", W_dec, W_out)
+    writes = writes - writes.mean(1, keepdim=True)
+    return torch.einsum("s,sd,d->s", f[position], writes, W_U[:, tokens[position + 1]]) / scale[position]
+
+
 CORRECT = [
     (check.top_activating, [ref.top_activating, top_sort, top_loops], "top_activating"),
     (check.logit_weights, [ref.logit_weights, logits_einsum, logits_virtual_weights], "logit_weights"),
@@ -104,11 +146,15 @@ CORRECT = [
     (check.ablate_feature, [ref.ablate_feature, ablate_via_reconstruction, ablate_einsum], "ablate_feature"),
     (check.steer_feature, [ref.steer_feature, steer_via_reconstruction, steer_ablate_then_add], "steer_feature"),
     (check.match_features, [ref.match_features, match_loops, match_argmax], "match_features"),
+    (check.rubric_agreement, [ref.rubric_agreement, rubric_scipy, rubric_tensors], "rubric_agreement"),
+    (check.feature_logit_attribution, [ref.feature_logit_attribution, attribution_loops, attribution_centred_unembed,
+                                       attribution_einsum], "feature_logit_attribution"),
 ]
 EXERCISE_OF = {check.top_activating: check.TOP_ACTIVATING, check.logit_weights: check.LOGIT_WEIGHTS,
                check.pearson_correlation: check.PEARSON, check.specificity_sensitivity: check.SPECIFICITY,
                check.ablate_feature: check.ABLATE, check.steer_feature: check.STEER,
-               check.match_features: check.MATCH}
+               check.match_features: check.MATCH, check.rubric_agreement: check.RUBRIC,
+               check.feature_logit_attribution: check.ATTRIBUTION}
 
 
 QUESTIONS = harness.questions(check, "06")  # (ask, explanations, right answer)
@@ -151,6 +197,25 @@ def test_rectangular_cases_catch_what_square_ones_cannot():
     with pytest.raises(CheckFailure):
         check.logit_weights(lambda W_dec, W_out, W_U, feature: (W_U.T @ (W_out.T @ W_dec[:, feature]))
                             if W_U.shape[0] == W_U.shape[1] else W_dec[:, feature] @ W_out @ W_U.T)
+
+
+def test_rubric_cases_hold_a_rating_at_the_threshold_and_a_tie():
+    """Every case can tell > from >= and averaged from arbitrary tie ranks, and needs a look-up:
+    the table is in its own order and longer than the ratings."""
+    for case in (*check.RUBRIC.default_cases, 101, 102):
+        inputs = check._rubric_inputs(seed_for("rubric_agreement", case))
+        ratings = inputs["ratings"]
+        assert (ratings == inputs["threshold"]).any() and len(ratings.unique()) < len(ratings)
+        assert len(inputs["auto_features"]) > len(ratings)
+        assert not torch.equal(inputs["rated"], inputs["auto_features"][:len(ratings)])
+
+
+def test_attribution_cases_catch_the_transposed_decoder_by_shape_too():
+    """The first case is square (d_sae = d_mlp) so a decoder row runs and is named; the others are
+    rectangular, where it fails on shape."""
+    shapes = [tuple(check._attribution_inputs(seed_for("feature_logit_attribution", c))["W_dec"].shape)
+              for c in check.ATTRIBUTION.default_cases]
+    assert shapes[0][0] == shapes[0][1] and all(a != b for a, b in shapes[1:])
 
 
 def test_inputs_are_deterministic():

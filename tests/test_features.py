@@ -545,3 +545,82 @@ def test_feature_out_of_range_raises(model, sae, corpus, feature):
         ablation_effect(model, sae, corpus.tokens[:1, :8], feature)
     with pytest.raises(ValueError):
         steered_generate(model, sae, "Hello", feature, 5.0, max_new_tokens=2)
+
+
+# --------------------------------------------------------------------------- human ratings, feature attribution
+
+
+def test_rubric_agreement_against_scipy_and_a_hand_example():
+    from scipy.stats import spearmanr
+
+    ratings = torch.tensor([12.0, 8.0, 11.0, 11.0, 3.0])  # one exactly at the threshold, one tie
+    rated = torch.tensor([7, 2, 9, 4, 5])
+    auto_features = torch.tensor([4, 9, 7, 1, 2, 5])  # the table's own order, one feature unrated
+    auto_scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.1])
+    fraction, rho = ex.rubric_agreement(ratings, rated, auto_features, auto_scores, threshold=8)
+    assert fraction == pytest.approx(3 / 5)  # 8 is not above 8
+    assert rho == pytest.approx(spearmanr(ratings.tolist(), [0.7, 0.5, 0.8, 0.9, 0.1])[0])
+    # scores that follow the ratings' order exactly, on another scale: rho is 1
+    other_scale = torch.tensor([0.3, 0.2, 0.4, 0.0, 0.0, 0.1])
+    assert ex.rubric_agreement(ratings[[0, 2, 4]], rated[[0, 2, 4]], auto_features, other_scale)[1] == pytest.approx(1.0)
+
+
+def test_feature_logit_attribution_matches_a_loop_with_an_explicit_layernorm():
+    g = torch.Generator().manual_seed(3)
+    seq, d_sae, d_mlp, d_model, d_vocab = 5, 9, 6, 4, 11
+    f = torch.relu(torch.randn(seq, d_sae, generator=g))
+    W_dec, W_out = torch.randn(d_mlp, d_sae, generator=g), torch.randn(d_mlp, d_model, generator=g) + 1
+    W_U, scale = torch.randn(d_model, d_vocab, generator=g), 1 + torch.rand(seq, generator=g)
+    tokens, position = torch.randint(0, d_vocab, (seq,), generator=g), 2
+    got = ex.feature_logit_attribution(f, W_dec, W_out, W_U, scale, tokens, position)
+    target = int(tokens[position + 1])
+    for i in range(d_sae):
+        write = [sum(f[position, i] * W_dec[m, i] * W_out[m, d] for m in range(d_mlp)) for d in range(d_model)]
+        mean = sum(write) / d_model
+        want = sum((write[d] - mean) / scale[position] * W_U[d, target] for d in range(d_model))
+        assert float(got[i]) == pytest.approx(float(want), abs=1e-5)
+    assert (got[f[position] == 0] == 0).all()
+
+
+def test_mlp_logit_attribution_parts_add_up_to_the_mlp_and_the_logit(model, sae, corpus):
+    """Features + SAE error + biases = the direct contribution of hook_mlp_out; and every
+    component's direct contribution, plus the final LayerNorm's bias and b_U, is the model's logit
+    (so the LayerNorm is handled as the model applies it)."""
+    from utils.features.attribution import mlp_logit_attribution
+    from utils.patching import folded_unembed
+
+    tokens = corpus.tokens[0, :40]
+    names = ("hook_embed", "hook_pos_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post")
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens[None], names_filter=lambda n: n in names)
+        W_U = folded_unembed(model).float()
+        const = model.ln_final.b @ model.W_U + model.b_U
+    for position in (3, 17, 38):
+        r = mlp_logit_attribution(model, sae, tokens, position)
+        assert r.target == int(tokens[position + 1])
+        assert float(r.features.sum()) + r.error + r.bias == pytest.approx(r.total, abs=1e-3)
+        resid = cache["blocks.0.hook_resid_post"][0, position]
+        scale = ((resid - resid.mean()).pow(2).mean() + model.ln_final.eps).sqrt()
+        parts = [cache[n][0, position] for n in names[:4]]
+        assert torch.allclose(sum(parts), resid, atol=1e-4)
+        direct = [float((p - p.mean()) / scale @ W_U[:, r.target]) for p in parts]
+        assert direct[3] == pytest.approx(r.total, abs=1e-3)
+        assert sum(direct) + float(const[r.target]) == pytest.approx(r.logit, abs=1e-3)
+        assert r.logit == pytest.approx(float(logits[0, position, r.target]), abs=1e-4)
+    with pytest.raises(ValueError, match="position"):
+        mlp_logit_attribution(model, sae, tokens, 0)
+
+
+def test_the_optional_saelens_cell_skips_at_once_offline(monkeypatch):
+    import time
+
+    from utils.features import saelens
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    sae, reason = saelens.public_sae()
+    assert sae is None and reason == "HF_HUB_OFFLINE is set"
+    assert time.perf_counter() - start < 0.5
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setitem(__import__("sys").modules, "sae_lens", None)  # import fails: not installed
+    assert "not installed" in saelens.why_not_online()

@@ -4,10 +4,13 @@
 - ``corpus``: held-out text and its MLP activations; statistics over every feature in chunks.
 - ``effects``: ablating and clamping a feature inside the model's forward pass.
 - ``dashboard``: offline figures and HTML views of a feature and of a prompt.
+- ``attribution``: the MLP's direct contribution to one logit, split into features, error and biases.
+- ``saelens``: an optional, online-only look at a public SAE through SAELens (skips offline).
 """
 from utils.features import exercises
 from utils.features.corpus import (FeatureCorpus, collect, cross_correlation, decoder_cosine, feature_acts,
                                    firing_counts, hypothesis_scores, proxy_log_likelihood_ratio)
+from utils.features.attribution import MLPLogitAttribution, mlp_logit_attribution
 from utils.features.dashboard import (effect_html, examples_html, feature_figure, feature_logit_weights,
                                       prompt_html, quantile_examples, top_tokens)
 from utils.features.effects import ablation_effect, logit_effect, steered_generate
@@ -15,4 +18,4 @@ from utils.features.effects import ablation_effect, logit_effect, steered_genera
 __all__ = ["exercises", "FeatureCorpus", "collect", "cross_correlation", "decoder_cosine", "feature_acts",
            "firing_counts", "hypothesis_scores", "proxy_log_likelihood_ratio", "effect_html", "examples_html", "feature_figure",
            "feature_logit_weights", "prompt_html", "quantile_examples", "top_tokens", "ablation_effect",
-           "logit_effect", "steered_generate"]
+           "logit_effect", "steered_generate", "MLPLogitAttribution", "mlp_logit_attribution"]

@@ -12,6 +12,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from utils.circuits import average_ranks, spearman  # chapter 02's references (ties averaged), reused
+
 
 def top_activating(acts: Float[Tensor, "n_seq seq_len"], k: int
                    ) -> tuple[Int[Tensor, "k"], Int[Tensor, "k"], Float[Tensor, "k"]]:
@@ -83,3 +85,35 @@ def match_features(corr: Float[Tensor, "n_a n_b"]) -> tuple[Float[Tensor, "n_a"]
     """For each feature of dictionary A (a row), its best match in dictionary B: (correlation, index)."""
     values, indices = corr.max(dim=1)
     return values, indices
+
+
+def rubric_agreement(ratings: Float[Tensor, "n"], rated: Int[Tensor, "n"], auto_features: Int[Tensor, "m"],
+                     auto_scores: Float[Tensor, "m"], threshold: float = 8.0) -> tuple[float, float]:
+    """Human ratings against an automatic score.
+
+    ``ratings[k]`` is a person's rubric score (0 to 14) for feature ``rated[k]``; the automatic table
+    lists features ``auto_features`` with scores ``auto_scores`` in its own order (every rated
+    feature appears in it). Returns (the fraction of rated features called interpretable, i.e.
+    rated strictly ABOVE ``threshold``; Spearman's rank correlation, ties averaged, between each
+    rating and the same feature's automatic score)."""
+    where = {int(f): i for i, f in enumerate(auto_features.tolist())}
+    scores = auto_scores[[where[int(f)] for f in rated.tolist()]]
+    return (ratings > threshold).double().mean().item(), spearman(ratings.double(), scores.double())
+
+
+def feature_logit_attribution(f: Float[Tensor, "seq d_sae"], W_dec: Float[Tensor, "d_mlp d_sae"],
+                              W_out: Float[Tensor, "d_mlp d_model"], W_U: Float[Tensor, "d_model d_vocab"],
+                              scale: Float[Tensor, "seq"], tokens: Int[Tensor, "seq"], position: int
+                              ) -> Float[Tensor, "d_sae"]:
+    """Direct logit attribution to SAE features: how much each feature, as it fired at ``position``,
+    adds to the logit of the token that actually comes next, ``tokens[position + 1]``.
+
+    Feature i writes f_i W_dec[:, i] @ W_out to the residual stream. The final LayerNorm is linear
+    once its scale is known (the run's ``ln_final.hook_scale`` at that position): it centres over
+    d_model and divides by the scale. ``W_U`` has the LayerNorm's weight folded in
+    (``utils.patching.folded_unembed``); its bias and b_U are the same for every feature and are
+    left out. Inactive features (f_i = 0) contribute exactly 0."""
+    target = tokens[position + 1]
+    writes = W_dec.T @ W_out  # [d_sae, d_model]: row i is one unit of feature i in the residual stream
+    writes = writes - writes.mean(-1, keepdim=True)
+    return f[position] * (writes @ W_U[:, target]) / scale[position]
