@@ -8,6 +8,7 @@ from utils import progress
 from utils import superposition as sp
 from utils.checks import CheckFailure
 from utils.checks import ch04 as check
+from utils.checks.core import outputs_match, seed_for
 
 # --------------------------------------------------------------------------- correct alternatives
 
@@ -251,6 +252,187 @@ def test_progress_is_recorded_and_shown(capsys):
     check.dense_regime_question(harness.right("04", "dense_regime_question"))
     check.antipodal_question(harness.right("04", "antipodal_question"))
     check.privileged_basis_question(harness.right("04", "privileged_basis_question"))
+    check.anticorrelated_batch(anti_scatter)
     progress.show_progress("04")
     out = capsys.readouterr().out
     assert f"{len(check.EXERCISES)}/{len(check.EXERCISES)}" in out and "all done" in out
+
+
+# --------------------------------------------------------------------------- 6. anti-correlated groups
+# fn(batch_size, group_probability [inst, n_groups], group_size) -> x [inst, batch, n_groups * group_size]
+
+
+def _gshape(p, batch):
+    return (p.shape[0], batch, p.shape[1])
+
+
+def _one_hot_batch(p, g, chosen, value, active):
+    """Contiguous groups: feature k * g + chosen of group k gets value * active."""
+    inst, batch, groups = chosen.shape
+    x = torch.zeros(inst, batch, groups, g)
+    x.scatter_(-1, chosen[..., None], (value * active)[..., None])
+    return x.reshape(inst, batch, groups * g)
+
+
+def anti_scatter(batch_size, group_probability, group_size):
+    shape = _gshape(group_probability, batch_size)
+    active = torch.rand(shape) < group_probability[:, None, :]
+    return _one_hot_batch(group_probability, group_size, torch.randint(0, group_size, shape), torch.rand(shape), active)
+
+
+def anti_one_hot(batch_size, group_probability, group_size):
+    shape = _gshape(group_probability, batch_size)
+    one_hot = F.one_hot(torch.randint(group_size, shape), group_size)  # [inst, batch, groups, g]
+    on = (torch.rand(shape) < group_probability[:, None, :])[..., None]
+    return (one_hot * on * torch.rand(shape)[..., None]).flatten(2)
+
+
+def anti_multinomial(batch_size, group_probability, group_size):
+    inst, groups = group_probability.shape
+    # one categorical draw over "off" and the g features: P(off) = 1 - p, P(feature j) = p / g
+    probs = torch.cat([1 - group_probability[..., None],
+                       (group_probability / group_size)[..., None].expand(-1, -1, group_size)], -1)
+    pick = torch.multinomial(probs.reshape(-1, group_size + 1), batch_size, replacement=True)
+    pick = pick.reshape(inst, groups, batch_size).transpose(1, 2)  # [inst, batch, groups], 0 = off
+    x = F.one_hot(pick, group_size + 1)[..., 1:] * torch.rand(inst, batch_size, groups, 1)
+    return x.flatten(2)
+
+
+def anti_single_draw(batch_size, group_probability, group_size):
+    """One uniform per group decides all three: on iff u < p, then u / p * g picks and values."""
+    shape = _gshape(group_probability, batch_size)
+    u = torch.rand(shape) / group_probability[:, None, :] * group_size  # in [0, g) when active
+    active = u < group_size
+    chosen = u.floor().clamp(max=group_size - 1).long()
+    return _one_hot_batch(group_probability, group_size, chosen, u - u.floor(), active)
+
+
+def anti_loops(batch_size, group_probability, group_size):
+    inst, groups = group_probability.shape
+    x = torch.zeros(inst, batch_size, groups * group_size)
+    active = torch.rand(inst, batch_size, groups) < group_probability[:, None, :]
+    for k in range(groups):
+        chosen = torch.randint(0, group_size, (inst, batch_size))
+        x[..., k * group_size:(k + 1) * group_size] = F.one_hot(chosen, group_size) * (
+            torch.rand(inst, batch_size) * active[..., k])[..., None]
+    return x
+
+
+ANTI_CORRECT = [sp.generate_anticorrelated_batch, anti_scatter, anti_one_hot, anti_multinomial, anti_single_draw,
+                anti_loops]
+
+
+@pytest.mark.parametrize("fn", ANTI_CORRECT, ids=lambda f: f.__name__)
+def test_anticorrelated_correct_implementations_pass(fn, capsys):
+    harness.assert_passes(check.anticorrelated_batch, fn, "04", "anticorrelated_batch", 3, capsys)
+
+
+def _indep(q):
+    def generate(batch, p, g):
+        pf = q(p, g).repeat_interleave(g, dim=1)
+        shape = (p.shape[0], batch, p.shape[1] * g)
+        return torch.rand(shape) * (torch.rand(shape) < pf[:, None])
+    return generate
+
+
+def _interleaved(batch, p, g):
+    inst, groups = p.shape
+    shape = _gshape(p, batch)
+    x = torch.zeros(inst, batch, g, groups)  # reshaped the wrong way round
+    value = torch.rand(shape) * (torch.rand(shape) < p[:, None])
+    x.scatter_(2, torch.randint(0, g, shape)[:, :, None, :], value[:, :, None, :])
+    return x.reshape(inst, batch, g * groups)
+
+
+def _one_draw(batch, p, g):
+    u = torch.rand(_gshape(p, batch))
+    return _one_hot_batch(p, g, (u * g).long(), u, torch.rand(_gshape(p, batch)) < p[:, None])
+
+
+WRONG_ANTI = {
+    "independent features, p / group_size each": _indep(lambda p, g: p / g),
+    "independent features, p each": _indep(lambda p, g: p),
+    "probability per feature": lambda batch, p, g: _one_hot_batch(
+        p, g, torch.randint(0, g, _gshape(p, batch)), torch.rand(_gshape(p, batch)),
+        torch.rand(_gshape(p, batch)) < p[:, None] * g),
+    "groups interleaved": _interleaved,
+    "last feature never chosen": lambda batch, p, g: _one_hot_batch(
+        p, g, torch.randint(0, g - 1, _gshape(p, batch)), torch.rand(_gshape(p, batch)),
+        torch.rand(_gshape(p, batch)) < p[:, None]),
+    "choice and value from one draw": _one_draw,
+    "binary features": lambda batch, p, g: _one_hot_batch(
+        p, g, torch.randint(0, g, _gshape(p, batch)), torch.ones(_gshape(p, batch)),
+        torch.rand(_gshape(p, batch)) < p[:, None]),
+    "one draw for all groups": lambda batch, p, g: _one_hot_batch(
+        p, g, torch.randint(0, g, _gshape(p, batch)), torch.rand(_gshape(p, batch)),
+        torch.rand(p.shape[0], batch, 1) < p[:, None]),
+}
+
+
+def test_every_anticorrelated_misconception_has_a_realistic_example():
+    assert set(WRONG_ANTI) == {m.name for m in check.ANTICORRELATED_BATCH.misconceptions}
+
+
+@pytest.mark.parametrize("wrong", check.ANTICORRELATED_BATCH.misconceptions, ids=lambda m: m.name)
+def test_each_anticorrelated_misconception_is_named(wrong, capsys):
+    with pytest.raises(CheckFailure) as info:
+        check.anticorrelated_batch(WRONG_ANTI[wrong.name])
+    assert wrong.explanation in str(info.value)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("wrong", check.ANTICORRELATED_BATCH.misconceptions, ids=lambda m: m.name)
+def test_anticorrelated_exact_statistics_match_the_wrong_generators(wrong):
+    """Each misconception's exact statistics are those of its realistic example (so a student's
+    version is recognised), and those of the reference are those of a correct generator."""
+    ex = check.ANTICORRELATED_BATCH
+    inputs = ex.make_inputs(seed_for(ex.name, 0))
+    torch.manual_seed(0)
+    for fn, stats in ((WRONG_ANTI[wrong.name], wrong.implementation(**inputs)),
+                      (anti_scatter, ex.reference(**inputs))):
+        x = fn(inputs["batch_size"], inputs["group_probability"], inputs["group_size"])
+        got = check.anti_statistics(x, inputs["group_size"])
+        assert outputs_match(got, stats, 0.0, check.GENERATE_TOL / 2), wrong.name
+
+
+def test_anticorrelated_misconceptions_are_distinct():
+    ex = check.ANTICORRELATED_BATCH
+    harness.assert_distinct(ex, list(ex.default_cases) + [7, 8, 601, 602, 603])
+    sizes = {ex.make_inputs(seed_for(ex.name, c))["group_size"] for c in range(20)}
+    assert sizes == {2, 3}  # both group sizes occur among the seeds
+    harness.assert_deterministic([ex])
+
+
+def test_anticorrelated_unnamed_mistakes_are_explained(capsys):
+    def pairs_sometimes(batch, p, g):  # a correct batch, plus a second feature switched on now and then
+        x = anti_scatter(batch, p, g)
+        x[:, :5, 1] = x[:, :5, 0] = 0.5
+        return x
+
+    with pytest.raises(CheckFailure, match="two features of a group active together"):
+        check.anticorrelated_batch(pairs_sometimes)
+    with pytest.raises(CheckFailure, match="values not in \\[0, 1\\).*torch.randn"):
+        check.anticorrelated_batch(lambda batch, p, g: _one_hot_batch(  # normal values instead of uniform
+            p, g, torch.randint(0, g, _gshape(p, batch)), torch.randn(_gshape(p, batch)),
+            torch.rand(_gshape(p, batch)) < p[:, None]))
+    with pytest.raises(CheckFailure, match="values not in \\[0, 1\\).*fractional part"):
+        check.anticorrelated_batch(lambda batch, p, g: anti_scatter(batch, p, g) * g)
+    with pytest.raises(CheckFailure, match="flatten the group axes"):
+        check.anticorrelated_batch(lambda batch, p, g: anti_scatter(batch, p, g).reshape(p.shape[0], batch, -1, g))
+    with pytest.raises(CheckFailure, match="wrong activation probability per group"):
+        check.anticorrelated_batch(lambda batch, p, g: anti_scatter(batch, (p * 0.7), g))
+    with pytest.raises(CheckFailure, match="values have mean 0.6"):
+        check.anticorrelated_batch(lambda batch, p, g: anti_scatter(batch, p, g) ** 0.5)
+    with pytest.raises(CheckFailure, match="not implemented yet"):
+        check.anticorrelated_batch(lambda batch, p, g: (_ for _ in ()).throw(NotImplementedError()))
+    with pytest.raises(CheckFailure, match="pass your function"):
+        check.anticorrelated_batch(None)
+    assert capsys.readouterr().err == ""
+
+
+def test_anticorrelated_check_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    check.anticorrelated_batch(anti_scatter)
+    assert torch.equal(torch.rand(3), expected_next)

@@ -435,3 +435,97 @@ def test_features_align_with_neurons_only_in_a_privileged_basis():
     assert (relu > 0.95).all(), relu
     assert (linear < 0.85).all(), linear
     assert (sp.n_represented(models["ReLU hidden layer"].W) == 5).all()
+
+
+# --------------------------------------------------------------------------- correlated and anti-correlated groups
+
+
+def test_correlated_groups_switch_on_together():
+    p = torch.tensor([[0.5, 0.1, 1.0], [0.2, 0.3, 0.05]])
+    x = sp.generate_correlated_batch(200_000, p, 2, torch.Generator().manual_seed(0))
+    assert x.shape == (2, 200_000, 6) and x.min() >= 0 and x.max() < 1
+    on = (x > 0).reshape(2, 200_000, 3, 2)
+    assert torch.equal(on[..., 0], on[..., 1])  # a group's features are on together, or not at all
+    assert torch.allclose(on[..., 0].float().mean(1), p, atol=3e-3)
+    both_groups = (on[0, :, 0, 0] & on[0, :, 1, 0]).float().mean().item()
+    assert both_groups == pytest.approx(0.05, abs=3e-3)  # groups independent of each other
+    values = x[x > 0]
+    assert values.mean().item() == pytest.approx(0.5, abs=3e-3)
+    assert (values < 0.25).float().mean().item() == pytest.approx(0.25, abs=3e-3)
+    pair = x[0].reshape(-1, 3, 2)[:, 0][on[0, :, 0, 0]]
+    assert abs(torch.corrcoef(pair.T)[0, 1].item()) < 0.01  # the values themselves are independent
+    assert torch.equal(x, sp.generate_correlated_batch(200_000, p, 2, torch.Generator().manual_seed(0)))
+
+
+def test_anticorrelated_groups_have_one_feature_at_most():
+    p = torch.tensor([[0.9, 0.3], [0.6, 1.0]])
+    x = sp.generate_anticorrelated_batch(300_000, p, 3, torch.Generator().manual_seed(0))
+    assert x.shape == (2, 300_000, 6) and x.min() >= 0 and x.max() < 1
+    per_group = (x > 0).reshape(2, 300_000, 2, 3)
+    assert per_group.sum(-1).max() == 1
+    assert torch.allclose(per_group.any(-1).float().mean(1), p, atol=3e-3)
+    assert torch.allclose(per_group.float().mean(1), (p / 3)[..., None].expand(2, 2, 3), atol=3e-3)
+    values = x[x > 0]
+    assert values.mean().item() == pytest.approx(0.5, abs=3e-3)
+    assert (values < 0.25).float().mean().item() == pytest.approx(0.25, abs=3e-3)
+    both_groups = (per_group[0, :, 0].any(-1) & per_group[0, :, 1].any(-1)).float().mean().item()
+    assert both_groups == pytest.approx(0.27, abs=3e-3)
+
+
+def test_group_generators_reject_bad_input():
+    with pytest.raises(ValueError):
+        sp.generate_anticorrelated_batch(10, torch.tensor([0.5, 0.5]), 2)  # not [inst, groups]
+    with pytest.raises(ValueError):
+        sp.generate_correlated_batch(10, torch.tensor([[0.5]]), 0)
+    with pytest.raises(ValueError):
+        sp.generate_anticorrelated_batch(10, torch.tensor([[1.5]]), 2)
+    with pytest.raises(ValueError):
+        sp.correlation_experiment(group_size=2, feature_probability=(0.6,))
+
+
+def test_train_data_argument_defaults_to_the_independent_features():
+    cfg = sp.ToyConfig(5, 2, 2)
+    runs = []
+    probability = torch.full((2, 5), 0.2)
+    for data in (None, "default", lambda b, g: sp.generate_batch(b, probability, g)):
+        model = sp.ToyModel(cfg, 0.2, 1.0, seed=0)
+        if data == "default":
+            history = sp.train(model, steps=150, batch_size=64)
+        else:
+            history = sp.train(model, steps=150, batch_size=64, data=data)
+        runs.append((model.W.detach().clone(), history))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert torch.equal(runs[0][0], runs[2][0])  # the same data handed in through ``data``
+
+
+
+def test_group_geometry_on_known_configurations():
+    # groups (0, 1), (2, 3): feature 1 antipodal to 0, 3 orthogonal to 2 and aligned with 0
+    W = columns([1, 0], [-1, 0], [0, 1], [1, 0])
+    r = sp.group_geometry(W, 2)
+    assert r["within_pairs"] == 2 and r["across_pairs"] == 4 and r["represented"] == 4
+    assert r["within_cos"] == pytest.approx(-0.5) and r["within_abs_cos"] == pytest.approx(0.5)
+    assert r["within_antipodal"] == 0.5 and r["within_orthogonal"] == 0.5 and r["within_aligned"] == 0
+    # across: (0,2) 0, (0,3) +1, (1,2) 0, (1,3) -1
+    assert r["across_cos"] == pytest.approx(0) and r["across_abs_cos"] == pytest.approx(0.5)
+    assert r["across_antipodal"] == 0.25 and r["across_aligned"] == 0.25 and r["across_orthogonal"] == 0.5
+    dropped = columns([1, 0], [0.1, 0], [0, 1], [0, -1])  # feature 1 not represented: its pair does not count
+    r = sp.group_geometry(dropped, 2)
+    assert r["within_pairs"] == 1 and r["within_antipodal"] == 1 and r["represented"] == 3
+    with pytest.raises(ValueError):
+        sp.group_geometry(W, 3)
+
+
+def test_anticorrelated_features_pair_up_and_correlated_ones_do_not():
+    """The chapter's correlation experiment, shrunk: the claims its text makes, at the denser level
+    (anti-correlated pairs antipodal, correlated pairs collapsed onto one direction) and the
+    sparser one (correlated pairs orthogonal)."""
+    models, p = sp.correlation_experiment(n_per_level=8, steps=3000)
+    sparse, dense = p == 0.05, p == 0.4
+    anti = sp.group_geometry(models["anti-correlated"].W[dense], 2)
+    indep = sp.group_geometry(models["independent"].W[dense], 2)
+    corr_dense = sp.group_geometry(models["correlated"].W[dense], 2)
+    corr_sparse = sp.group_geometry(models["correlated"].W[sparse], 2)
+    assert anti["within_antipodal"] >= 0.7 and anti["within_antipodal"] > indep["within_antipodal"] + 0.4
+    assert corr_dense["within_aligned"] >= 0.7
+    assert corr_sparse["within_antipodal"] == 0 and corr_sparse["within_orthogonal"] >= 0.8

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 import torch
@@ -135,6 +135,68 @@ def generate_batch_two_draws(
     shape = (p.shape[0], batch_size, p.shape[1])
     present = torch.rand(shape, generator=generator) < p[:, None, :]
     return torch.rand(shape, generator=generator) * present
+
+
+def _group_probability(group_probability: Tensor, group_size: int) -> Tensor:
+    p = torch.as_tensor(group_probability, dtype=torch.float32)
+    if p.ndim != 2:
+        raise ValueError(f"group_probability must be [n_instances, n_groups], got shape {tuple(p.shape)}")
+    if int(group_size) != group_size or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size}")
+    _check_probability(p)
+    return p
+
+
+def generate_correlated_batch(
+    batch_size: int,
+    group_probability: Float[Tensor, "inst group"],
+    group_size: int,
+    generator: Optional[torch.Generator] = None,
+) -> Float[Tensor, "inst batch feat"]:
+    """Correlated feature groups: the features of a group are present or absent TOGETHER.
+
+    Group k is the block of features k * group_size ... (k + 1) * group_size - 1 (so n_features =
+    n_groups * group_size). Independently for every (instance, row, group), the group is active
+    with probability p = group_probability[inst, k]; when it is, every one of its features takes
+    its own value uniform on [0, 1). Each feature is on with probability p, like generate_batch's,
+    but never without the rest of its group.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    p = _group_probability(group_probability, group_size)
+    inst, groups = p.shape
+    active = torch.rand(inst, batch_size, groups, 1, generator=generator) < p[:, None, :, None]
+    values = torch.rand(inst, batch_size, groups, group_size, generator=generator)
+    return (values * active).reshape(inst, batch_size, groups * group_size)
+
+
+def generate_anticorrelated_batch(
+    batch_size: int,
+    group_probability: Float[Tensor, "inst group"],
+    group_size: int,
+    generator: Optional[torch.Generator] = None,
+) -> Float[Tensor, "inst batch feat"]:
+    """Anti-correlated feature groups: at most ONE feature of a group is present at a time.
+
+    Group k is the block of features k * group_size ... (k + 1) * group_size - 1. Independently for
+    every (instance, row, group), the group is active with probability p = group_probability[inst, k];
+    when it is, one of its features, chosen uniformly, takes a value uniform on [0, 1) and the
+    others stay 0. Each feature is therefore on with probability p / group_size.
+
+    The chapter's exercise; the recipe here: one draw for activity, one for the choice, one for
+    the value (any recipe with these statistics is correct).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    p = _group_probability(group_probability, group_size)
+    inst, groups = p.shape
+    shape = (inst, batch_size, groups)
+    active = torch.rand(shape, generator=generator) < p[:, None, :]
+    chosen = torch.randint(0, group_size, shape, generator=generator)
+    values = torch.rand(shape, generator=generator) * active
+    x = torch.zeros(inst, batch_size, groups, group_size)
+    x.scatter_(-1, chosen[..., None], values[..., None])
+    return x.reshape(inst, batch_size, groups * group_size)
 
 
 # =========================================================================== model
@@ -291,12 +353,17 @@ def train(
     seed: int = 0,
     log_every: int = 100,
     progress: bool = False,
+    data: Optional[Callable[[int, torch.Generator], Tensor]] = None,
 ) -> Float[Tensor, "n_logs inst"]:
     """Adam on the importance-weighted loss with fresh data every step; returns the per-instance
     loss at step 0, every ``log_every`` steps and at the last step.
 
     Deterministic for a given seed and torch thread count. The standard model uses the
     hand-written gradients of ``loss_and_grads``; the ReLU-hidden model uses autograd.
+
+    ``data(batch_size, generator) -> x [inst, batch, feat]`` replaces the independent features of
+    ``model.feature_probability`` (e.g. ``generate_correlated_batch`` with fixed groups); None,
+    the default, is generate_batch's data.
     """
     if steps < 1 or batch_size < 1 or not lr > 0 or log_every < 1:
         raise ValueError(f"need steps, batch_size, log_every >= 1 and lr > 0; got steps={steps}, "
@@ -315,7 +382,7 @@ def train(
         bar = tqdm(total=steps, desc=f"train {model.cfg.n_instances} instances", leave=False)
     for step in range(steps):
         log = step % log_every == 0 or step == steps - 1
-        x = _sample(batch_size, inv_p, s_over_p, g)
+        x = _sample(batch_size, inv_p, s_over_p, g) if data is None else data(batch_size, g)
         if model.cfg.relu_hidden:
             with torch.enable_grad():
                 loss = per_instance_loss(model(x), x, model.importance)
@@ -440,6 +507,41 @@ def alone_and_shared(W: Float[Tensor, "d_hidden feat"], threshold: float = REPRE
     return alone, shared
 
 
+def group_geometry(W: Float[Tensor, "inst d_hidden feat"], group_size: int,
+                   threshold: float = REPRESENTED_NORM) -> dict[str, float]:
+    """How features of the same group sit relative to each other, pooled over all instances of W.
+
+    Features come in contiguous groups of ``group_size`` (feature i is in group i // group_size).
+    Over every pair of REPRESENTED features (||W_i|| > threshold) of one instance, split into
+    within-group and across-group pairs: the mean signed and absolute cosine of their directions,
+    and the fractions that are antipodal (cos < -0.9), aligned (cos > 0.9) or orthogonal
+    (|cos| < 0.1). Also the pair counts and the number of represented features per instance.
+    """
+    W = _check_W(W)
+    if W.ndim == 2:
+        W = W[None]
+    n = W.shape[-1]
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"n_features = {n} is not a multiple of group_size = {group_size}")
+    cos = cosine_similarities(W)
+    represented = feature_norms(W) > threshold
+    group = torch.arange(n) // group_size
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    both = represented[:, :, None] & represented[:, None, :] & off_diagonal
+    result: dict[str, float] = {"represented": float(represented.sum(-1).float().mean())}
+    for where, mask in (("within", group[:, None] == group[None]), ("across", group[:, None] != group[None])):
+        pairs = both & mask
+        c = cos[pairs]
+        count = max(int(pairs.sum()), 1)
+        result[f"{where}_pairs"] = float(pairs.sum()) / 2  # each pair appears twice, (i, j) and (j, i)
+        result[f"{where}_cos"] = float(c.sum()) / count
+        result[f"{where}_abs_cos"] = float(c.abs().sum()) / count
+        result[f"{where}_antipodal"] = float((c < -0.9).sum()) / count
+        result[f"{where}_aligned"] = float((c > 0.9).sum()) / count
+        result[f"{where}_orthogonal"] = float((c.abs() < 0.1).sum()) / count
+    return result
+
+
 # =========================================================================== experiments
 
 
@@ -538,6 +640,51 @@ def privileged_basis_experiment(
         models[name] = ToyModel(cfg, p, imp, seed=seed)
         train(models[name], steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     return models
+
+
+CORRELATION_CASES = ("independent", "correlated", "anti-correlated")
+
+
+def correlation_experiment(
+    n_groups: int = 2,
+    group_size: int = 2,
+    d_hidden: int = 2,
+    feature_probability: Sequence[float] = (0.05, 0.4),
+    n_per_level: int = 8,
+    steps: int = 3000,
+    batch_size: int = 1024,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> tuple[dict[str, ToyModel], Tensor]:
+    """The same stack of toy models trained on independent, correlated and anti-correlated features.
+
+    n = n_groups * group_size features of equal importance in ``d_hidden`` dimensions; groups are
+    contiguous blocks of features. ``n_per_level`` instances per entry of ``feature_probability``,
+    which is every feature's own probability of being on, the same in all three cases: independent
+    features (generate_batch), correlated groups active with that probability
+    (generate_correlated_batch), and anti-correlated groups active with group_size times it
+    (generate_anticorrelated_batch, whose features are each on with probability p / group_size).
+    All three start from the same weights (``seed``) and see data from the same seed. Returns the
+    models by case and the per-feature probability of every instance [inst].
+    """
+    levels = torch.tensor(list(feature_probability), dtype=torch.float32)
+    if (levels * group_size > 1).any() or (levels <= 0).any():
+        raise ValueError("need 0 < feature_probability <= 1 / group_size, so that the anti-correlated groups "
+                         "(active with probability group_size * p) keep the same per-feature probability")
+    p = levels.repeat_interleave(n_per_level)  # [inst]
+    n, k = n_groups * group_size, len(p)
+    cfg = ToyConfig(n, d_hidden, k)
+    group_p = p[:, None].expand(k, n_groups).contiguous()
+    data = {
+        "independent": None,
+        "correlated": lambda b, g: generate_correlated_batch(b, group_p, group_size, g),
+        "anti-correlated": lambda b, g: generate_anticorrelated_batch(b, group_p * group_size, group_size, g),
+    }
+    models = {}
+    for case in CORRELATION_CASES:
+        models[case] = ToyModel(cfg, p[:, None], 1.0, seed=seed)
+        train(models[case], steps=steps, batch_size=batch_size, lr=lr, seed=seed, data=data[case])
+    return models, p
 
 
 def almost_orthogonal_count(d: int, eps: float, n_candidates: int = 20_000, seed: int = 0,
