@@ -16,6 +16,26 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # --------------------------------------------------------------------------- correct alternatives
 
 
+def recovery_einsum(true_directions, W_enc, W_dec):
+    t = true_directions / torch.linalg.vector_norm(true_directions, dim=0)
+    d = W_dec / torch.linalg.vector_norm(W_dec, dim=0)
+    return torch.einsum("di,dj->ij", t, d).amax(dim=-1)
+
+
+def recovery_cosine_similarity(true_directions, W_enc, W_dec):
+    """F.cosine_similarity on every (true, SAE) pair by broadcasting, in float64."""
+    cos = F.cosine_similarity(true_directions.double().T[:, None, :], W_dec.double().T[None, :, :], dim=-1)
+    return cos.max(dim=1).values
+
+
+def recovery_loops(true_directions, W_enc, W_dec):
+    best = []
+    for i in range(true_directions.shape[1]):
+        t = true_directions[:, i] / true_directions[:, i].norm()
+        best.append(max(float(t @ W_dec[:, j] / W_dec[:, j].norm()) for j in range(W_dec.shape[1])))
+    return torch.tensor(best)
+
+
 def forward_einsum(x, W_enc, b_enc, W_dec, b_dec):
     f = torch.relu(torch.einsum("sd,bd->bs", W_enc, x - b_dec) + b_enc)
     return f, torch.einsum("ds,bs->bd", W_dec, f) + b_dec
@@ -163,6 +183,8 @@ def topk_loops(z, k):
 
 
 CORRECT = [
+    (check.feature_recovery, [ref.feature_recovery, recovery_einsum, recovery_cosine_similarity, recovery_loops],
+     "feature_recovery"),
     (check.sae_forward, [ref.sae_forward, forward_einsum, forward_folded_bias, forward_float64_list], "sae_forward"),
     (check.sae_loss, [ref.sae_loss, loss_norms, loss_mse_sum, loss_decoder_weighted], "sae_loss"),
     (check.normalize_decoder, [ref.normalize_decoder, normalize_functional, normalize_linalg], "normalize_decoder"),
@@ -178,7 +200,7 @@ CORRECT = [
      "resample_dead_features"),
     (check.topk_activation, [topk_relu, topk_relu_first, topk_threshold, topk_loops], "topk_activation"),
 ]
-EXERCISE_OF = {check.sae_forward: check.SAE_FORWARD, check.sae_loss: check.SAE_LOSS,
+EXERCISE_OF = {check.feature_recovery: check.FEATURE_RECOVERY, check.sae_forward: check.SAE_FORWARD, check.sae_loss: check.SAE_LOSS,
                check.normalize_decoder: check.NORMALIZE_DECODER, check.remove_parallel_grad: check.REMOVE_PARALLEL_GRAD,
                check.geometric_median: check.GEOMETRIC_MEDIAN, check.l0: check.L0,
                check.fraction_variance_explained: check.FVE, check.ce_loss_recovered: check.CE_RECOVERED,
@@ -202,7 +224,7 @@ def test_correct_implementations_pass(check_fn, fn, name, capsys):
 
 # --------------------------------------------------------------------------- catalogued mistakes
 
-DIRECT = [check.sae_forward, check.sae_loss, check.normalize_decoder, check.remove_parallel_grad,
+DIRECT = [check.feature_recovery, check.sae_forward, check.sae_loss, check.normalize_decoder, check.remove_parallel_grad,
           check.geometric_median, check.l0, check.fraction_variance_explained, check.ce_loss_recovered,
           check.dead_dense_fractions, check.topk_activation]
 
@@ -308,6 +330,19 @@ def test_resampling_answer_shape_is_explained():
         check.resample_dead_features(lambda **kw: None)
     with pytest.raises(CheckFailure, match="your exp_avg_sq is not such a dict"):
         check.resample_dead_features(lambda **kw: ref.resample_dead_features(**kw)[:4] + ([1, 2, 3],))
+
+
+def test_recovery_real_case_is_the_chapters_toy_run():
+    """The check's real case: chapter 04's toy model and the SAE trained on its hidden layer, in which
+    every true feature is found (so a correct answer there is all cosines near 1)."""
+    inputs = check._real_recovery_inputs()
+    assert inputs["true_directions"].shape == (10, 40) and inputs["W_dec"].shape == (10, 80)
+    assert ref.feature_recovery(**inputs).min() > 0.9
+
+
+def test_recovery_wrong_axis_is_named_by_its_shape():
+    with pytest.raises(CheckFailure, match="one score per TRUE feature"):
+        check.feature_recovery(lambda true_directions, W_enc, W_dec: recovery_einsum(W_dec, W_enc, true_directions))
 
 
 def test_unconverged_median_is_explained():

@@ -780,3 +780,64 @@ def test_training_through_the_cpu_step_matches_autograd(architecture, monkeypatc
     for ours, reference in zip(*histories):
         for key in ("loss", "mse", "l0", "fve", "dead_fraction"):
             assert ours[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-6), (ours["step"], key)
+
+
+# --------------------------------------------------------------------------- AuxK (Gao et al. 2024)
+
+
+def test_auxk_off_is_the_old_step_bit_for_bit(monkeypatch):
+    """aux_k=None trains exactly as before; so does AuxK at aux_coeff=0 on the same (autograd) path:
+    the aux term adds exact zeros to the loss and to every gradient."""
+    monkeypatch.setattr("utils.sae.cpu_step.applies", lambda sae, device: False)
+    g = torch.Generator().manual_seed(0)
+    directions = torch.randn(40, 12, generator=g)
+    directions /= directions.norm(dim=1, keepdim=True)
+    runs = []
+    for aux in (dict(), dict(aux_k=8, aux_coeff=0.0, aux_dead_steps=5)):
+        cfg = SAEConfig(d_in=12, d_sae=64, architecture="topk", k=3, batch_size=128, training_tokens=128 * 60,
+                        buffer_size=1024, b_dec_init_samples=256, resample_inputs=256, device="cpu", log_every=10,
+                        **aux)
+        sae, log = train_sae(cfg, store=SyntheticStore(directions, p=0.05, batch_size=128), progress=False)
+        runs.append(([h["loss"] for h in log["history"]], {k: v.clone() for k, v in sae.state_dict().items()}))
+    assert runs[0][0] == runs[1][0]
+    for k in runs[0][1]:
+        assert torch.equal(runs[0][1][k], runs[1][1][k]), k
+
+
+def test_auxk_loss_reaches_only_the_dead_latents():
+    sae = random_sae(architecture="topk", k=2, aux_k=3, d_sae=10)
+    x = randn(16, 6, seed=5)
+    dead = torch.zeros(10, dtype=torch.bool)
+    dead[[1, 4, 7, 8]] = True
+    z = sae.pre_activations(x)
+    x_hat = sae.decode(sae.activation(z))
+    aux = sae.aux_loss(x, x_hat, z, dead)
+    assert aux.item() > 0
+    aux.backward()
+    live = ~dead
+    assert sae.W_enc.grad[dead].abs().sum() > 0 and sae.W_dec.grad[:, dead].abs().sum() > 0
+    assert torch.all(sae.W_enc.grad[live] == 0) and torch.all(sae.W_dec.grad[:, live] == 0)
+    assert torch.all(sae.b_enc.grad[live] == 0)
+    # by hand: the 3 largest dead pre-activations of each row, ReLU'd, decoded without b_dec, vs x - x_hat
+    with torch.no_grad():
+        z_dead = torch.where(dead, z, torch.tensor(float("-inf")))
+        f_aux = torch.zeros_like(z)
+        for row in range(len(x)):
+            for i in z_dead[row].topk(3).indices.tolist():
+                f_aux[row, i] = max(z[row, i].item(), 0.0)
+        expected = ((x - x_hat) - f_aux @ sae.W_dec.T).pow(2).sum() / len(x)
+    assert aux.item() == pytest.approx(expected.item(), rel=1e-5)
+    # in the forward pass: "loss" includes aux_coeff * aux; no dead latent, no aux loss
+    _, _, losses = sae(x, dead=dead)
+    assert losses["loss"].item() == pytest.approx((losses["mse"] + sae.cfg.aux_coeff * losses["aux"]).item(), rel=1e-6)
+    assert sae(x, dead=torch.zeros(10, dtype=torch.bool))[2]["aux"].item() == 0
+
+
+def test_auxk_config_is_validated():
+    with pytest.raises(ValueError, match="aux_k"):
+        tiny_cfg(architecture="l1", aux_k=4)
+    with pytest.raises(ValueError, match="aux_k"):
+        tiny_cfg(architecture="topk", k=2, aux_k=11)
+    with pytest.raises(ValueError, match="aux_coeff"):
+        tiny_cfg(architecture="topk", k=2, aux_k=4, aux_coeff=-1.0)
+    assert SAEConfig().aux_k is None and SAEConfig().aux_coeff == 1 / 32

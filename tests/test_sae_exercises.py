@@ -122,3 +122,25 @@ def test_resampling_matches_the_trainer_and_touches_only_dead_features():
         assert torch.allclose(out[2][:, i], direction / direction.norm(), atol=1e-6)
     live_norm = before["W_enc"][live].norm(dim=1).mean()
     assert torch.allclose(out[0][dead].norm(dim=1), torch.full((3,), 0.2 * live_norm.item()), atol=1e-6)
+
+
+def test_feature_recovery_is_the_best_signed_cosine_per_true_feature():
+    true = randn(5, 7, seed=11) * torch.linspace(0.5, 2.0, 7)
+    W_dec = randn(5, 12, seed=12) * torch.linspace(0.3, 3.0, 12)
+    W_dec[:, 3] = -true[:, 0]  # pointing away: not a match
+    best = ex.feature_recovery(true, randn(12, 5, seed=13), W_dec)
+    for i in range(7):
+        cosines = [float(true[:, i] @ W_dec[:, j] / (true[:, i].norm() * W_dec[:, j].norm())) for j in range(12)]
+        assert best[i].item() == pytest.approx(max(cosines), abs=1e-6)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))  # SAE features in any order, any length
+    assert torch.allclose(ex.feature_recovery(true, None, 4 * W_dec[:, perm]), best, atol=1e-6)
+    assert torch.allclose(ex.feature_recovery(true, None, true), torch.ones(7), atol=1e-6)
+
+
+def test_the_toy_sae_recovers_every_toy_feature():
+    from utils.sae.toy import bridge_run
+
+    run = bridge_run()
+    for name in ("resampled", "plain"):
+        best = ex.feature_recovery(run["true_directions"], run[name]["W_enc"], run[name]["W_dec"])
+        assert (best > 0.9).all() and best.min() > 0.99, name

@@ -27,7 +27,7 @@ from utils.sae.model import geometric_median as ref_geometric_median, topk_relu
 from utils.sae.resampling import ENCODER_NORM_SCALE
 
 CHAPTER = "05"
-EXERCISES = ["sae_forward", "sae_loss", "normalize_decoder", "remove_parallel_grad", "geometric_median",
+EXERCISES = ["feature_recovery", "sae_forward", "sae_loss", "normalize_decoder", "remove_parallel_grad", "geometric_median",
              "l0", "fraction_variance_explained", "ce_loss_recovered", "dead_dense_fractions",
              "resample_dead_features", "topk_activation",
              "l0_question", "shrinkage_question", "resampling_question"]
@@ -71,6 +71,109 @@ def _scalar(fn):
             return torch.tensor(float(out), dtype=torch.float64)
         return out
     return wrapper
+
+
+# =========================================================================== 0. recovering known features
+
+
+def _recovery_inputs(seed: int) -> dict:
+    """True directions and an SAE's weights in which every catalogued mistake shows.
+
+    Columns of both matrices have lengths far from 1 (so a forgotten normalisation changes the
+    answer); some decoder columns point almost exactly AWAY from a true feature while its best
+    same-way match is weaker (so an absolute value changes it); the encoder rows are the decoder's
+    directions plus strong noise (so reading them changes it).
+    """
+    g = _rng(seed)
+    n_true, d_in, d_sae = _sizes(g)
+    true = torch.randn(d_in, n_true, generator=g) * (0.4 + 1.6 * torch.rand(n_true, generator=g))
+    unit = _unit_columns(true)
+    W_dec = torch.randn(d_in, d_sae, generator=g)
+    n_close = n_true // 2
+    W_dec[:, :n_close] = unit[:, :n_close] + 0.25 * torch.randn(d_in, n_close, generator=g)  # found, same sign
+    n_flipped = 3
+    W_dec[:, n_close:n_close + n_flipped] = -unit[:, n_close:n_close + n_flipped] \
+        + 0.1 * torch.randn(d_in, n_flipped, generator=g)  # pointing away: not a match
+    W_dec = W_dec * (0.3 + 2.0 * torch.rand(d_sae, generator=g))
+    W_enc = W_dec.T + 0.8 * torch.randn(d_sae, d_in, generator=g) * W_dec.norm(dim=0)[:, None]
+    perm = torch.randperm(d_sae, generator=g)  # the SAE's features come in no particular order
+    return {"true_directions": true, "W_enc": W_enc[perm].contiguous(), "W_dec": W_dec[:, perm].contiguous()}
+
+
+def _real_recovery_inputs() -> dict:
+    """The chapter's toy model of superposition and the SAE it trains on its hidden layer."""
+    from utils.sae.toy import bridge_run
+
+    run = bridge_run()
+    return {"true_directions": run["true_directions"], "W_enc": run["resampled"]["W_enc"],
+            "W_dec": run["resampled"]["W_dec"]}
+
+
+def _cosines(A, B, dim=0):
+    return (A / A.norm(dim=dim, keepdim=True)).T @ (B / B.norm(dim=dim, keepdim=True))
+
+
+FEATURE_RECOVERY = Exercise(
+    chapter=CHAPTER,
+    name="feature_recovery",
+    reference=lambda true_directions, W_enc, W_dec: ref.feature_recovery(true_directions, W_enc, W_dec),
+    make_inputs=_recovery_inputs,
+    extra_inputs=(_real_recovery_inputs,),
+    misconceptions=(
+        Misconception(
+            "dot products, not cosines",
+            "Normalise both sets of directions before comparing them: the cosine is t_i . d_j / (||t_i|| ||d_j||). "
+            "Raw dot products grow with the lengths of the vectors, so a long column wins whatever its direction "
+            "(and the toy model's W columns are not unit length).",
+            lambda true_directions, W_enc, W_dec: (true_directions.T @ W_dec).max(1).values),
+        Misconception(
+            "true directions not normalised",
+            "Normalise the TRUE directions too: you divided by the decoder columns' norms only, so each score "
+            "is scaled by ||t_i|| and is not a cosine (the toy model's feature columns are not unit length).",
+            lambda true_directions, W_enc, W_dec: (true_directions.T @ _unit_columns(W_dec)).max(1).values),
+        Misconception(
+            "decoder not normalised",
+            "Normalise the decoder columns too: you divided by the true directions' norms only. A trained SAE "
+            "keeps its decoder columns at unit norm, but the function must not assume it.",
+            lambda true_directions, W_enc, W_dec: (_unit_columns(true_directions).T @ W_dec).max(1).values),
+        Misconception(
+            "best true feature per SAE feature",
+            "Take the max over the SAE's features (one score per TRUE feature, shape [n_true]): for each true "
+            "feature, is there an SAE feature that points its way? You took, for each SAE feature, its best true "
+            "feature, which says whether the SAE's features are real ones, not whether every real one was found.",
+            lambda true_directions, W_enc, W_dec: _cosines(true_directions, W_dec).max(0).values),
+        Misconception(
+            "absolute value",
+            "Do not take the absolute value of the cosine: an SAE feature's activation is never negative, so a "
+            "decoder column pointing AWAY from a true feature (cosine near -1) cannot write that feature. Take "
+            "the max of the signed cosines.",
+            lambda true_directions, W_enc, W_dec: _cosines(true_directions, W_dec).abs().max(1).values),
+        Misconception(
+            "encoder rows instead of decoder columns",
+            "Compare with the DECODER's columns W_dec[:, j], the directions the SAE writes its features along; "
+            "you used the encoder's rows W_enc[j], which say what each feature reads (they are tuned to ignore "
+            "interference, so they point elsewhere).",
+            lambda true_directions, W_enc, W_dec: _cosines(true_directions, W_enc.T).max(1).values),
+        Misconception(
+            "norms over the wrong axis",
+            "Feature directions are COLUMNS here (true_directions [d_in, n_true], W_dec [d_in, d_sae]): take "
+            "each column's norm, over dim=0. You normalised the rows (dim=-1 / dim=1), so the results are not "
+            "cosines.",
+            lambda true_directions, W_enc, W_dec: (
+                (true_directions / true_directions.norm(dim=1, keepdim=True)).T
+                @ (W_dec / W_dec.norm(dim=1, keepdim=True))).max(1).values),
+        Misconception(
+            "index of the best feature",
+            "Return the best cosine itself (.max(...).values), not the index of the SAE feature that achieves "
+            "it (.indices / argmax).",
+            lambda true_directions, W_enc, W_dec: _cosines(true_directions, W_dec).max(1).indices),
+    ),
+)
+
+
+def feature_recovery(fn, cases: Cases = None) -> None:
+    """Check ``fn(true_directions[d_in, n_true], W_enc, W_dec[d_in, d_sae]) -> [n_true]`` best cosines."""
+    run_check(FEATURE_RECOVERY, fn, cases)
 
 
 # =========================================================================== 1. the forward pass

@@ -64,6 +64,15 @@ class SAEConfig:
     resample_window: int = 100  # dead = did not fire in the last this-many steps
     resample_inputs: int = 16_384  # inputs whose loss decides where dead features are sent
 
+    # --- AuxK, the auxiliary loss of Gao et al. (2024) ("topk" only; off when aux_k is None)
+    # A latent is dead for AuxK once it has not fired for aux_dead_steps steps. The aux_k largest
+    # pre-activations AMONG THE DEAD latents reconstruct the main reconstruction's error
+    # e = x - x_hat (held fixed), and aux_coeff * ||e - e_hat||^2 is added to the loss (see
+    # SparseAutoencoder.aux_loss). Gao et al. use aux_k = d_in / 2 and aux_coeff = 1/32.
+    aux_k: Optional[int] = None
+    aux_coeff: float = 1 / 32
+    aux_dead_steps: int = 100
+
     # --- bookkeeping
     seed: int = 0
     device: str = "auto"  # "auto": cuda if available, else mps, else cpu
@@ -117,6 +126,13 @@ class SAEConfig:
         need(self.encoder_init_norm is None or (math.isfinite(self.encoder_init_norm) and self.encoder_init_norm > 0),
              f"encoder_init_norm must be None or > 0, got {self.encoder_init_norm!r}")
         need(self.k >= 1, f"k must be a positive integer, got {self.k}")
+        need(self.aux_k is None or (isinstance(self.aux_k, int) and 1 <= self.aux_k <= self.d_sae),
+             f"aux_k must be None or an integer in [1, d_sae={self.d_sae}], got {self.aux_k!r}")
+        need(self.aux_k is None or self.architecture == "topk",
+             f"aux_k (the AuxK loss) is for 'topk' SAEs, not {self.architecture!r}")
+        need(math.isfinite(self.aux_coeff) and self.aux_coeff >= 0, f"aux_coeff must be finite and >= 0, got {self.aux_coeff!r}")
+        need(isinstance(self.aux_dead_steps, int) and self.aux_dead_steps >= 1,
+             f"aux_dead_steps must be a positive integer, got {self.aux_dead_steps!r}")
         need(self.architecture != "topk" or self.k <= self.d_sae, f"k must not exceed d_sae={self.d_sae}, got {self.k}")
         for name in ("jumprelu_bandwidth", "jumprelu_init_threshold", "lr"):
             value = getattr(self, name)

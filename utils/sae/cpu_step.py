@@ -44,8 +44,10 @@ class StepResult(NamedTuple):
 
 
 def applies(sae, device: torch.device) -> bool:
-    """Whether this step replaces autograd's in training: an L1 or TopK SAE, on the CPU."""
-    return sae.cfg.architecture in ("l1", "topk") and torch.device(device).type == "cpu"
+    """Whether this step replaces autograd's in training: an L1 or TopK SAE without AuxK, on the CPU
+    (the AuxK loss is left to autograd)."""
+    return (sae.cfg.architecture in ("l1", "topk") and getattr(sae.cfg, "aux_k", None) is None
+            and torch.device(device).type == "cpu")
 
 
 def _set_grad(param: Tensor, grad: Tensor) -> None:

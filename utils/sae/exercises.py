@@ -114,3 +114,22 @@ def resample_dead_features(
         state["W_dec"][:, dead] = 0.0
         moments.append(state)
     return W_enc, b_enc, W_dec, moments[0], moments[1]
+
+
+def feature_recovery(
+    true_directions: Float[Tensor, "d_in n_true"],
+    W_enc: Float[Tensor, "d_sae d_in"],
+    W_dec: Float[Tensor, "d_in d_sae"],
+) -> Float[Tensor, "n_true"]:
+    """For each TRUE feature (column i of ``true_directions``), the best cosine similarity between
+    its direction and any SAE feature direction (a column of ``W_dec``).
+
+    cos(t_i, d_j) = t_i . d_j / (||t_i|| ||d_j||), then the max over j (the SAE's features) for
+    every i. Signed, no absolute value: an SAE feature's activation is never negative, so a decoder
+    column pointing at -t_i cannot write feature i. ``W_enc`` is not needed (the decoder says where
+    a feature WRITES; it is in the signature so that reading the encoder can be recognised as a
+    mistake). Neither matrix is assumed to have unit-norm columns.
+    """
+    true_unit = true_directions / true_directions.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    dec_unit = W_dec / W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    return (true_unit.T @ dec_unit).max(dim=1).values

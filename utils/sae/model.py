@@ -214,10 +214,41 @@ class SparseAutoencoder(nn.Module):
             raise ValueError(f"this SAE has {self.d_sae} features (d_sae), got f of shape {tuple(f.shape)}")
         return F.linear(f, self.W_dec, self.b_dec)  # f @ W_dec.T + b_dec, bias added inside the matmul
 
+    def aux_loss(
+        self, x: Float[Tensor, "batch d_in"], x_hat: Float[Tensor, "batch d_in"], z: Float[Tensor, "batch d_sae"],
+        dead: Tensor,
+    ) -> Float[Tensor, ""]:
+        """AuxK (Gao et al. 2024): how well the DEAD latents alone reconstruct the residual error.
+
+            e     = x - x̂                          the main reconstruction's error, held fixed (detached)
+            f_aux = ReLU(TopK_{k_aux}(z restricted to the dead latents))     (zeros elsewhere)
+            ê     = W_dec f_aux                     (no b_dec: e is a difference of activations)
+            L_aux = ||e - ê||²                      (summed over d_in, mean over the batch, like "mse")
+
+        with k_aux = min(cfg.aux_k, number of dead latents). The gradient of L_aux reaches the dead
+        latents' encoder rows, encoder biases and decoder columns only (and b_dec through the
+        pre-activations): it pulls them towards what the live latents fail to reconstruct. 0 when
+        no latent is dead. ``dead``: a [d_sae] boolean mask.
+        """
+        dead = dead.to(z.device).bool()
+        n_dead = int(dead.sum())
+        if n_dead == 0 or self.cfg.aux_k is None:
+            return torch.zeros((), device=x.device, dtype=x.dtype)
+        k = min(self.cfg.aux_k, n_dead)
+        values, indices = z.masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
+        f_aux = torch.zeros_like(z).scatter(-1, indices, values.relu())
+        e = (x - x_hat).detach()
+        n = x.reshape(-1, self.d_in).shape[0]
+        return (e - F.linear(f_aux, self.W_dec)).pow(2).sum() / n
+
     def forward(
-        self, x: Float[Tensor, "batch d_in"], sparsity_coeff: Optional[float] = None,
+        self, x: Float[Tensor, "batch d_in"], sparsity_coeff: Optional[float] = None, dead: Optional[Tensor] = None,
     ) -> tuple[Float[Tensor, "batch d_in"], Float[Tensor, "batch d_sae"], dict[str, Tensor]]:
-        """(x_hat, f, {"loss", "mse", "sparsity"}); ``sparsity_coeff`` overrides λ (for its warm-up)."""
+        """(x_hat, f, {"loss", "mse", "sparsity"}); ``sparsity_coeff`` overrides λ (for its warm-up).
+
+        With AuxK on (``cfg.aux_k`` set) the dict also holds "aux", ``aux_loss`` for the [d_sae]
+        mask ``dead`` (0 when ``dead`` is None), and "loss" includes ``cfg.aux_coeff`` times it.
+        """
         arch = self.cfg.architecture
         z = self.pre_activations(x)
         f = self.activation(z)
@@ -231,7 +262,13 @@ class SparseAutoencoder(nn.Module):
         else:
             sparsity = torch.zeros((), device=x.device, dtype=x.dtype)
         coeff = self.cfg.sparsity_coeff if sparsity_coeff is None else sparsity_coeff
-        return x_hat, f, {"loss": mse + coeff * sparsity, "mse": mse, "sparsity": sparsity}
+        losses = {"loss": mse + coeff * sparsity, "mse": mse, "sparsity": sparsity}
+        if self.cfg.aux_k is not None:
+            aux = self.aux_loss(x, x_hat, z, dead) if dead is not None else torch.zeros((), device=x.device,
+                                                                                         dtype=x.dtype)
+            losses["aux"] = aux
+            losses["loss"] = losses["loss"] + self.cfg.aux_coeff * aux
+        return x_hat, f, losses
 
     # ------------------------------------------------------------------ constraints on W_dec
     @torch.no_grad()

@@ -10,7 +10,8 @@ One step, as in Bricken et al. (2023):
     Adam step at lr_t                                            (linear warm-up, optional linear decay)
     renormalise decoder columns to unit norm
 
-and at the configured steps, features that did not fire during the last ``resample_window`` steps
+(a TopK SAE with ``aux_k`` set adds the AuxK loss of the latents that have not fired for
+``aux_dead_steps`` steps, ``SparseAutoencoder.aux_loss``), and at the configured steps, features that did not fire during the last ``resample_window`` steps
 are resampled (``utils.sae.resampling``). Everything per step is whole-tensor work; statistics are
 accumulated on the device and read back (``.item()``, a GPU sync) once per logged interval.
 
@@ -123,6 +124,12 @@ def train_sae(cfg: SAEConfig, model=None, store=None, progress: bool = True) -> 
 
         if use_cpu_step:  # the same gradients as below, by hand (see utils.sae.cpu_step)
             losses, n_active, fired = cpu_step.step_gradients_(sae, x, coeff, workspace)
+        elif cfg.aux_k is not None:  # AuxK: the latents silent for aux_dead_steps reconstruct the error
+            x_hat, f, losses = sae(x, sparsity_coeff=coeff, dead=steps_since_fired >= cfg.aux_dead_steps)
+            losses["loss"].backward()
+            with torch.no_grad():
+                active = f != 0
+                n_active, fired = active.sum(), active.any(0)
         else:
             x_hat, f, losses = sae(x, sparsity_coeff=coeff)
             losses["loss"].backward()
