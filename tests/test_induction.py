@@ -83,6 +83,17 @@ def test_held_out_icl_score_is_late_minus_early_by_token_position():
     assert abs(out["val_loss"] - mean_loss(1, 127).item()) < 1e-3
 
 
+def test_held_out_losses_of_a_short_context_model_have_no_icl_score():
+    """Token 127 does not exist in a 32-token context: no score, rather than one from other positions."""
+    from utils.induction import held_out_losses
+
+    torch.manual_seed(0)
+    model = HookedTinyTransformer(ModelConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_vocab=4096, n_ctx=32))
+    out = held_out_losses(model, n_seqs=4)
+    assert out["icl_score"] is None and out["loss_early"] is None and out["loss_late"] is None
+    assert out["val_loss"] > 0
+
+
 def test_gate_failures_name_each_unmet_condition():
     from utils.induction import gate_failures
 

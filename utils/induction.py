@@ -78,16 +78,22 @@ def chunk_means(values: torch.Tensor, size: int = 10) -> list[float]:
 @torch.no_grad()
 def held_out_losses(model: HookedTinyTransformer, n_seqs: int = 256, batch_size: int = 64) -> dict:
     """Held-out text loss, and the in-context-learning score: mean loss of tokens at positions
-    100-127 minus mean loss at positions 5-15 (more negative = more in-context learning)."""
+    100-127 minus mean loss at positions 5-15 (more negative = more in-context learning).
+
+    A model whose context is shorter than 128 tokens has no token 127: its score and the two
+    window losses are None rather than a number measured on other positions.
+    """
     from utils.data.dataset import analysis_tokens
 
     data = analysis_tokens(seq_len=model.cfg.n_ctx, n_seqs=n_seqs)
     losses = torch.cat([lm_cross_entropy(model(data[i:i + batch_size]), data[i:i + batch_size], per_token=True)
                         for i in range(0, len(data), batch_size)])
-    late = losses[:, ICL_LATE[0] - 1:ICL_LATE[1]].mean().item()  # column t - 1 is token t's loss
-    early = losses[:, ICL_EARLY[0] - 1:ICL_EARLY[1]].mean().item()
-    return {"val_loss": round(losses.mean().item(), 4), "icl_score": round(in_context_learning_score(losses), 4),
-            "loss_early": round(early, 4), "loss_late": round(late, 4)}
+    out = {"val_loss": round(losses.mean().item(), 4), "icl_score": None, "loss_early": None, "loss_late": None}
+    if losses.shape[1] >= ICL_LATE[1]:  # column t - 1 is token t's loss
+        out["icl_score"] = round(in_context_learning_score(losses), 4)
+        out["loss_early"] = round(losses[:, ICL_EARLY[0] - 1:ICL_EARLY[1]].mean().item(), 4)
+        out["loss_late"] = round(losses[:, ICL_LATE[0] - 1:ICL_LATE[1]].mean().item(), 4)
+    return out
 
 
 def trajectory_point(model: HookedTinyTransformer) -> dict:
