@@ -319,7 +319,7 @@ def test_real_model_case_is_the_models_own_activations():
     """The extra case's expected output IS what the bundled model computes."""
     from utils.models import load_model
 
-    model = check._model()
+    model = check.attn_only_1l()
     assert isinstance(model, type(load_model("attn-only-1l", device="cpu")))
     data = check._real_head(0)
     expected = check.ATTENTION_PATTERN.reference(**check.ATTENTION_PATTERN.extra_inputs[0]())
@@ -364,16 +364,16 @@ def test_difference_descriptions_name_scales_transposes_and_relative_errors():
     e = torch.randn(2, 5, 5, dtype=torch.float64)
     inputs = {"x": torch.zeros(2, 7, 32), "n_heads": 4}
     assert "times 0.176777 everywhere (= 1/sqrt(32), a size of the inputs): a wrong scale factor" in \
-        core._describe_difference(e / 32 ** 0.5, e, inputs)
-    assert "(= 4, a size" in core._describe_difference(e * 4, e, inputs)
-    assert "times -1 everywhere: a wrong sign" in core._describe_difference(-e, e, inputs)
-    assert "transpose of the expected one" in core._describe_difference(e.transpose(-1, -2), e)
-    assert "last two axes swapped" in core._describe_difference(torch.zeros(2, 3, 4), torch.zeros(2, 4, 3))
-    assert "times" not in core._describe_difference(e + 1, e)  # an offset is not a scale
-    assert core._describe_difference(293.31, 293.27) == "Got 293.31, expected 293.27 (relative error 0.00014)."
-    hidden = core._describe_difference(e + 0.5, e, withhold=True)  # a hidden case quotes no expected value
+        core.describe_difference(e / 32 ** 0.5, e, inputs)
+    assert "(= 4, a size" in core.describe_difference(e * 4, e, inputs)
+    assert "times -1 everywhere: a wrong sign" in core.describe_difference(-e, e, inputs)
+    assert "transpose of the expected one" in core.describe_difference(e.transpose(-1, -2), e)
+    assert "last two axes swapped" in core.describe_difference(torch.zeros(2, 3, 4), torch.zeros(2, 4, 3))
+    assert "times" not in core.describe_difference(e + 1, e)  # an offset is not a scale
+    assert core.describe_difference(293.31, 293.27) == "Got 293.31, expected 293.27 (relative error 0.00014)."
+    hidden = core.describe_difference(e + 0.5, e, withhold=True)  # a hidden case quotes no expected value
     assert "max abs error 0.5" in hidden and "expected " not in hidden.replace("expected one", "")
-    assert core._describe_difference([1, 2], [1, 3], withhold=True).endswith("differs from the expected one.")
+    assert core.describe_difference([1, 2], [1, 3], withhold=True).endswith("differs from the expected one.")
     with pytest.raises(CheckFailure, match="NaN or inf"):
         check.attention_pattern(lambda **kw: at.attention_pattern(**kw) * float("nan"))
     with pytest.raises(CheckFailure, match="shape"):

@@ -325,7 +325,7 @@ def test_real_model_cases_are_used_by_default():
 
 
 def test_real_model_cases_are_the_models_own_pieces():
-    model = check._model()
+    model = check.attn_only_1l()
     acts = check.OV_FROM_ACTIVATIONS.extra_inputs[0]()
     tokens = __import__("utils.data", fromlist=["analysis_tokens"]).analysis_tokens(seq_len=12, n_seqs=2)
     torch.testing.assert_close(acts["embed"], model.W_E[tokens].detach())

@@ -443,7 +443,7 @@ def test_real_model_cases_are_used_by_default():
 
 
 def test_real_model_cases_are_the_models_own_pieces():
-    model = check._model()
+    model = check.attn_only_1l()
     eig = check.COPYING_SCORE.extra_inputs[0]()["eigenvalues"]
     assert eig.shape == (model.cfg.n_heads, model.cfg.d_head)
     assert (cp.copying_score(eig) > 0.5).all()  # attn-only-1l's heads copy

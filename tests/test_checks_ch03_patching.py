@@ -526,7 +526,7 @@ def test_unknown_wrong_answers_report_the_difference():
 
 def test_inputs_are_copied_all_the_way_down():
     inputs = {"cache": {"a": torch.ones(2)}, "xs": [torch.ones(1), (torch.ones(1), 3)], "n": 3, "s": "x"}
-    copy = core._clone_inputs(inputs)
+    copy = core.clone_inputs(inputs)
     copy["cache"]["a"].zero_()
     copy["xs"][0].zero_()
     copy["xs"][1][0].zero_()

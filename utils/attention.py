@@ -33,9 +33,10 @@ from typing import Sequence
 import torch
 from jaxtyping import Float, Int
 
+from utils.tensors import MASKED, causal_mask, kron, require_equal, require_ndim
+
 # Fill value for masked scores. -inf gives exact zeros after the softmax; every query can see at
 # least itself, so no row is ever fully masked and no NaN appears.
-MASKED = float("-inf")
 # The kron form materialises a (pos * d_model)^2 matrix; refuse sizes that would eat the RAM.
 KRON_MAX_SIDE = 4096
 
@@ -43,34 +44,12 @@ KRON_MAX_SIDE = 4096
 # --------------------------------------------------------------------------- input checking
 
 
-def _require(tensor, name: str, ndim: int | Sequence[int]) -> torch.Tensor:
-    """Fail early, in words, on the usual slips (a numpy array, a missing batch axis)."""
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-    if tensor.ndim not in allowed:
-        raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions, "
-                         f"got shape {tuple(tensor.shape)}")
-    return tensor
 
 
-def kron(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """torch.kron on contiguous copies: some torch releases (2.13 among them) raise "view size is
-    not compatible" on transposed views."""
-    return torch.kron(a.contiguous(), b.contiguous())
 
 
-def _same(a: int, b: int, what: str) -> None:
-    if a != b:
-        raise ValueError(f"{what}: {a} != {b}")
 
 
-def causal_mask(n: int, device=None) -> torch.Tensor:
-    """[n, n] bool, True where query i may attend to key j (j <= i): the lower triangle, diagonal
-    included, since a position may read from itself."""
-    if n < 1:
-        raise ValueError(f"need at least one position, got {n}")
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
 # --------------------------------------------------------------------------- 1. one head
@@ -88,8 +67,8 @@ def attention_scores(
     The 1/sqrt(d_head) keeps the scores' spread independent of d_head: a dot product of d_head
     roughly independent terms grows like sqrt(d_head), which would saturate the softmax.
     """
-    _require(qk_input, "qk_input", 3)
-    _same(qk_input.shape[-1], W_Q.shape[0], "qk_input's last axis must match W_Q's d_model")
+    require_ndim(qk_input, "qk_input", 3)
+    require_equal(qk_input.shape[-1], W_Q.shape[0], "qk_input's last axis must match W_Q's d_model")
     q = qk_input @ W_Q + b_Q  # [batch, pos, d_head]
     k = qk_input @ W_K + b_K
     scores = torch.einsum("bqh,bkh->bqk", q, k) / math.sqrt(W_Q.shape[-1])
@@ -124,9 +103,9 @@ def head_output(
     output bias b_O is not part of any single head's result (TransformerLens adds it once, after
     summing the heads).
     """
-    _require(pattern, "pattern", 3)
-    _require(v_input, "v_input", 3)
-    _same(pattern.shape[-1], v_input.shape[1], "pattern's key axis must match v_input's positions")
+    require_ndim(pattern, "pattern", 3)
+    require_ndim(v_input, "v_input", 3)
+    require_equal(pattern.shape[-1], v_input.shape[1], "pattern's key axis must match v_input's positions")
     v = v_input @ W_V + b_V  # [batch, pos, d_head]
     z = torch.einsum("bqk,bkh->bqh", pattern, v)
     return z, z @ W_O
@@ -138,7 +117,7 @@ def head_output(
 def ov_matrix(W_V: Float[torch.Tensor, "... d_model d_head"],
               W_O: Float[torch.Tensor, "... d_head d_model"]) -> Float[torch.Tensor, "... d_model d_model"]:
     """W_OV = W_V @ W_O (row layout): the paper's W_O W_V, transposed. Rank at most d_head."""
-    _same(W_V.shape[-1], W_O.shape[-2], "W_V's d_head must match W_O's d_head")
+    require_equal(W_V.shape[-1], W_O.shape[-2], "W_V's d_head must match W_O's d_head")
     return W_V @ W_O
 
 
@@ -146,9 +125,9 @@ def tensor_head(A: Float[torch.Tensor, "*batch pos pos"], W_OV: Float[torch.Tens
                 x: Float[torch.Tensor, "*batch pos d_model"]) -> Float[torch.Tensor, "*batch pos d_model"]:
     """(A ⊗ W_OV) x without materialising the Kronecker product: mix positions with A, map each
     vector with W_OV. The two steps commute, which is why the tensor product factorises."""
-    _require(A, "A", (2, 3))
-    _require(x, "x", (2, 3))
-    _same(A.shape[-1], x.shape[-2], "A's key axis must match x's positions")
+    require_ndim(A, "A", (2, 3))
+    require_ndim(x, "x", (2, 3))
+    require_equal(A.shape[-1], x.shape[-2], "A's key axis must match x's positions")
     return torch.einsum("...ij,...jd->...id", A, x) @ W_OV
 
 
@@ -163,8 +142,8 @@ def tensor_head_einsum(
     No biases: this is the linear part of a head (the bias adds b_V W_O to every position,
     because each row of A sums to 1).
     """
-    _require(A, "A", 2)
-    _require(x, "x", 2)
+    require_ndim(A, "A", 2)
+    require_ndim(x, "x", 2)
     v = torch.einsum("jd,dh->jh", x, W_V)  # (Id ⊗ W_V): every position on its own
     r = torch.einsum("ij,jh->ih", A, v)  # (A ⊗ Id): mix positions, every d_head coordinate alike
     return torch.einsum("ih,hd->id", r, W_O)  # (Id ⊗ W_O): every position on its own
@@ -172,7 +151,7 @@ def tensor_head_einsum(
 
 def vec(x: Float[torch.Tensor, "pos d_model"]) -> Float[torch.Tensor, "pos_times_d_model"]:
     """Row-major flattening: vec(x)[j * d_model + b] = x[j, b] (position is the slow index)."""
-    return _require(x, "x", 2).reshape(-1)
+    return require_ndim(x, "x", 2).reshape(-1)
 
 
 def kron_head_factors(
@@ -188,7 +167,7 @@ def kron_head_factors(
     The position factor comes FIRST in every kron because vec() makes position the slow index.
     The transposes turn our row-layout weights into the column maps the kron acts with.
     """
-    _require(A, "A", 2)
+    require_ndim(A, "A", 2)
     pos, d_model = A.shape[0], W_V.shape[0]
     if pos * max(d_model, W_V.shape[1]) > KRON_MAX_SIDE:
         raise ValueError(f"the kron form builds ({pos} * {d_model})^2-entry matrices; keep pos * d_model "
@@ -201,7 +180,7 @@ def kron_head_factors(
 def kron_head_matrix(A: Float[torch.Tensor, "pos pos"],
                      W_OV: Float[torch.Tensor, "d_model d_model"]) -> torch.Tensor:
     """A ⊗ W_O W_V as one [pos*d_model, pos*d_model] matrix: block (i, j) is A[i, j] * W_OV.T."""
-    _require(A, "A", 2)
+    require_ndim(A, "A", 2)
     if A.shape[0] * W_OV.shape[0] > KRON_MAX_SIDE:
         raise ValueError(f"pos * d_model = {A.shape[0] * W_OV.shape[0]} > {KRON_MAX_SIDE}: too big to materialise")
     return kron(A, W_OV.T)
@@ -217,7 +196,7 @@ def tensor_head_kron(
 
     Only for tiny cases: the matrices have (pos * d_model)^2 entries.
     """
-    _require(x, "x", 2)
+    require_ndim(x, "x", 2)
     read, mix, write = kron_head_factors(A, W_V, W_O)
     return (write @ mix @ read @ vec(x)).reshape(x.shape)
 
@@ -240,9 +219,9 @@ def multihead_residual(
     multiply by W_O stacked to [head * d_head, d_model]). The b_V term is one constant vector
     per head because every row of A^h sums to 1. Equal to the model's ``hook_resid_post``.
     """
-    _require(x0, "x0", 3)
-    _require(A, "A", 4)
-    _same(A.shape[1], W_V.shape[0], "A's head axis must match W_V's")
+    require_ndim(x0, "x0", 3)
+    require_ndim(A, "A", 4)
+    require_equal(A.shape[1], W_V.shape[0], "A's head axis must match W_V's")
     mixed = torch.einsum("bhij,bjd->bhid", A, x0)  # (A^h ⊗ Id) x0, for every head
     heads = torch.einsum("bhid,hdk,hke->bie", mixed, W_V, W_O)  # then W_OV^h per head, summed
     bias = b_O + torch.einsum("hk,hkd->d", b_V, W_O)
@@ -279,11 +258,11 @@ def path_logits(
     holds only W_E[t] (positions enter the queries and keys alone), nothing is normalised, and
     once A is fixed everything else is linear.
     """
-    _require(tokens, "tokens", 2)
-    _require(A, "A", 4)
+    require_ndim(tokens, "tokens", 2)
+    require_ndim(A, "A", 4)
     if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
-    _same(A.shape[-1], tokens.shape[1], "A's key axis must match the number of positions")
+    require_equal(A.shape[-1], tokens.shape[1], "A's key axis must match the number of positions")
     batch, pos = tokens.shape
     x0 = W_E[tokens]  # (Id ⊗ W_E) t: one-hot times W_E is a row lookup
     direct = x0 @ W_U
@@ -370,7 +349,7 @@ def virtual_weight(W_O_1: Float[torch.Tensor, "d_head_1 d_model"],
     (The paper's W_V^2 W_O^1, transposed for row vectors.) Zero exactly when head 1 writes into a
     subspace head 2 does not read.
     """
-    _same(W_O_1.shape[-1], W_V_2.shape[-2], "W_O_1 and W_V_2 must share d_model")
+    require_equal(W_O_1.shape[-1], W_V_2.shape[-2], "W_O_1 and W_V_2 must share d_model")
     return W_O_1 @ W_V_2
 
 
@@ -400,8 +379,8 @@ def compose_heads(
     In the row layout W_OV = W_V @ W_O, the same map is ``W_OV_1 @ W_OV_2``: a row vector meets
     the first head's matrix first. Patterns compose as ``A_2 @ A_1`` in both layouts.
     """
-    _same(A_2.shape[-1], A_1.shape[-2], "the two patterns must cover the same positions")
-    _same(W_OV_1.shape[-1], W_OV_2.shape[-2], "the two OV matrices must share d_model")
+    require_equal(A_2.shape[-1], A_1.shape[-2], "the two patterns must cover the same positions")
+    require_equal(W_OV_1.shape[-1], W_OV_2.shape[-2], "the two OV matrices must share d_model")
     return A_2 @ A_1, W_OV_1 @ W_OV_2
 
 

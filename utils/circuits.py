@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from transformer_lens import FactoredMatrix
 
-from utils.attention import MASKED, _require, _same, causal_mask
+from utils.tensors import MASKED, causal_mask, is_factored, require_equal, require_ndim
 
 # Neutral-token candidates tried in order; a trigram that contains one uses the next.
 N_NEUTRAL_CANDIDATES = 4
@@ -45,15 +45,12 @@ N_NEUTRAL_CANDIDATES = 4
 CONFIRM_LOG_RATIO = math.log(2.0)
 
 
-def _is_factored(value) -> bool:
-    """FactoredMatrix of transformer-lens 3.x or 4.x (duck-typed: both keep .A and .B)."""
-    return hasattr(value, "A") and hasattr(value, "B") and not isinstance(value, torch.Tensor)
 
 
 def _check_mask(allowed, d_vocab: int) -> Optional[torch.Tensor]:
     if allowed is None:
         return None
-    _require(allowed, "allowed", 1)
+    require_ndim(allowed, "allowed", 1)
     if allowed.dtype != torch.bool or len(allowed) != d_vocab:
         raise ValueError(f"allowed must be a bool mask of length d_vocab={d_vocab}, "
                          f"got {allowed.dtype} of length {len(allowed)}")
@@ -77,11 +74,11 @@ def full_ov_circuit(
     shortformer positions the values read the token embedding alone, so no W_pos term appears.
     Factors: [*head, d_vocab, d_head] and [*head, d_head, d_vocab]; nothing vocab x vocab is built.
     """
-    _require(W_E, "W_E", 2)
-    _require(W_U, "W_U", 2)
-    _same(W_E.shape[-1], W_V.shape[-2], "W_E's d_model must match W_V's")
-    _same(W_V.shape[-1], W_O.shape[-2], "W_V's d_head must match W_O's")
-    _same(W_O.shape[-1], W_U.shape[0], "W_O's d_model must match W_U's")
+    require_ndim(W_E, "W_E", 2)
+    require_ndim(W_U, "W_U", 2)
+    require_equal(W_E.shape[-1], W_V.shape[-2], "W_E's d_model must match W_V's")
+    require_equal(W_V.shape[-1], W_O.shape[-2], "W_V's d_head must match W_O's")
+    require_equal(W_O.shape[-1], W_U.shape[0], "W_O's d_model must match W_U's")
     return FactoredMatrix(W_E @ W_V, W_O @ W_U)
 
 
@@ -95,9 +92,9 @@ def full_qk_circuit(
     Entry [h, d, s]: the token-token part of the attention score of a query (destination) token d
     on a key (source) token s, before the 1/sqrt(d_head) scale. Rows are queries, columns keys.
     """
-    _require(W_E, "W_E", 2)
-    _same(W_E.shape[-1], W_Q.shape[-2], "W_E's d_model must match W_Q's")
-    _same(W_Q.shape, W_K.shape, "W_Q and W_K must have the same shape")
+    require_ndim(W_E, "W_E", 2)
+    require_equal(W_E.shape[-1], W_Q.shape[-2], "W_E's d_model must match W_Q's")
+    require_equal(W_Q.shape, W_K.shape, "W_Q and W_K must have the same shape")
     return FactoredMatrix(W_E @ W_Q, (W_E @ W_K).transpose(-1, -2))
 
 
@@ -106,7 +103,7 @@ def source_centred(qk: FactoredMatrix) -> FactoredMatrix:
     relative to an average source token. The softmax over sources ignores a per-destination
     constant, so this removes only what attention cannot see. Stays factored: centring the key
     factor B centres every row of A @ B."""
-    if not _is_factored(qk):
+    if not is_factored(qk):
         raise TypeError(f"expected a FactoredMatrix, got {type(qk).__name__}")
     return FactoredMatrix(qk.A, qk.B - qk.B.mean(dim=-1, keepdim=True))
 
@@ -114,7 +111,7 @@ def source_centred(qk: FactoredMatrix) -> FactoredMatrix:
 def circuit_slice(fm: FactoredMatrix, rows: Sequence[int] | torch.Tensor,
                   cols: Sequence[int] | torch.Tensor) -> Float[torch.Tensor, "*head n_rows n_cols"]:
     """The dense block fm[..., rows, cols], computed from the factors (len(rows) x len(cols) only)."""
-    if not _is_factored(fm):
+    if not is_factored(fm):
         raise TypeError(f"expected a FactoredMatrix, got {type(fm).__name__}")
     rows, cols = torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
     for name, idx, size in (("rows", rows, fm.A.shape[-2]), ("cols", cols, fm.B.shape[-1])):
@@ -139,10 +136,10 @@ def ov_from_activations(
     NOT used (in a standard-position model it would be ``embed + pos_embed``). The result equals
     ``full_ov_circuit(...)[h, tokens[b, j], out_tokens]``.
     """
-    _require(embed, "embed", 3)
-    _require(pos_embed, "pos_embed", 3)
-    _same(tuple(embed.shape), tuple(pos_embed.shape), "embed and pos_embed must have the same shape")
-    _require(out_tokens, "out_tokens", 1)
+    require_ndim(embed, "embed", 3)
+    require_ndim(pos_embed, "pos_embed", 3)
+    require_equal(tuple(embed.shape), tuple(pos_embed.shape), "embed and pos_embed must have the same shape")
+    require_ndim(out_tokens, "out_tokens", 1)
     values = torch.einsum("bpd,hdk->bphk", embed, W_V)
     return torch.einsum("bphk,hkd->bphd", values, W_O) @ W_U[:, out_tokens]
 
@@ -188,10 +185,10 @@ def positional_qk_scores(
     """W_pos @ W_Q @ W_K^T @ W_pos^T per head: score of query position i on key position j,
     unscaled and unmasked. With ``b_Q`` the query is p_i W_Q + b_Q: the query bias times the key's
     position is a purely positional term too (b_K only shifts each row, which softmax ignores)."""
-    _require(W_pos, "W_pos", 2)
-    _require(W_Q, "W_Q", 3)
-    _same(W_Q.shape, W_K.shape, "W_Q and W_K must have the same shape")
-    _same(W_pos.shape[-1], W_Q.shape[-2], "W_pos's d_model must match W_Q's")
+    require_ndim(W_pos, "W_pos", 2)
+    require_ndim(W_Q, "W_Q", 3)
+    require_equal(W_Q.shape, W_K.shape, "W_Q and W_K must have the same shape")
+    require_equal(W_pos.shape[-1], W_Q.shape[-2], "W_pos's d_model must match W_Q's")
     q = W_pos @ W_Q  # [head, n_ctx, d_head]
     if b_Q is not None:
         q = q + b_Q[:, None, :]
@@ -224,9 +221,9 @@ def positional_head_scores(pattern: Float[torch.Tensor, "*head n n"]) -> Float[t
       distance to the key relative to a uniform pattern's (whose mean distance is i / 2):
       about 1 for no positional preference, below 1 for recent keys, up to 2 for the first one.
     """
-    _require(pattern, "pattern", (2, 3))
+    require_ndim(pattern, "pattern", (2, 3))
     n = pattern.shape[-1]
-    _same(pattern.shape[-2], n, "pattern must be square over positions")
+    require_equal(pattern.shape[-2], n, "pattern must be square over positions")
     if n < 2:
         raise ValueError("need at least two positions")
     i = torch.arange(n, device=pattern.device)
@@ -248,7 +245,7 @@ def classify_heads(scores: Float[torch.Tensor, "head 3"], sharp: float = 0.5,
     distance ratio is <= ``recent`` (keys at most half as far back as a uniform pattern's), else
     "content": positions alone hardly shape its attention, so the tokens must.
     """
-    _require(scores, "scores", 2)
+    require_ndim(scores, "scores", 2)
     if scores.shape[-1] != 3:
         raise ValueError("scores must be [head, 3] from positional_head_scores")
     labels = []
@@ -310,12 +307,12 @@ def top_for_source(qk_A: Float[torch.Tensor, "d_vocab r"], qk_B: Float[torch.Ten
     are computed from the factors.
     """
     for name, t in (("qk_A", qk_A), ("qk_B", qk_B), ("ov_A", ov_A), ("ov_B", ov_B)):
-        _require(t, name, 2)
-    _same(qk_A.shape[1], qk_B.shape[0], "qk_A and qk_B must share their inner dimension")
-    _same(ov_A.shape[1], ov_B.shape[0], "ov_A and ov_B must share their inner dimension")
+        require_ndim(t, name, 2)
+    require_equal(qk_A.shape[1], qk_B.shape[0], "qk_A and qk_B must share their inner dimension")
+    require_equal(ov_A.shape[1], ov_B.shape[0], "ov_A and ov_B must share their inner dimension")
     d_vocab = qk_A.shape[0]
     for name, n in (("qk_B", qk_B.shape[1]), ("ov_A", ov_A.shape[0]), ("ov_B", ov_B.shape[1])):
-        _same(n, d_vocab, f"{name} must cover the same vocabulary as qk_A")
+        require_equal(n, d_vocab, f"{name} must cover the same vocabulary as qk_A")
     if not 0 <= int(source) < d_vocab:
         raise ValueError(f"source must be a token id in [0, {d_vocab})")
     allowed = _check_mask(allowed, d_vocab)
@@ -492,10 +489,10 @@ def confirmation_effect(
     the context, the biases); only the difference isolates what A adds. The log-probability gain
     also removes any shift shared by all logits.
     """
-    _require(logits_with, "logits_with", 3)
-    _same(tuple(logits_with.shape), tuple(logits_without.shape), "the two runs must have the same shape")
-    _require(out_tokens, "out_tokens", 1)
-    _same(len(out_tokens), logits_with.shape[0], "one out token per prompt")
+    require_ndim(logits_with, "logits_with", 3)
+    require_equal(tuple(logits_with.shape), tuple(logits_without.shape), "the two runs must have the same shape")
+    require_ndim(out_tokens, "out_tokens", 1)
+    require_equal(len(out_tokens), logits_with.shape[0], "one out token per prompt")
     index = out_tokens[:, None].to(logits_with.device)
     last_with, last_without = logits_with[:, -1], logits_without[:, -1]
     logit_gain = (last_with.gather(-1, index) - last_without.gather(-1, index))[:, 0]
@@ -512,7 +509,7 @@ def confirmation_prompts(a: int, b: int, contexts: Int[torch.Tensor, "n_ctx leng
     tokens, then B: the model's prediction at B (the last position) is where C should rise. The
     filler comes from ``contexts[:, 1:]`` (rows of held-out text that start with BOS).
     """
-    _require(contexts, "contexts", 2)
+    require_ndim(contexts, "contexts", 2)
     if contexts.shape[1] < 1 + prefix_len + gap:
         raise ValueError(f"contexts need at least 1 + prefix_len + gap = {1 + prefix_len + gap} tokens")
     if prefix_len < 0 or gap < 0:
@@ -588,7 +585,7 @@ def confirm_skip_trigrams(model, triples: Int[torch.Tensor, "n 3"], contexts: In
     ``neutral``: candidate neutral tokens; each triple uses the first one that is not A, B or C.
     """
     triples = torch.as_tensor(triples, dtype=torch.long)
-    _require(triples, "triples", 2)
+    require_ndim(triples, "triples", 2)
     if triples.shape[1] != 3:
         raise ValueError("triples must be [n, 3]: (source A, destination B, out C)")
     neutral = [int(t) for t in neutral]
@@ -666,7 +663,7 @@ class BigramCounts:
 
 def bigram_counts(tokens: Int[torch.Tensor, "batch pos"], d_vocab: int) -> BigramCounts:
     """Count (token, next token) pairs inside each row of ``tokens`` (never across rows)."""
-    _require(tokens, "tokens", (1, 2))
+    require_ndim(tokens, "tokens", (1, 2))
     tokens = tokens[None] if tokens.ndim == 1 else tokens
     if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
@@ -679,7 +676,7 @@ def bigram_counts(tokens: Int[torch.Tensor, "batch pos"], d_vocab: int) -> Bigra
 
 def average_ranks(x: Float[torch.Tensor, "n"]) -> Float[torch.Tensor, "n"]:
     """Ranks 0..n-1 of a 1-D tensor (float64); tied values share the mean of their ranks."""
-    _require(x, "x", 1)
+    require_ndim(x, "x", 1)
     if x.is_floating_point() and torch.isnan(x).any():
         raise ValueError("cannot rank NaN")
     n = len(x)
@@ -698,9 +695,9 @@ def average_ranks(x: Float[torch.Tensor, "n"]) -> Float[torch.Tensor, "n"]:
 
 def spearman(x: Float[torch.Tensor, "n"], y: Float[torch.Tensor, "n"]) -> float:
     """Spearman's rank correlation: the Pearson correlation of the average ranks."""
-    _require(x, "x", 1)
-    _require(y, "y", 1)
-    _same(len(x), len(y), "x and y must have the same length")
+    require_ndim(x, "x", 1)
+    require_ndim(y, "y", 1)
+    require_equal(len(x), len(y), "x and y must have the same length")
     if len(x) < 2:
         raise ValueError("need at least two values")
     rx, ry = average_ranks(x), average_ranks(y)
@@ -737,7 +734,7 @@ def direct_path_vs_bigrams(W_E: Float[torch.Tensor, "d_vocab d_model"], W_U: Flo
     """Rank-correlate each frequent source token's direct-path logits with how often each next
     token followed it. Sources: tokens seen >= ``min_count`` times as the first of a pair (minus
     ``exclude``, by default BOS) with >= ``min_next`` distinct observed next tokens."""
-    _same(W_E.shape[0], counts.d_vocab, "W_E's vocabulary must match the counts'")
+    require_equal(W_E.shape[0], counts.d_vocab, "W_E's vocabulary must match the counts'")
     prev = counts.prev_counts()
     candidates = [a for a in torch.nonzero(prev >= min_count)[:, 0].tolist() if a not in set(exclude)]
     unigram = torch.zeros(counts.d_vocab, dtype=torch.float64).index_add_(

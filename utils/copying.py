@@ -30,8 +30,8 @@ import torch
 from jaxtyping import Complex, Float, Int
 from transformer_lens import FactoredMatrix
 
-from utils.attention import _require, _same
-from utils.circuits import _is_factored
+from utils.tensors import require_equal, require_ndim
+from utils.tensors import is_factored
 from utils.induction import repeated_random_tokens
 
 Matrix = Union[torch.Tensor, FactoredMatrix]
@@ -58,10 +58,10 @@ def eigenvalues_via_small_product(
     as the complex type of the inputs' precision. A real matrix has real eigenvalues or complex
     conjugate pairs; the order is whatever LAPACK returns.
     """
-    _require(A, "A", range(2, 8))
-    _require(B, "B", range(2, 8))
-    _same(A.shape[-1], B.shape[-2], "A's columns must match B's rows (A is [n, r], B is [r, n])")
-    _same(A.shape[-2], B.shape[-1], "A @ B must be square (A is [n, r], B is [r, n])")
+    require_ndim(A, "A", range(2, 8))
+    require_ndim(B, "B", range(2, 8))
+    require_equal(A.shape[-1], B.shape[-2], "A's columns must match B's rows (A is [n, r], B is [r, n])")
+    require_equal(A.shape[-2], B.shape[-1], "A @ B must be square (A is [n, r], B is [r, n])")
     small = B.double() @ A.double()  # [*batch, r, r]
     complex_dtype = torch.complex128 if A.dtype == torch.float64 else torch.complex64
     return torch.linalg.eigvals(small).to(complex_dtype)
@@ -81,12 +81,12 @@ def full_ov_circuit_eigenvalues(
     is never formed. The same as ``utils.circuits.full_ov_circuit(...).eigenvalues`` in
     TransformerLens (which computes them from its ``BA``), up to order and float64 accuracy.
     """
-    _require(W_E, "W_E", 2)
-    _require(W_U, "W_U", 2)
-    _same(W_E.shape[-1], W_V.shape[-2], "W_E's d_model must match W_V's")
-    _same(W_V.shape[-1], W_O.shape[-2], "W_V's d_head must match W_O's")
-    _same(W_O.shape[-1], W_U.shape[0], "W_O's d_model must match W_U's")
-    _same(W_E.shape[0], W_U.shape[1], "W_E and W_U must have the same d_vocab")
+    require_ndim(W_E, "W_E", 2)
+    require_ndim(W_U, "W_U", 2)
+    require_equal(W_E.shape[-1], W_V.shape[-2], "W_E's d_model must match W_V's")
+    require_equal(W_V.shape[-1], W_O.shape[-2], "W_V's d_head must match W_O's")
+    require_equal(W_O.shape[-1], W_U.shape[0], "W_O's d_model must match W_U's")
+    require_equal(W_E.shape[0], W_U.shape[1], "W_E and W_U must have the same d_vocab")
     return eigenvalues_via_small_product(W_E @ W_V, W_O @ W_U)
 
 
@@ -99,7 +99,7 @@ def copying_score(eigenvalues: Complex[torch.Tensor, "*head r"]) -> Float[torch.
 
     Real input is accepted (as eigenvalues with zero imaginary part). All-zero eigenvalues give NaN.
     """
-    _require(eigenvalues, "eigenvalues", range(1, 8))
+    require_ndim(eigenvalues, "eigenvalues", range(1, 8))
     if eigenvalues.is_complex():
         real, magnitude = eigenvalues.real, eigenvalues.abs()
     else:
@@ -122,9 +122,9 @@ def self_top_k_fraction(
     this is exactly "t in row.topk(k)"; with ties it gives t the benefit of the doubt). Rows are
     built ``chunk`` at a time from the factors, so memory is chunk x d_vocab per head.
     """
-    _require(W_E, "W_E", 2)
-    _require(W_U, "W_U", 2)
-    _same(W_E.shape[0], W_U.shape[1], "W_E and W_U must have the same d_vocab")
+    require_ndim(W_E, "W_E", 2)
+    require_ndim(W_U, "W_U", 2)
+    require_equal(W_E.shape[0], W_U.shape[1], "W_E and W_U must have the same d_vocab")
     d_vocab = W_E.shape[0]
     if not 1 <= k <= d_vocab:
         raise ValueError(f"k must lie in [1, d_vocab = {d_vocab}], got {k}")
@@ -183,9 +183,9 @@ def per_token_loss(
     the first token is never predicted: pos - 1 losses per sequence. log_softmax (not log(softmax))
     is numerically safe; the logits are normalised exactly once, over the vocabulary.
     """
-    _require(logits, "logits", 3)
-    _require(tokens, "tokens", 2)
-    _same(tuple(logits.shape[:2]), tuple(tokens.shape), "logits and tokens must agree on [batch, pos]")
+    require_ndim(logits, "logits", 3)
+    require_ndim(tokens, "tokens", 2)
+    require_equal(tuple(logits.shape[:2]), tuple(tokens.shape), "logits and tokens must agree on [batch, pos]")
     log_probs = logits[:, :-1].log_softmax(dim=-1)  # predictions made at positions 0 .. pos-2
     return -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]  # ... of tokens 1 .. pos-1
 
@@ -199,7 +199,7 @@ def induction_loss_drop(losses: Float[torch.Tensor, "batch two_seq_len"], seq_le
     second copy predicted from r_n, which has no earlier occurrence to copy from), so the two halves
     predict the same tokens from the same current tokens and differ only in what came before.
     """
-    _require(losses, "losses", 2)
+    require_ndim(losses, "losses", 2)
     if losses.shape[1] != 2 * seq_len:
         raise ValueError(f"losses must be [batch, 2 * seq_len] = [*, {2 * seq_len}] for tokens of length "
                          f"1 + 2 * seq_len; got {tuple(losses.shape)}")
@@ -223,7 +223,7 @@ def ablate_heads(
     contribution W_O^h z^h to the residual stream (b_O, shared by all heads, stays). Returns a new
     tensor; the input is not modified.
     """
-    _require(z, "z", 4)
+    require_ndim(z, "z", 4)
     idx = torch.as_tensor(list(heads), dtype=torch.long, device=z.device)
     if len(idx) and (idx.min() < 0 or idx.max() >= z.shape[2]):
         raise ValueError(f"heads must lie in [0, {z.shape[2]})")
@@ -269,7 +269,7 @@ def _frobenius(M: Matrix) -> torch.Tensor:
     alone: ||A B||_F^2 = tr(B^T A^T A B) = tr((A^T A)(B B^T)), a sum over r x r Gram matrices, so
     the big matrix is never formed (TransformerLens's FactoredMatrix.norm gets the same number from
     an SVD, which is slower)."""
-    if _is_factored(M):
+    if is_factored(M):
         gram_a = M.A.transpose(-1, -2) @ M.A  # [*, r, r]
         gram_b = M.B @ M.B.transpose(-1, -2)  # [*, r, r]
         return (gram_a * gram_b).sum((-2, -1)).clamp_min(0).sqrt()  # both symmetric: elementwise = trace
@@ -285,11 +285,11 @@ def composition_score(W_A: Matrix, W_B: Matrix) -> Float[torch.Tensor, "*batch"]
     TransformerLens FactoredMatrix are both accepted (a product involving one stays factored).
     """
     for name, M in (("W_A", W_A), ("W_B", W_B)):
-        if not (_is_factored(M) or isinstance(M, torch.Tensor)):
+        if not (is_factored(M) or isinstance(M, torch.Tensor)):
             raise TypeError(f"{name} must be a torch.Tensor or a FactoredMatrix, got {type(M).__name__}")
         if len(M.shape) < 2:
             raise ValueError(f"{name} must be a matrix (or a batch of them), got shape {tuple(M.shape)}")
-    _same(W_A.shape[-1], W_B.shape[-2], "W_A's columns must match W_B's rows")
+    require_equal(W_A.shape[-1], W_B.shape[-2], "W_A's columns must match W_B's rows")
     return _frobenius(W_A @ W_B) / (_frobenius(W_A) * _frobenius(W_B))
 
 
@@ -321,7 +321,7 @@ def composition_scores(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     for name, W in (("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V), ("W_O", W_O)):
-        _require(W, name, 4)
+        require_ndim(W, name, 4)
     n_layers = W_Q.shape[0]
     if not 0 <= earlier < later < n_layers:
         raise ValueError(f"need 0 <= earlier < later < n_layers = {n_layers}, got {earlier}, {later}")

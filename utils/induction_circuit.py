@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float
 from transformer_lens import FactoredMatrix
 
-from utils.attention import _require
+from utils.tensors import require_ndim
 
 DIAGONAL_CHUNK = 512  # rows of a factored vocab x vocab matrix materialised at once
 
@@ -46,7 +46,7 @@ def in_context_learning_score(
     Negative when the model predicts a token better the more context precedes it; Olsson et al.
     (2022) use the loss at token 500 minus that at token 50 of a longer context.
     """
-    _require(losses, "losses", 2)
+    require_ndim(losses, "losses", 2)
     (e0, e1), (l0, l1) = early, late
     if not 1 <= e0 <= e1 < l0 <= l1 <= losses.shape[1]:
         raise ValueError(f"need 1 <= early[0] <= early[1] < late[0] <= late[1] <= {losses.shape[1]} (token positions "
@@ -65,9 +65,9 @@ def positional_attention_pattern(
     In a shortformer model this is the part of the attention score that no token can change; a
     previous-token head puts almost all its weight on the diagonal just below the main one.
     """
-    _require(W_pos, "W_pos", 2)
-    _require(W_Q, "W_Q", 3)
-    _require(W_K, "W_K", 3)
+    require_ndim(W_pos, "W_pos", 2)
+    require_ndim(W_Q, "W_Q", 3)
+    require_ndim(W_K, "W_K", 3)
     q = W_pos @ W_Q  # [head, query, d_head]
     k = W_pos @ W_K
     scores = q @ k.transpose(-1, -2) / math.sqrt(W_Q.shape[-1])
@@ -94,7 +94,7 @@ def k_composition_circuit(
     until someone asks for it.
     """
     for name, w in (("W_E", W_E), ("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V), ("W_O", W_O)):
-        _require(w, name, 2)
+        require_ndim(w, name, 2)
     query_side = W_E @ W_Q  # [d_vocab, d_head]
     key_side = W_E @ W_V @ W_O @ W_K  # [d_vocab, d_head]: what layer 0 moved, as layer 1's key reads it
     return FactoredMatrix(query_side, key_side.T)
@@ -122,7 +122,7 @@ def top_1_diagonal_accuracy(M: FactoredMatrix | Float[torch.Tensor, "n n"]) -> f
         rows = lambda s: A[s:s + DIAGONAL_CHUNK] @ B  # noqa: E731
         n, m = A.shape[0], B.shape[1]
     else:
-        _require(M, "M", 2)
+        require_ndim(M, "M", 2)
         rows = lambda s: M[s:s + DIAGONAL_CHUNK]  # noqa: E731
         n, m = M.shape
     if n != m:

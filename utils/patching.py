@@ -23,14 +23,14 @@ from typing import Callable, Mapping, Sequence
 import torch
 from jaxtyping import Float, Int
 
-from utils.attention import _require
+from utils.tensors import require_ndim
 
 
 def corrupted_first_copy(tokens: Int[torch.Tensor, "batch pos"], seq_len: int, d_vocab: int,
                          seed: int = 0) -> Int[torch.Tensor, "batch pos"]:
     """``tokens`` (BOS, r, r) with the first copy replaced by fresh uniformly random tokens s.
     No s_i is BOS or any token of the row's r, so no r_j occurs twice."""
-    _require(tokens, "tokens", 2)
+    require_ndim(tokens, "tokens", 2)
     if tokens.shape[1] != 1 + 2 * seq_len:
         raise ValueError(f"tokens must be BOS + 2 x seq_len = {1 + 2 * seq_len} long; got {tokens.shape[1]}")
     g = torch.Generator().manual_seed(seed)
@@ -52,7 +52,7 @@ def induction_logit_diff(
     logits[n + j, r_(j+1)] - logits[n + j, s_(j+1)], where r_(j+1) = clean_tokens[n + j + 1] (what
     the clean first copy says comes next) and s_(j+1) = corrupted_tokens[j + 1] (what the corrupted
     first copy has in the same place)."""
-    _require(logits, "logits", 3)
+    require_ndim(logits, "logits", 3)
     n = seq_len
     if logits.shape[1] != 1 + 2 * n or clean_tokens.shape != corrupted_tokens.shape \
             or clean_tokens.shape != logits.shape[:2]:
@@ -84,7 +84,7 @@ def patched_head_outputs(
     caches are left untouched."""
     name = f"blocks.{layer}.attn.hook_z"
     clean, corrupted = clean_cache[name], corrupted_cache[name]
-    _require(clean, name, 4)
+    require_ndim(clean, name, 4)
     if clean.shape != corrupted.shape:
         raise ValueError(f"{name}: clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} differ")
     n_heads = clean.shape[2]
@@ -102,7 +102,7 @@ def patched_residual_positions(
     """For each position p: the corrupted run's residual stream at ``hook_name`` with position p
     (every row of the batch) replaced by the clean run's. The caches are left untouched."""
     clean, corrupted = clean_cache[hook_name], corrupted_cache[hook_name]
-    _require(clean, hook_name, 3)
+    require_ndim(clean, hook_name, 3)
     if clean.shape != corrupted.shape:
         raise ValueError(f"{hook_name}: clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} differ")
     n_pos = clean.shape[1]
@@ -129,7 +129,7 @@ def head_logit_attribution(
     weight folded in (``folded_unembed``); its bias and b_U are the same for every component and
     are left out.
     """
-    _require(results, "results", 4)
+    require_ndim(results, "results", 4)
     n = seq_len
     if results.shape[1] != 1 + 2 * n or tokens.shape != results.shape[:2]:
         raise ValueError(f"results [batch, 1 + 2 * seq_len, component, d_model] and tokens [batch, 1 + 2 * seq_len] "

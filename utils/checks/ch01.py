@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 
 from utils import attention as ref
-from utils.checks.common import INF, _m, _model, _nan_as_inf, _randint, _random_pattern, _rng  # noqa: F401
+from utils.checks.toolkit import INF, misconception, attn_only_1l, nan_as_inf, randint, random_pattern, rng  # noqa: F401
 from utils.checks.core import Cases, Exercise, Misconception, question, run_check
 
 CHAPTER = "01"
@@ -32,12 +32,12 @@ def _real_tokens() -> torch.Tensor:
 
 @lru_cache(maxsize=4)
 def _real_head(head: int) -> dict:
-    return ref.head_inputs(_model(), _real_tokens(), head)
+    return ref.head_inputs(attn_only_1l(), _real_tokens(), head)
 
 
 @lru_cache(maxsize=1)
 def _real_paths() -> dict:
-    return ref.path_inputs(_model(), _real_tokens())
+    return ref.path_inputs(attn_only_1l(), _real_tokens())
 
 
 def _pick(data: dict, *names: str) -> dict:
@@ -48,8 +48,8 @@ def _pick(data: dict, *names: str) -> dict:
 
 
 def _pattern_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    b, n, d, k = _randint(g, 1, 3), _randint(g, 4, 8), _randint(g, 6, 12), _randint(g, 2, 5)
+    g = rng(seed)
+    b, n, d, k = randint(g, 1, 3), randint(g, 4, 8), randint(g, 6, 12), randint(g, 2, 5)
     scale = 1.5 / math.sqrt(d)
     return dict(qk_input=torch.randn(b, n, d, generator=g), W_Q=torch.randn(d, k, generator=g) * scale,
                 W_K=torch.randn(d, k, generator=g) * scale, b_Q=torch.randn(k, generator=g) * 0.5,
@@ -102,37 +102,37 @@ ATTENTION_PATTERN = Exercise(
     extra_inputs=(lambda: _pick(_real_head(0), "qk_input", "W_Q", "W_K", "b_Q", "b_K"),
                   lambda: _pick(_real_head(3), "qk_input", "W_Q", "W_K", "b_Q", "b_K")),
     misconceptions=(
-        _m("softmax over queries", "Your softmax ran over the QUERY axis (each column sums to 1). A query "
+        misconception("softmax over queries", "Your softmax ran over the QUERY axis (each column sums to 1). A query "
            "position distributes its attention over the keys it can see, so normalise over the key axis: "
            "softmax(dim=-1).",
            _pattern_variant(axis=-2)),
-        _m("no causal mask", "There is no causal mask: position i attends to later positions j > i. Set the "
+        misconception("no causal mask", "There is no causal mask: position i attends to later positions j > i. Set the "
            "scores above the diagonal to -inf BEFORE the softmax.",
            _pattern_variant(allowed=None)),
-        _m("masked the diagonal", "Your mask also hides the diagonal, so a position cannot attend to itself "
+        misconception("masked the diagonal", "Your mask also hides the diagonal, so a position cannot attend to itself "
            "(and position 0 has nothing left to attend to: NaN). Mask only j > i; keep j == i.",
            _pattern_variant(allowed=_strict_lower)),
-        _m("masked the diagonal (finite fill)", "Your mask also hides the diagonal (j == i), so a position "
+        misconception("masked the diagonal (finite fill)", "Your mask also hides the diagonal (j == i), so a position "
            "cannot attend to itself and position 0 spreads its attention over masked keys. Mask only j > i.",
            _pattern_variant(allowed=_strict_lower, fill=-1e9)),
-        _m("masked the lower triangle", "You masked the wrong triangle: each position attends to itself and "
+        misconception("masked the lower triangle", "You masked the wrong triangle: each position attends to itself and "
            "the FUTURE (keys j >= i). A causal mask hides the upper triangle (j > i) and keeps the lower one "
            "(torch.tril of ones marks the allowed entries).",
            _pattern_variant(allowed=_upper)),
-        _m("mask after softmax", "You zeroed the future AFTER the softmax, so the rows no longer sum to 1. "
+        misconception("mask after softmax", "You zeroed the future AFTER the softmax, so the rows no longer sum to 1. "
            "Fill the masked scores with -inf before the softmax instead.",
            _pattern_variant(allowed=_lower, mask_after=True)),
-        _m("missing 1/sqrt(d_head)", "The scores are not scaled: divide q . k by sqrt(d_head) before the "
+        misconception("missing 1/sqrt(d_head)", "The scores are not scaled: divide q . k by sqrt(d_head) before the "
            "softmax (without it the softmax saturates as d_head grows).",
            _pattern_variant(scale=1.0)),
-        _m("divided by d_head", "You divided the scores by d_head; the scale is 1/sqrt(d_head).",
+        misconception("divided by d_head", "You divided the scores by d_head; the scale is 1/sqrt(d_head).",
            lambda qk_input, W_Q, W_K, b_Q, b_K: _pattern_variant(scale=float(W_Q.shape[-1]))(
                qk_input, W_Q, W_K, b_Q, b_K)),
-        _m("divided by sqrt(d_model)", "You scaled the scores by 1/sqrt(d_model); the scale is 1/sqrt(d_head), "
+        misconception("divided by sqrt(d_model)", "You scaled the scores by 1/sqrt(d_model); the scale is 1/sqrt(d_head), "
            "the length of the vectors whose dot product you take (q and k live in the head's d_head dimensions).",
            lambda qk_input, W_Q, W_K, b_Q, b_K: _pattern_variant(scale=float(qk_input.shape[-1]) ** 0.5)(
                qk_input, W_Q, W_K, b_Q, b_K)),
-        _m("no query/key biases", "You left out the biases: q = x W_Q + b_Q and k = x W_K + b_K.",
+        misconception("no query/key biases", "You left out the biases: q = x W_Q + b_Q and k = x W_K + b_K.",
            _pattern_variant(biases=False)),
     ),
 )
@@ -141,16 +141,16 @@ ATTENTION_PATTERN = Exercise(
 def attention_pattern(fn, cases: Cases = None) -> None:
     """Check ``fn(qk_input, W_Q, W_K, b_Q, b_K) -> pattern[batch, query, key]``; the real-model cases
     compare with heads 0 and 3 of attn-only-1l (``hook_pattern``)."""
-    run_check(ATTENTION_PATTERN, _nan_as_inf(fn), cases)
+    run_check(ATTENTION_PATTERN, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 1b. z and result
 
 
 def _head_output_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    b, n, d, k = _randint(g, 1, 3), _randint(g, 3, 8), _randint(g, 5, 12), _randint(g, 2, 5)
-    return dict(pattern=_random_pattern(g, b, n), v_input=torch.randn(b, n, d, generator=g),
+    g = rng(seed)
+    b, n, d, k = randint(g, 1, 3), randint(g, 3, 8), randint(g, 5, 12), randint(g, 2, 5)
+    return dict(pattern=random_pattern(g, b, n), v_input=torch.randn(b, n, d, generator=g),
                 W_V=torch.randn(d, k, generator=g) / math.sqrt(d), b_V=torch.randn(k, generator=g),
                 W_O=torch.randn(k, d, generator=g) / math.sqrt(k))
 
@@ -173,11 +173,11 @@ HEAD_OUTPUT = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: _pick(_real_head(1), "pattern", "v_input", "W_V", "b_V", "W_O"),),
     misconceptions=(
-        _m("pattern transposed", "You mixed the values with A transposed. Row i of the pattern says where "
+        misconception("pattern transposed", "You mixed the values with A transposed. Row i of the pattern says where "
            "query i reads from: z_i = sum_j A[i, j] v_j (contract the pattern's KEY axis with the values' "
            "position axis).",
            _head_output_variant(transpose=True)),
-        _m("forgot b_V", "The values need their bias: v_j = x_j W_V + b_V.",
+        misconception("forgot b_V", "The values need their bias: v_j = x_j W_V + b_V.",
            _head_output_variant(bias=False)),
     ),
 )
@@ -186,16 +186,16 @@ HEAD_OUTPUT = Exercise(
 def head_output(fn, cases: Cases = None) -> None:
     """Check ``fn(pattern, v_input, W_V, b_V, W_O) -> (z[batch, pos, d_head], result[batch, pos, d_model])``;
     the real-model case is head 1 of attn-only-1l."""
-    run_check(HEAD_OUTPUT, _nan_as_inf(fn), cases)
+    run_check(HEAD_OUTPUT, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 2. tensor products
 
 
 def _tiny_head_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    n, d, k = _randint(g, 2, 5), _randint(g, 3, 6), _randint(g, 2, 3)
-    return dict(A=_random_pattern(g, n), W_V=torch.randn(d, k, generator=g), W_O=torch.randn(k, d, generator=g),
+    g = rng(seed)
+    n, d, k = randint(g, 2, 5), randint(g, 3, 6), randint(g, 2, 3)
+    return dict(A=random_pattern(g, n), W_V=torch.randn(d, k, generator=g), W_O=torch.randn(k, d, generator=g),
                 x=torch.randn(n, d, generator=g))
 
 
@@ -219,15 +219,15 @@ TENSOR_HEAD_EINSUM = Exercise(
     reference=ref.tensor_head_einsum,
     make_inputs=_tiny_head_inputs,
     misconceptions=(
-        _m(*_A_TRANSPOSED, _einsum_variant(transpose_A=True)),
-        _m(*_OV_TRANSPOSED, _einsum_variant(transpose_OV=True)),
+        misconception(*_A_TRANSPOSED, _einsum_variant(transpose_A=True)),
+        misconception(*_OV_TRANSPOSED, _einsum_variant(transpose_OV=True)),
     ),
 )
 
 
 def tensor_head_einsum(fn, cases: Cases = None) -> None:
     """Check ``fn(A, W_V, W_O, x) -> h[pos, d_model]`` (the linear part of one head)."""
-    run_check(TENSOR_HEAD_EINSUM, _nan_as_inf(fn), cases)
+    run_check(TENSOR_HEAD_EINSUM, nan_as_inf(fn), cases)
 
 
 def _kron_variant(*, swap=False, transpose_OV=True, transpose_A=False):
@@ -246,31 +246,31 @@ TENSOR_HEAD_KRON = Exercise(
     reference=ref.tensor_head_kron,
     make_inputs=_tiny_head_inputs,
     misconceptions=(
-        _m("kron order swapped", "Your Kronecker factors are in the wrong order. x.reshape(-1) makes the "
+        misconception("kron order swapped", "Your Kronecker factors are in the wrong order. x.reshape(-1) makes the "
            "POSITION the slow index, so the position matrix goes first: torch.kron(A, W), not "
            "torch.kron(W, A) (or flatten x column-major, x.T.reshape(-1), to match the swapped order).",
            _kron_variant(swap=True)),
-        _m("kron without the transpose", "Inside the Kronecker product W acts on each position's vector as a "
+        misconception("kron without the transpose", "Inside the Kronecker product W acts on each position's vector as a "
            "COLUMN vector, so it must be (W_V @ W_O).T, the paper's W_O W_V; torch.kron(A, W_V @ W_O) applies "
            "the transposed map.",
            _kron_variant(transpose_OV=False)),
-        _m(*_A_TRANSPOSED, _kron_variant(transpose_A=True)),
+        misconception(*_A_TRANSPOSED, _kron_variant(transpose_A=True)),
     ),
 )
 
 
 def tensor_head_kron(fn, cases: Cases = None) -> None:
     """Check ``fn(A, W_V, W_O, x) -> h[pos, d_model]`` built from torch.kron."""
-    run_check(TENSOR_HEAD_KRON, _nan_as_inf(fn), cases)
+    run_check(TENSOR_HEAD_KRON, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 3. the whole layer
 
 
 def _layer_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    b, n, d, k, h = _randint(g, 1, 3), _randint(g, 3, 7), _randint(g, 5, 10), _randint(g, 2, 4), _randint(g, 2, 4)
-    return dict(x0=torch.randn(b, n, d, generator=g), A=_random_pattern(g, b, h, n),
+    g = rng(seed)
+    b, n, d, k, h = randint(g, 1, 3), randint(g, 3, 7), randint(g, 5, 10), randint(g, 2, 4), randint(g, 2, 4)
+    return dict(x0=torch.randn(b, n, d, generator=g), A=random_pattern(g, b, h, n),
                 W_V=torch.randn(h, d, k, generator=g) / math.sqrt(d), W_O=torch.randn(h, k, d, generator=g) / math.sqrt(k),
                 b_V=torch.randn(h, k, generator=g), b_O=torch.randn(d, generator=g))
 
@@ -301,25 +301,25 @@ MULTIHEAD_RESIDUAL = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(x0=_real_head(0)["v_input"], **_pick(_real_paths(), "A", "W_V", "W_O", "b_V", "b_O")),),
     misconceptions=(
-        _m("forgot the residual x0", "You returned only what the heads write. The layer ADDS to the residual "
+        misconception("forgot the residual x0", "You returned only what the heads write. The layer ADDS to the residual "
            "stream: x1 = x0 + sum_h h(x0) (the Id term of Id + sum_h A^h ⊗ W_OV^h).",
            _layer_variant(residual=False)),
-        _m("summed z before W_O", "You summed the heads' z vectors before applying W_O. Each head's z lives in "
+        misconception("summed z before W_O", "You summed the heads' z vectors before applying W_O. Each head's z lives in "
            "its OWN d_head coordinates, so apply each head's W_O^h to its own z^h, then sum the d_model outputs "
            "(einsum 'bhik,hkd->bid').",
            _layer_variant(combine="sum_z")),
-        _m("W_O stacked in the wrong order", "You concatenated the heads' z in (head, d_head) order but "
+        misconception("W_O stacked in the wrong order", "You concatenated the heads' z in (head, d_head) order but "
            "flattened W_O in (d_head, head) order, so each head's coordinates meet another head's W_O rows. "
            "Reshape W_O [head, d_head, d_model] directly to [head * d_head, d_model].",
            _layer_variant(combine="concat_mismatch")),
-        _m("averaged the heads", "You averaged the heads; their outputs add up: sum over h, not mean.",
+        misconception("averaged the heads", "You averaged the heads; their outputs add up: sum over h, not mean.",
            _layer_variant(combine="mean")),
-        _m("b_O once per head", "b_O is shared by all heads and added once, not once per head.",
+        misconception("b_O once per head", "b_O is shared by all heads and added once, not once per head.",
            lambda x0, A, W_V, W_O, b_V, b_O: _layer_variant(b_O_times=W_O.shape[0])(x0, A, W_V, W_O, b_V, b_O)),
-        _m("forgot b_V", "Each head's values carry b_V^h, which adds b_V^h W_O^h to every position "
+        misconception("forgot b_V", "Each head's values carry b_V^h, which adds b_V^h W_O^h to every position "
            "(the rows of A^h sum to 1).",
            _layer_variant(b_V_on=False)),
-        _m(*_A_TRANSPOSED, _layer_variant(transpose=True)),
+        misconception(*_A_TRANSPOSED, _layer_variant(transpose=True)),
     ),
 )
 
@@ -327,7 +327,7 @@ MULTIHEAD_RESIDUAL = Exercise(
 def multihead_residual(fn, cases: Cases = None) -> None:
     """Check ``fn(x0, A, W_V, W_O, b_V, b_O) -> x1[batch, pos, d_model]``; the real-model case is
     attn-only-1l's ``hook_resid_post``."""
-    run_check(MULTIHEAD_RESIDUAL, _nan_as_inf(fn), cases)
+    run_check(MULTIHEAD_RESIDUAL, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 4. the path expansion
@@ -336,10 +336,10 @@ def multihead_residual(fn, cases: Cases = None) -> None:
 def _path_inputs(seed: int) -> dict:
     """Two seeds in three use d_vocab == d_model, so a transposed W_E or W_U still runs and can be
     recognised; the others keep the two sizes apart so that axis slips raise."""
-    g = _rng(seed)
-    b, n, d, k, h = _randint(g, 1, 2), _randint(g, 3, 6), _randint(g, 5, 8), _randint(g, 2, 3), _randint(g, 2, 3)
-    vocab = d if seed % 3 else d + _randint(g, 2, 6)
-    return dict(tokens=torch.randint(0, vocab, (b, n), generator=g), A=_random_pattern(g, b, h, n),
+    g = rng(seed)
+    b, n, d, k, h = randint(g, 1, 2), randint(g, 3, 6), randint(g, 5, 8), randint(g, 2, 3), randint(g, 2, 3)
+    vocab = d if seed % 3 else d + randint(g, 2, 6)
+    return dict(tokens=torch.randint(0, vocab, (b, n), generator=g), A=random_pattern(g, b, h, n),
                 W_E=torch.randn(vocab, d, generator=g), W_V=torch.randn(h, d, k, generator=g) / math.sqrt(d),
                 W_O=torch.randn(h, k, d, generator=g) / math.sqrt(k), W_U=torch.randn(d, vocab, generator=g) / math.sqrt(d),
                 b_V=torch.randn(h, k, generator=g), b_O=torch.randn(d, generator=g), b_U=torch.randn(vocab, generator=g))
@@ -373,24 +373,24 @@ PATH_LOGITS = Exercise(
     rtol=1e-4, atol=1e-4,
     extra_inputs=(lambda: dict(_real_paths()),),
     misconceptions=(
-        _m("W_E transposed", "You used W_E transposed. Here W_E is [d_vocab, d_model] and a token's embedding "
+        misconception("W_E transposed", "You used W_E transposed. Here W_E is [d_vocab, d_model] and a token's embedding "
            "is its ROW, W_E[t]; the paper's W_E (a [d_model, d_vocab] map of one-hot columns) is our W_E.T.",
            _path_variant(W_E_T=True)),
-        _m("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: logits = x @ W_U.",
+        misconception("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: logits = x @ W_U.",
            _path_variant(W_U_T=True)),
-        _m("no direct path", "The direct path is missing: the residual x0 = W_E[t] itself reaches the "
+        misconception("no direct path", "The direct path is missing: the residual x0 = W_E[t] itself reaches the "
            "unembedding, giving (Id ⊗ W_U W_E) t = W_E[t] @ W_U in slot 0.",
            _path_variant(direct=False)),
-        _m(*_A_TRANSPOSED, _path_variant(transpose=True)),
-        _m(*_OV_TRANSPOSED, _path_variant(ov_T=True)),
-        _m("biases folded into the direct path", "Your paths add up to the right logits, but the constant "
+        misconception(*_A_TRANSPOSED, _path_variant(transpose=True)),
+        misconception(*_OV_TRANSPOSED, _path_variant(ov_T=True)),
+        misconception("biases folded into the direct path", "Your paths add up to the right logits, but the constant "
            "bias term (b_U plus (b_O + sum_h b_V^h W_O^h) @ W_U) belongs in the LAST slot, not in the direct "
            "path.",
            _path_variant(fold_bias=True)),
-        _m("bias path without b_V", "The bias path misses sum_h b_V^h W_O^h: every head adds b_V^h W_O^h at "
+        misconception("bias path without b_V", "The bias path misses sum_h b_V^h W_O^h: every head adds b_V^h W_O^h at "
            "every position, because the rows of A^h sum to 1.",
            _path_variant(b_V_on=False)),
-        _m("bias path without b_U", "The bias path misses the unembedding bias b_U.",
+        misconception("bias path without b_U", "The bias path misses the unembedding bias b_U.",
            _path_variant(b_U_on=False)),
     ),
 )
@@ -399,15 +399,15 @@ PATH_LOGITS = Exercise(
 def path_logits(fn, cases: Cases = None) -> None:
     """Check ``fn(tokens, A, W_E, W_V, W_O, W_U, b_V, b_O, b_U) -> paths[batch, 2 + n_heads, pos, d_vocab]``
     (direct, one per head, biases); the real-model case uses attn-only-1l's weights and patterns."""
-    run_check(PATH_LOGITS, _nan_as_inf(fn), cases)
+    run_check(PATH_LOGITS, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 5. read and write subspaces
 
 
 def _read_write_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    d, k = _randint(g, 8, 20), _randint(g, 2, 4)
+    g = rng(seed)
+    d, k = randint(g, 8, 20), randint(g, 2, 4)
     dims = torch.randperm(d, generator=g)[: 2 * k].tolist()
     return dict(d_model=d, read_dims=tuple(dims[:k]), write_dims=tuple(dims[k:]))
 
@@ -423,13 +423,13 @@ READ_WRITE_WEIGHTS = Exercise(
     reference=ref.read_write_weights,
     make_inputs=_read_write_inputs,
     misconceptions=(
-        _m("paper layout", "You built the paper's column-vector matrices ([d_head, d_model] for W_V). In our "
+        misconception("paper layout", "You built the paper's column-vector matrices ([d_head, d_model] for W_V). In our "
            "row layout W_V is [d_model, d_head] (x @ W_V) and W_O is [d_head, d_model]: transpose both.",
            _paper_layout),
-        _m("read and write swapped", "Your head reads the write dims and writes the read dims: W_V's nonzero "
+        misconception("read and write swapped", "Your head reads the write dims and writes the read dims: W_V's nonzero "
            "ROWS are the dims it reads, W_O's nonzero COLUMNS the dims it writes.",
            lambda d_model, read_dims, write_dims: ref.read_write_weights(d_model, write_dims, read_dims)),
-        _m("pairing lost", "Value coordinate i must carry read_dims[i] to write_dims[i]; your pairing differs "
+        misconception("pairing lost", "Value coordinate i must carry read_dims[i] to write_dims[i]; your pairing differs "
            "(did you sort the dims?).",
            lambda d_model, read_dims, write_dims: ref.read_write_weights(d_model, sorted(read_dims),
                                                                          sorted(write_dims))),
@@ -439,12 +439,12 @@ READ_WRITE_WEIGHTS = Exercise(
 
 def read_write_weights(fn, cases: Cases = None) -> None:
     """Check ``fn(d_model, read_dims, write_dims) -> (W_V[d_model, k], W_O[k, d_model])``."""
-    run_check(READ_WRITE_WEIGHTS, _nan_as_inf(fn), cases)
+    run_check(READ_WRITE_WEIGHTS, nan_as_inf(fn), cases)
 
 
 def _virtual_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    d, k1, k2 = _randint(g, 6, 16), _randint(g, 2, 5), _randint(g, 2, 5)
+    g = rng(seed)
+    d, k1, k2 = randint(g, 6, 16), randint(g, 2, 5), randint(g, 2, 5)
     return dict(W_O_1=torch.randn(k1, d, generator=g), W_V_2=torch.randn(d, k2, generator=g))
 
 
@@ -454,7 +454,7 @@ VIRTUAL_WEIGHT = Exercise(
     reference=ref.virtual_weight,
     make_inputs=_virtual_inputs,
     misconceptions=(
-        _m("paper orientation", "You returned the column-layout product W_V_2 W_O_1 ([d_head_2, d_head_1]), which is "
+        misconception("paper orientation", "You returned the column-layout product W_V_2 W_O_1 ([d_head_2, d_head_1]), which is "
            "our result transposed. In the row layout the first head's output z @ W_O_1 is read by the second "
            "head as (z @ W_O_1) @ W_V_2, so return W_O_1 @ W_V_2 [d_head_1, d_head_2].",
            lambda W_O_1, W_V_2: (W_O_1 @ W_V_2).T),
@@ -464,17 +464,17 @@ VIRTUAL_WEIGHT = Exercise(
 
 def virtual_weight(fn, cases: Cases = None) -> None:
     """Check ``fn(W_O_1, W_V_2) -> [d_head_1, d_head_2]``."""
-    run_check(VIRTUAL_WEIGHT, _nan_as_inf(fn), cases)
+    run_check(VIRTUAL_WEIGHT, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 6. composing heads
 
 
 def _compose_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    n, d = _randint(g, 3, 6), _randint(g, 3, 6)
-    return dict(A_2=_random_pattern(g, n), W_OV_2=torch.randn(d, d, generator=g),
-                A_1=_random_pattern(g, n), W_OV_1=torch.randn(d, d, generator=g))
+    g = rng(seed)
+    n, d = randint(g, 3, 6), randint(g, 3, 6)
+    return dict(A_2=random_pattern(g, n), W_OV_2=torch.randn(d, d, generator=g),
+                A_1=random_pattern(g, n), W_OV_1=torch.randn(d, d, generator=g))
 
 
 COMPOSE_HEADS = Exercise(
@@ -483,21 +483,21 @@ COMPOSE_HEADS = Exercise(
     reference=ref.compose_heads,
     make_inputs=_compose_inputs,
     misconceptions=(
-        _m("patterns in the wrong order", "Your pattern is A_1 @ A_2. The first head (A_1) moves information first "
+        misconception("patterns in the wrong order", "Your pattern is A_1 @ A_2. The first head (A_1) moves information first "
            "and the second (A_2) then moves the result, so the composed pattern is A_2 @ A_1 (the matrix applied "
            "first stands on the right).",
            lambda A_2, W_OV_2, A_1, W_OV_1: (A_1 @ A_2, W_OV_1 @ W_OV_2)),
-        _m("OV in paper order", "Your OV product is in the column layout's order, W_OV_2 @ W_OV_1. With "
+        misconception("OV in paper order", "Your OV product is in the column layout's order, W_OV_2 @ W_OV_1. With "
            "row vectors (x @ W_OV) the first head's matrix meets x first: W_OV_1 @ W_OV_2.",
            lambda A_2, W_OV_2, A_1, W_OV_1: (A_2 @ A_1, W_OV_2 @ W_OV_1)),
-        _m("both orders reversed", "Both products are reversed: the pattern is A_2 @ A_1 and, in the row "
+        misconception("both orders reversed", "Both products are reversed: the pattern is A_2 @ A_1 and, in the row "
            "layout, the OV matrix is W_OV_1 @ W_OV_2.",
            lambda A_2, W_OV_2, A_1, W_OV_1: (A_1 @ A_2, W_OV_2 @ W_OV_1)),
-        _m("added instead of composed", "You added the two heads. Adding is what two heads in the SAME layer "
+        misconception("added instead of composed", "You added the two heads. Adding is what two heads in the SAME layer "
            "do; a head reading another head's output composes with it, and composition multiplies: "
            "(A^2 A^1) ⊗ (W_OV^2 W_OV^1).",
            lambda A_2, W_OV_2, A_1, W_OV_1: (A_2 + A_1, W_OV_1 + W_OV_2)),
-        _m("elementwise pattern product", "You multiplied the patterns elementwise. Composing two position "
+        misconception("elementwise pattern product", "You multiplied the patterns elementwise. Composing two position "
            "mixings is a matrix product: A^2 @ A^1 (position i reads j via every intermediate k).",
            lambda A_2, W_OV_2, A_1, W_OV_1: (A_2 * A_1, W_OV_1 @ W_OV_2)),
     ),
@@ -506,7 +506,7 @@ COMPOSE_HEADS = Exercise(
 
 def compose_heads(fn, cases: Cases = None) -> None:
     """Check ``fn(A_2, W_OV_2, A_1, W_OV_1) -> (A[pos, pos], W_OV[d_model, d_model])``."""
-    run_check(COMPOSE_HEADS, _nan_as_inf(fn), cases)
+    run_check(COMPOSE_HEADS, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- conceptual questions

@@ -17,8 +17,8 @@ import torch
 from transformer_lens import FactoredMatrix
 
 from utils import circuits as ref
-from utils.attention import causal_mask
-from utils.checks.common import _circuit_sizes, _m, _model, _random_ov_weights, _nan_as_inf, _randint, _random_pattern, _rng
+from utils.tensors import causal_mask, is_factored
+from utils.checks.toolkit import circuit_sizes, misconception, attn_only_1l, random_ov_weights, nan_as_inf, randint, random_pattern, rng
 from utils.checks.core import Cases, CheckFailure, Exercise, question, run_check, seed_for
 
 CHAPTER = "02"
@@ -52,7 +52,7 @@ def _densify(value, d_model: int) -> torch.Tensor:
             f"Return a FactoredMatrix (from transformer_lens import FactoredMatrix), not a dense tensor "
             f"(you returned shape {tuple(value.shape)}). For the real model each circuit is 4096 x 4096 per "
             f"head; keep it as FactoredMatrix(left, right) with an inner dimension of d_head.")
-    if ref._is_factored(value):
+    if is_factored(value):
         A, B = value.A, value.B
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(t, torch.Tensor) for t in value):
         A, B = value  # a FactoredMatrix's two factors (how the sandboxed grader transports one)
@@ -90,13 +90,13 @@ def _fm(A, B) -> FactoredMatrix:
 
 
 def _ov_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    return _random_ov_weights(g, _square("full_ov_circuit", seed))
+    g = rng(seed)
+    return random_ov_weights(g, _square("full_ov_circuit", seed))
 
 
 @lru_cache(maxsize=1)
 def _real_weights() -> dict:
-    model = _model()
+    model = attn_only_1l()
     return {name: getattr(model, name).detach()[0] if name[2] in "QKVO" else getattr(model, name).detach()
             for name in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U", "b_Q")}
 
@@ -113,23 +113,23 @@ FULL_OV = Exercise(
     rtol=1e-4, atol=1e-4,
     extra_inputs=(_real("W_E", "W_V", "W_O", "W_U"),),
     misconceptions=(
-        _m("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is its "
+        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is its "
            "ROW: the circuit starts W_E @ W_V. (The paper's W_E, a [d_model, d_vocab] map of one-hot columns, is "
            "our W_E.T.)",
            _factored(lambda W_E, W_V, W_O, W_U: _fm(W_E.T @ W_V, W_O @ W_U))),
-        _m("W_O before W_V", "Your OV product is in the wrong order: W_O came before W_V. An embedding is first "
+        misconception("W_O before W_V", "Your OV product is in the wrong order: W_O came before W_V. An embedding is first "
            "read by W_V (into d_head) and then written back by W_O, so in code the circuit is "
            "W_E @ W_V @ W_O @ W_U; the paper's 'W_O W_V' is the same map written right to left for column vectors.",
            _factored(lambda W_E, W_V, W_O, W_U: _fm(W_E @ W_O, W_V @ W_U))),
-        _m("paper order typed literally", "You typed the paper's W_U W_O W_V W_E with the code's matrices. The "
+        misconception("paper order typed literally", "You typed the paper's W_U W_O W_V W_E with the code's matrices. The "
            "paper applies matrices to column vectors from right to left; with our row vectors the same circuit "
            "reads left to right: W_E @ W_V @ W_O @ W_U.",
            _factored(lambda W_E, W_V, W_O, W_U: _fm(W_U @ W_O, W_V @ W_E))),
-        _m("OV circuit transposed", "Your circuit is transposed: it must be [source, out] (row s = the logit "
+        misconception("OV circuit transposed", "Your circuit is transposed: it must be [source, out] (row s = the logit "
            "change when the head attends to token s), but you returned [out, source], the paper's orientation. "
            "Use FactoredMatrix(W_E @ W_V, W_O @ W_U).",
            _factored(lambda W_E, W_V, W_O, W_U: _fm((W_O @ W_U).transpose(-1, -2), (W_E @ W_V).transpose(-1, -2)))),
-        _m("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: logits = x @ W_U.",
+        misconception("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: logits = x @ W_U.",
            _factored(lambda W_E, W_V, W_O, W_U: _fm(W_E @ W_V, W_O @ W_U.T))),
     ),
 )
@@ -145,8 +145,8 @@ def full_ov_circuit(fn, cases: Cases = None) -> None:
 
 
 def _qk_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    h, vocab, d, k = _circuit_sizes(g, _square("full_qk_circuit", seed))
+    g = rng(seed)
+    h, vocab, d, k = circuit_sizes(g, _square("full_qk_circuit", seed))
     return dict(W_E=torch.randn(vocab, d, generator=g), W_Q=torch.randn(h, d, k, generator=g) / math.sqrt(d),
                 W_K=torch.randn(h, d, k, generator=g) / math.sqrt(d))
 
@@ -163,14 +163,14 @@ FULL_QK = Exercise(
     rtol=1e-4, atol=1e-4,
     extra_inputs=(_real("W_E", "W_Q", "W_K"),),
     misconceptions=(
-        _m(*_QK_SWAPPED, _factored(lambda W_E, W_Q, W_K: _fm(W_E @ W_K, (W_E @ W_Q).transpose(-1, -2)))),
-        _m("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model]; token t's embedding is the row "
+        misconception(*_QK_SWAPPED, _factored(lambda W_E, W_Q, W_K: _fm(W_E @ W_K, (W_E @ W_Q).transpose(-1, -2)))),
+        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model]; token t's embedding is the row "
            "W_E[t], so both factors start from W_E: (W_E @ W_Q) and (W_E @ W_K).",
            _factored(lambda W_E, W_Q, W_K: _fm(W_E.T @ W_Q, (W_E.T @ W_K).transpose(-1, -2)))),
-        _m("W_K not transposed", "The key factor needs a transpose: a score is q . k = (x_d W_Q)(x_s W_K)^T, so "
+        misconception("W_K not transposed", "The key factor needs a transpose: a score is q . k = (x_d W_Q)(x_s W_K)^T, so "
            "the right factor is (W_E @ W_K)^T = W_K^T W_E^T, not W_K @ W_E^T.",
            _factored(lambda W_E, W_Q, W_K: _fm(W_E @ W_Q, W_K @ W_E.T))),
-        _m("scaled by 1/sqrt(d_head)", "The full QK circuit is the bilinear form W_E W_Q W_K^T W_E^T itself, "
+        misconception("scaled by 1/sqrt(d_head)", "The full QK circuit is the bilinear form W_E W_Q W_K^T W_E^T itself, "
            "without 1/sqrt(d_head): the scale belongs to the attention scores (and changes no ranking).",
            _factored(lambda W_E, W_Q, W_K: _fm(W_E @ W_Q / math.sqrt(W_Q.shape[-1]),
                                                 (W_E @ W_K).transpose(-1, -2)))),
@@ -187,14 +187,14 @@ def full_qk_circuit(fn, cases: Cases = None) -> None:
 
 
 def _activation_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    b, p, h = _randint(g, 1, 2), _randint(g, 3, 6), _randint(g, 1, 3)
+    g = rng(seed)
+    b, p, h = randint(g, 1, 2), randint(g, 3, 6), randint(g, 1, 3)
     if _square("ov_from_activations", seed):
-        vocab = d = k = _randint(g, 5, 8)
+        vocab = d = k = randint(g, 5, 8)
     else:
-        d = _randint(g, 6, 10)
-        k, vocab = _randint(g, 2, d - 2), d + _randint(g, 4, 12)
-    n_out = _randint(g, 2, vocab - 1)
+        d = randint(g, 6, 10)
+        k, vocab = randint(g, 2, d - 2), d + randint(g, 4, 12)
+    n_out = randint(g, 2, vocab - 1)
     return dict(embed=torch.randn(b, p, d, generator=g), pos_embed=torch.randn(b, p, d, generator=g) * 2,
                 W_V=torch.randn(h, d, k, generator=g) / math.sqrt(d),
                 W_O=torch.randn(h, k, d, generator=g) / math.sqrt(k),
@@ -206,7 +206,7 @@ def _activation_inputs(seed: int) -> dict:
 def _real_activations() -> dict:
     from utils.data import analysis_tokens
 
-    model = _model()
+    model = attn_only_1l()
     tokens = analysis_tokens(seq_len=12, n_seqs=2)
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in ("hook_embed", "hook_pos_embed"))
@@ -236,14 +236,14 @@ OV_FROM_ACTIVATIONS = Exercise(
     rtol=1e-4, atol=1e-4,
     extra_inputs=(lambda: dict(_real_activations()),),
     misconceptions=(
-        _m("positional embedding in the values", "You added the positional embedding to the values. "
+        misconception("positional embedding in the values", "You added the positional embedding to the values. "
            "attn-only-1l uses shortformer positions: W_pos enters the queries and keys only, so a head's value "
            "input (and its OV circuit) is the token embedding alone. Use embed, not embed + pos_embed.",
            _ov_acts("both")),
-        _m("W_O before W_V", "Your OV product is in the wrong order: each position's embedding goes through W_V "
+        misconception("W_O before W_V", "Your OV product is in the wrong order: each position's embedding goes through W_V "
            "first (into d_head), then W_O (back to d_model), then W_U.",
            _ov_acts("embed", order="OV")),
-        _m("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: select the out tokens' "
+        misconception("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: select the out tokens' "
            "COLUMNS, W_U[:, out_tokens].",
            _ov_acts("embed", transpose_U=True)),
     ),
@@ -253,20 +253,20 @@ OV_FROM_ACTIVATIONS = Exercise(
 def ov_from_activations(fn, cases: Cases = None) -> None:
     """Check ``fn(embed, pos_embed, W_V, W_O, W_U, out_tokens) -> [batch, pos, head, n_out]``; the
     real-model case uses attn-only-1l's cached ``hook_embed`` and ``hook_pos_embed``."""
-    run_check(OV_FROM_ACTIVATIONS, _nan_as_inf(fn), cases)
+    run_check(OV_FROM_ACTIVATIONS, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 2a. the positional QK circuit
 
 
 def _pos_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    h = _randint(g, 1, 3)
+    g = rng(seed)
+    h = randint(g, 1, 3)
     if _square("positional_qk_pattern", seed):
-        n = d = _randint(g, 5, 8)
+        n = d = randint(g, 5, 8)
     else:
-        n, d = _randint(g, 4, 9), _randint(g, 10, 14)
-    k = _randint(g, 2, 4)
+        n, d = randint(g, 4, 9), randint(g, 10, 14)
+    k = randint(g, 2, 4)
     return dict(W_pos=torch.randn(n, d, generator=g), W_Q=torch.randn(h, d, k, generator=g) * 2 / math.sqrt(d),
                 W_K=torch.randn(h, d, k, generator=g) * 2 / math.sqrt(d))
 
@@ -293,17 +293,17 @@ POSITIONAL_QK_PATTERN = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real("W_pos", "W_Q", "W_K"),),
     misconceptions=(
-        _m(*_QK_SWAPPED, _pos_variant(swap=True)),
-        _m("W_pos transposed", "You used W_pos transposed. W_pos is [n_ctx, d_model]: position i's embedding is "
+        misconception(*_QK_SWAPPED, _pos_variant(swap=True)),
+        misconception("W_pos transposed", "You used W_pos transposed. W_pos is [n_ctx, d_model]: position i's embedding is "
            "its ROW W_pos[i], so the queries are W_pos @ W_Q.",
            _pos_variant(transpose_pos=True)),
-        _m("missing 1/sqrt(d_head)", "The model divides scores by sqrt(d_head) before the softmax; the positional "
+        misconception("missing 1/sqrt(d_head)", "The model divides scores by sqrt(d_head) before the softmax; the positional "
            "pattern must too, or it comes out sharper than anything the model does.",
            _pos_variant(scale=False)),
-        _m("softmax over queries", "Your softmax ran over the QUERY axis. Each query position distributes its "
+        misconception("softmax over queries", "Your softmax ran over the QUERY axis. Each query position distributes its "
            "attention over the keys it can see: softmax(dim=-1) after the causal mask.",
            _pos_variant(axis=-2)),
-        _m("no causal mask", "There is no causal mask: query i may only attend to keys j <= i. Set the scores "
+        misconception("no causal mask", "There is no causal mask: query i may only attend to keys j <= i. Set the scores "
            "above the diagonal to -inf before the softmax.",
            _pos_variant(mask=False)),
     ),
@@ -313,16 +313,16 @@ POSITIONAL_QK_PATTERN = Exercise(
 def positional_qk_pattern(fn, cases: Cases = None) -> None:
     """Check ``fn(W_pos, W_Q, W_K) -> pattern [head, n_ctx, n_ctx]``; the real-model case uses
     attn-only-1l's W_pos, W_Q and W_K."""
-    run_check(POSITIONAL_QK_PATTERN, _nan_as_inf(fn), cases)
+    run_check(POSITIONAL_QK_PATTERN, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 2b. positional head scores
 
 
 def _scores_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    h, n = _randint(g, 1, 4), _randint(g, 4, 10)
-    return dict(pattern=_random_pattern(g, h, n))
+    g = rng(seed)
+    h, n = randint(g, 1, 4), randint(g, 4, 10)
+    return dict(pattern=random_pattern(g, h, n))
 
 
 @lru_cache(maxsize=1)
@@ -359,20 +359,20 @@ POSITIONAL_HEAD_SCORES = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(pattern=_real_positional_pattern()),),
     misconceptions=(
-        _m("diagonal instead of previous token", "Your previous-token score reads the DIAGONAL A[i, i] (attention "
+        misconception("diagonal instead of previous token", "Your previous-token score reads the DIAGONAL A[i, i] (attention "
            "to the current token). The previous token of query i is key i - 1: A[i, i - 1], the diagonal just "
            "below the main one (torch.diagonal(A, offset=-1, dim1=-2, dim2=-1)).",
            _scores_variant(prev_offset=0)),
-        _m("previous token above the diagonal", "Your previous-token score reads A[i, i + 1], the NEXT token, "
+        misconception("previous token above the diagonal", "Your previous-token score reads A[i, i + 1], the NEXT token, "
            "which the causal mask always sets to 0. The previous token is key i - 1: offset=-1.",
            _scores_variant(prev_offset=1)),
-        _m("query 0 in the first-token score", "Your first-token score includes query 0, whose only choice is "
+        misconception("query 0 in the first-token score", "Your first-token score includes query 0, whose only choice is "
            "key 0 (A[0, 0] = 1 always). Average A[i, 0] over queries i >= 1 only.",
            _scores_variant(first_from=0)),
-        _m("distance divided by i", "Your distance ratio divides by i; a uniform pattern over keys 0..i has mean "
+        misconception("distance divided by i", "Your distance ratio divides by i; a uniform pattern over keys 0..i has mean "
            "distance i / 2, and the ratio compares with that, so divide by i / 2.",
            _scores_variant(norm="full")),
-        _m("distance not normalised", "You returned the raw mean attention distance. Divide each query's mean "
+        misconception("distance not normalised", "You returned the raw mean attention distance. Divide each query's mean "
            "distance by i / 2 (a uniform pattern's) before averaging, so that 1 means 'no preference'.",
            _scores_variant(norm="none")),
     ),
@@ -382,29 +382,29 @@ POSITIONAL_HEAD_SCORES = Exercise(
 def positional_head_scores(fn, cases: Cases = None) -> None:
     """Check ``fn(pattern) -> [head, 3]`` (previous-token, first-token, distance ratio); the real-model
     case is attn-only-1l's positional pattern with its query bias."""
-    run_check(POSITIONAL_HEAD_SCORES, _nan_as_inf(fn), cases)
+    run_check(POSITIONAL_HEAD_SCORES, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 3. top tokens for a source
 
 
 def _top_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    vocab, r = _randint(g, 24, 40), _randint(g, 3, 6)
+    g = rng(seed)
+    vocab, r = randint(g, 24, 40), randint(g, 3, 6)
     spread = torch.rand(vocab, 1, generator=g) * 2.8 + 0.2  # destinations with big and small queries
     offset = torch.randn(r, 1, generator=g) * 3  # a key direction every source shares
     allowed = torch.rand(vocab, generator=g) < 0.8
     allowed[torch.randperm(vocab, generator=g)[:2]] = False
     return dict(qk_A=torch.randn(vocab, r, generator=g) * spread, qk_B=torch.randn(r, vocab, generator=g) + offset,
                 ov_A=torch.randn(vocab, r, generator=g), ov_B=torch.randn(r, vocab, generator=g),
-                source=_randint(g, 0, vocab - 1), k=_randint(g, 3, 5), allowed=allowed)
+                source=randint(g, 0, vocab - 1), k=randint(g, 3, 5), allowed=allowed)
 
 
 @lru_cache(maxsize=1)
 def _real_top_inputs() -> dict:
     from utils.data import load_corpus_tokens
 
-    model, w = _model(), _real_weights()
+    model, w = attn_only_1l(), _real_weights()
     head = 2
     counts = torch.bincount(load_corpus_tokens()["train"], minlength=model.cfg.d_vocab)
     allowed = counts >= 200
@@ -455,23 +455,23 @@ TOP_FOR_SOURCE = Exercise(
     rtol=0, atol=0,
     extra_inputs=(lambda: dict(_real_top_inputs()),),
     misconceptions=(
-        _m("QK row instead of column", "Wrong axis for the destinations: you ranked ROW `source` of the QK "
+        misconception("QK row instead of column", "Wrong axis for the destinations: you ranked ROW `source` of the QK "
            "circuit, i.e. the keys that `source` attends to when IT is the query. The destinations that attend "
            "to `source` are COLUMN `source`: qk_A @ qk_B[:, source] (rows are queries, columns keys).",
            _as_ids(_top_variant(dest_axis="row"))),
-        _m("OV column instead of row", "Wrong axis for the outs: you ranked COLUMN `source` of the OV circuit, "
+        misconception("OV column instead of row", "Wrong axis for the outs: you ranked COLUMN `source` of the OV circuit, "
            "the source tokens that would raise the logit of `source`. The logits raised by attending to "
            "`source` are ROW `source`: ov_A[source] @ ov_B (rows are sources, columns outputs).",
            _as_ids(_top_variant(out_axis="col"))),
-        _m("both axes swapped", "Both axes are swapped: destinations come from COLUMN `source` of the QK circuit "
+        misconception("both axes swapped", "Both axes are swapped: destinations come from COLUMN `source` of the QK circuit "
            "([dest, src]) and outs from ROW `source` of the OV circuit ([src, out]).",
            _as_ids(_top_variant(dest_axis="row", out_axis="col"))),
-        _m("destinations not centred", "Your destinations use the raw scores QK[d, source]. A destination whose "
+        misconception("destinations not centred", "Your destinations use the raw scores QK[d, source]. A destination whose "
            "query is large scores high on EVERY source, and the softmax ignores that shared part: subtract each "
            "destination's mean score over all sources, QK[d, source] - mean_s QK[d, s] (qk_B.mean(-1) is the "
            "mean key).",
            _as_ids(_top_variant(centre=False))),
-        _m("allowed ignored", "You returned tokens where `allowed` is False: set their scores to -inf (for both "
+        misconception("allowed ignored", "You returned tokens where `allowed` is False: set their scores to -inf (for both "
            "rankings) before taking the top k.",
            _as_ids(_top_variant(mask=False))),
     ),
@@ -488,8 +488,8 @@ def top_for_source(fn, cases: Cases = None) -> None:
 
 
 def _effect_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    b, n, vocab = _randint(g, 2, 5), _randint(g, 3, 6), _randint(g, 7, 15)
+    g = rng(seed)
+    b, n, vocab = randint(g, 2, 5), randint(g, 3, 6), randint(g, 7, 15)
     without = torch.randn(b, n, vocab, generator=g) * 2 + 1.5
     with_a = without + torch.randn(b, n, vocab, generator=g) + torch.randn(b, n, 1, generator=g)
     return dict(logits_with=with_a, logits_without=without, out_tokens=torch.randint(0, vocab, (b,), generator=g))
@@ -497,7 +497,7 @@ def _effect_inputs(seed: int) -> dict:
 
 @lru_cache(maxsize=1)
 def _real_effect_inputs() -> dict:
-    model = _model()
+    model = attn_only_1l()
     a, b, c = (model.to_single_token(t) for t in (" try", "):", " except"))
     contexts = ref.filler_contexts(n=3, length=15, seed=0)
     with_a, without = ref.confirmation_prompts(a, b, contexts, neutral=model.to_single_token("age"))
@@ -527,21 +527,21 @@ CONFIRMATION_EFFECT = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(_real_effect_inputs()),),
     misconceptions=(
-        _m("no baseline subtracted", "You compared the logits without subtracting the baseline: you returned c's "
+        misconception("no baseline subtracted", "You compared the logits without subtracting the baseline: you returned c's "
            "logit (and log-probability) with the source s present. c's logit at d depends on much more than s "
            "(d's own direct path, the rest of the context, the biases); subtract the same quantity from the run "
            "where s is replaced by the neutral token.",
            _effect_variant(baseline=False)),
-        _m("baseline subtracted the wrong way", "Your differences have the wrong sign: the gain is (with s) minus "
+        misconception("baseline subtracted the wrong way", "Your differences have the wrong sign: the gain is (with s) minus "
            "(without s), so that a positive number means s raised c.",
            _effect_variant(sign=-1)),
-        _m("first position instead of last", "You read position 0. The prediction that c should follow d is "
+        misconception("first position instead of last", "You read position 0. The prediction that c should follow d is "
            "made at d, the LAST position of each prompt: logits[:, -1].",
            _effect_variant(position=0)),
-        _m("log_softmax over positions", "Your log_softmax ran over the POSITION axis. A next-token "
+        misconception("log_softmax over positions", "Your log_softmax ran over the POSITION axis. A next-token "
            "distribution is normalised over the vocabulary: log_softmax(dim=-1).",
            _effect_variant(axis=1)),
-        _m("probabilities instead of log-probabilities", "The second output is the gain in LOG-probability, "
+        misconception("probabilities instead of log-probabilities", "The second output is the gain in LOG-probability, "
            "log p(c | s) - log p(c | neutral); you returned the difference of the probabilities themselves.",
            _effect_variant(probs=True)),
     ),
@@ -571,16 +571,16 @@ def _pair(fn):
 def confirmation_effect(fn, cases: Cases = None) -> None:
     """Check ``fn(logits_with, logits_without, out_tokens) -> (logit gain[batch], log-prob gain[batch])``;
     the real-model case runs attn-only-1l on "... try ... ):" prompts."""
-    run_check(CONFIRMATION_EFFECT, _pair(_nan_as_inf(fn)), cases)
+    run_check(CONFIRMATION_EFFECT, _pair(nan_as_inf(fn)), cases)
 
 
 # --------------------------------------------------------------------------- 5. rank correlation
 
 
 def _spearman_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    n = _randint(g, 8, 25)
-    x = torch.randint(0, _randint(g, 3, 6), (n,), generator=g).float()  # integer values: ties
+    g = rng(seed)
+    n = randint(g, 8, 25)
+    x = torch.randint(0, randint(g, 3, 6), (n,), generator=g).float()  # integer values: ties
     noise = torch.randn(n, generator=g)
     y = x * torch.rand(1, generator=g) * 2 + noise if seed % 2 else torch.randint(0, 4, (n,), generator=g).float()
     x[:2], y[:2] = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])  # never constant
@@ -591,7 +591,7 @@ def _spearman_inputs(seed: int) -> dict:
 def _real_spearman_inputs() -> dict:
     from utils.data import analysis_tokens
 
-    model, w = _model(), _real_weights()
+    model, w = attn_only_1l(), _real_weights()
     counts = ref.bigram_counts(analysis_tokens(seq_len=128, n_seqs=600), model.cfg.d_vocab)
     source = model.to_single_token(" self")
     return dict(x=(w["W_E"][source] @ w["W_U"]).double(), y=counts.row(source))
@@ -630,34 +630,34 @@ SPEARMAN = Exercise(
     rtol=1e-3, atol=1e-4,
     extra_inputs=(lambda: dict(_real_spearman_inputs()),),
     misconceptions=(
-        _m("Pearson on the values", "You computed the Pearson correlation of the values themselves. Spearman's "
+        misconception("Pearson on the values", "You computed the Pearson correlation of the values themselves. Spearman's "
            "correlation is the Pearson correlation of their RANKS: replace each value by its position in sorted "
            "order first.",
            lambda x, y: _pearson(x, y)),
-        _m("argsort used as ranks", "x.argsort() is not the ranks: it lists the INDICES in sorted order. The rank "
+        misconception("argsort used as ranks", "x.argsort() is not the ranks: it lists the INDICES in sorted order. The rank "
            "of element i is where i lands in that order: the inverse permutation (argsort of the argsort, or "
            "ranks[order] = arange(n)).",
            lambda x, y: _pearson(x.argsort(stable=True).double(), y.argsort(stable=True).double())),
-        _m("ties not averaged", "Tied values must share one rank, the mean of the positions they occupy (e.g. "
+        misconception("ties not averaged", "Tied values must share one rank, the mean of the positions they occupy (e.g. "
            "two values tied for places 3 and 4 both get 3.5). You ranked ties in arbitrary order.",
            lambda x, y: _pearson(_ordinal(x), _ordinal(y))),
-        _m("ties given the lowest rank", "Your tied values all got the LOWEST of the positions they occupy (the "
+        misconception("ties given the lowest rank", "Your tied values all got the LOWEST of the positions they occupy (the "
            "'min' rule). Spearman's correlation gives each tie the MEAN of those positions (two values tied "
            "for places 3 and 4 both get 3.5), so that the ranks still sum to the same total.",
            lambda x, y: _pearson(_tied_rank(x, "min"), _tied_rank(y, "min"))),
-        _m("ties given the highest rank", "Your tied values all got the HIGHEST of the positions they occupy (the "
+        misconception("ties given the highest rank", "Your tied values all got the HIGHEST of the positions they occupy (the "
            "'max' rule). Spearman's correlation gives each tie the MEAN of those positions (3.5 for places 3 "
            "and 4).",
            lambda x, y: _pearson(_tied_rank(x, "max"), _tied_rank(y, "max"))),
-        _m("dense ranks", "You numbered the distinct values 0, 1, 2, ... (dense ranks, e.g. from torch.unique's "
+        misconception("dense ranks", "You numbered the distinct values 0, 1, 2, ... (dense ranks, e.g. from torch.unique's "
            "inverse), so a tie costs no places. Spearman's ranks are positions in the sorted order, and a tie "
            "shares the MEAN of the positions it occupies.",
            lambda x, y: _pearson(_tied_rank(x, "dense"), _tied_rank(y, "dense"))),
-        _m("ranks not centred", "You took the cosine of the ranks. A correlation subtracts each rank vector's "
+        misconception("ranks not centred", "You took the cosine of the ranks. A correlation subtracts each rank vector's "
            "mean first, otherwise two unrelated rankings still come out strongly positive.",
            lambda x, y: float((ref.average_ranks(x) * ref.average_ranks(y)).sum()
                               / (ref.average_ranks(x).norm() * ref.average_ranks(y).norm()))),
-        _m("shortcut formula with ties", "You used 1 - 6 sum d^2 / (n (n^2 - 1)). That shortcut is exact only "
+        misconception("shortcut formula with ties", "You used 1 - 6 sum d^2 / (n (n^2 - 1)). That shortcut is exact only "
            "without ties; with tied values use the Pearson correlation of the average ranks.",
            _shortcut),
     ),
@@ -667,7 +667,7 @@ SPEARMAN = Exercise(
 def spearman(fn, cases: Cases = None) -> None:
     """Check ``fn(x, y) -> float`` (Spearman's rank correlation, ties averaged); the real-model
     case correlates the direct path of " self" with its bigram counts (4096 values, many tied)."""
-    run_check(SPEARMAN, _nan_as_inf(fn), cases)
+    run_check(SPEARMAN, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- conceptual questions

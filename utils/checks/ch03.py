@@ -26,9 +26,9 @@ from transformer_lens import FactoredMatrix
 
 from utils import copying as ref
 from utils import induction as ind
-from utils.attention import causal_mask
+from utils.tensors import causal_mask
 from utils.checks.ch00 import PER_TOKEN_LOSS as _CH00_PER_TOKEN_LOSS
-from utils.checks.common import _m, _model, _random_ov_weights, _nan_as_inf, _randint, _rng
+from utils.checks.toolkit import misconception, attn_only_1l, random_ov_weights, nan_as_inf, randint, rng
 from utils.checks.core import Cases, CheckFailure, Exercise, default_case, question, run_check, square_case
 # The circuit-from-the-weights and the patching / attribution exercises live in their own modules;
 # the notebook reaches every chapter-03 check through this one.
@@ -79,7 +79,7 @@ def _two_layer_model():
 
 def _induction_model():
     """A TRAINED model for the pattern and loss cases: attn-only-2l if bundled, else attn-only-1l."""
-    return _two_layer_model() if _two_layer_bundled() else _model()
+    return _two_layer_model() if _two_layer_bundled() else attn_only_1l()
 
 
 @lru_cache(maxsize=1)
@@ -96,7 +96,7 @@ def _repeated_run() -> dict:
 
 @lru_cache(maxsize=1)
 def _real_ov() -> dict:
-    return ref.ov_weights(_model(), 0)
+    return ref.ov_weights(attn_only_1l(), 0)
 
 
 # --------------------------------------------------------------------------- eigenvalues as multisets
@@ -162,9 +162,9 @@ def _eigs(fn, reference, small, big, exercise: str):
 
 
 def _small_product_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    h, r = _randint(g, 1, 3), _randint(g, 2, 5)
-    n = r + _randint(g, 3, 9)
+    g = rng(seed)
+    h, r = randint(g, 1, 3), randint(g, 2, 5)
+    n = r + randint(g, 3, 9)
     return dict(A=torch.randn(h, n, r, generator=g), B=torch.randn(h, r, n, generator=g) / math.sqrt(n))
 
 
@@ -201,10 +201,10 @@ EIGENVALUES_VIA_SMALL_PRODUCT = Exercise(
     rtol=1e-3, atol=1e-4,
     extra_inputs=(_real_small_product,),
     misconceptions=(
-        _m(*_SINGULAR, _small_product_eigs(lambda A, B: torch.linalg.svdvals(B @ A))),
-        _m(*_EIGVALSH, _small_product_eigs(lambda A, B: torch.linalg.eigvalsh(B @ A))),
-        _m(*_REAL_PART, _small_product_eigs(lambda A, B: torch.linalg.eigvals(B @ A).real)),
-        _m(*_MAGNITUDE, _small_product_eigs(lambda A, B: torch.linalg.eigvals(B @ A).abs())),
+        misconception(*_SINGULAR, _small_product_eigs(lambda A, B: torch.linalg.svdvals(B @ A))),
+        misconception(*_EIGVALSH, _small_product_eigs(lambda A, B: torch.linalg.eigvalsh(B @ A))),
+        misconception(*_REAL_PART, _small_product_eigs(lambda A, B: torch.linalg.eigvals(B @ A).real)),
+        misconception(*_MAGNITUDE, _small_product_eigs(lambda A, B: torch.linalg.eigvals(B @ A).abs())),
     ),
 )
 
@@ -219,8 +219,8 @@ def eigenvalues_via_small_product(fn, cases: Cases = None) -> None:
 
 
 def _ov_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    return _random_ov_weights(g, square_case("full_ov_circuit_eigenvalues", seed))
+    g = rng(seed)
+    return random_ov_weights(g, square_case("full_ov_circuit_eigenvalues", seed))
 
 
 def _ov_eigs(fn):
@@ -241,31 +241,31 @@ FULL_OV_CIRCUIT_EIGENVALUES = Exercise(
     rtol=1e-3, atol=1e-4,
     extra_inputs=(lambda: dict(_real_ov()),),
     misconceptions=(
-        _m("eigenvalues of W_OV alone", "You computed the eigenvalues of the head's OV matrix W_V W_O alone "
+        misconception("eigenvalues of W_OV alone", "You computed the eigenvalues of the head's OV matrix W_V W_O alone "
            "(d_model -> d_model). The exercise asks for the FULL OV circuit W_E W_V W_O W_U, tokens to logits "
            "(the paper's W_U W_O W_V W_E): include the embedding and the unembedding, and take the eigenvalues of "
            "the small product (W_O W_U)(W_E W_V).",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: torch.linalg.eigvals(W_O @ W_V))),
-        _m("singular values of the full circuit", "You returned the singular values of the full OV circuit "
+        misconception("singular values of the full circuit", "You returned the singular values of the full OV circuit "
            "(FactoredMatrix.S or an SVD). Singular values are always real and >= 0: they say how much the "
            "circuit stretches, not whether it maps a token back onto itself. Use the eigenvalues "
            "(FactoredMatrix.eigenvalues, or torch.linalg.eigvals of the small product).",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: FactoredMatrix(W_E @ W_V, W_O @ W_U).S)),
-        _m(*_SINGULAR, _ov_eigs(lambda W_E, W_V, W_O, W_U: torch.linalg.svdvals((W_O @ W_U) @ (W_E @ W_V)))),
-        _m("W_E^T instead of W_U", "You closed the circuit with W_E^T instead of W_U: W_E W_V W_O W_E^T compares "
+        misconception(*_SINGULAR, _ov_eigs(lambda W_E, W_V, W_O, W_U: torch.linalg.svdvals((W_O @ W_U) @ (W_E @ W_V)))),
+        misconception("W_E^T instead of W_U", "You closed the circuit with W_E^T instead of W_U: W_E W_V W_O W_E^T compares "
            "the head's output with the token EMBEDDINGS. What the head does to the logits goes through the "
            "unembedding: W_E W_V W_O W_U.",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: _small(W_E @ W_V, W_O @ W_E.T))),
-        _m("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is its "
+        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is its "
            "ROW: the circuit starts W_E @ W_V.",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: _small(W_E.T @ W_V, W_O @ W_U))),
-        _m("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: logits = x @ W_U, so the circuit "
+        misconception("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: logits = x @ W_U, so the circuit "
            "ends W_O @ W_U.",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: _small(W_E @ W_V, W_O @ W_U.T))),
-        _m("W_O before W_V", "Your OV product is in the wrong order: an embedding is first read by W_V (into "
+        misconception("W_O before W_V", "Your OV product is in the wrong order: an embedding is first read by W_V (into "
            "d_head) and then written back by W_O, so in code the circuit is W_E @ W_V @ W_O @ W_U.",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: _small(W_E @ W_O, W_V @ W_U))),
-        _m("paper order typed literally", "You typed the paper's W_U W_O W_V W_E with the code's matrices. The "
+        misconception("paper order typed literally", "You typed the paper's W_U W_O W_V W_E with the code's matrices. The "
            "paper applies matrices to column vectors from right to left; with our row vectors the same circuit "
            "reads left to right: W_E @ W_V @ W_O @ W_U.",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: _small(W_U @ W_O, W_V @ W_E))),
@@ -285,8 +285,8 @@ def full_ov_circuit_eigenvalues(fn, cases: Cases = None) -> None:
 def _copying_inputs(seed: int) -> dict:
     """Eigenvalues of random real matrices (so: real values and conjugate pairs), some heads shifted
     towards copying (+), some towards suppression (-)."""
-    g = _rng(seed)
-    h, r = _randint(g, 2, 4), _randint(g, 3, 8)
+    g = rng(seed)
+    h, r = randint(g, 2, 4), randint(g, 3, 8)
     shift = (torch.rand(h, 1, 1, generator=g) * 4 - 2) * torch.eye(r)
     M = torch.randn(h, r, r, generator=g) + shift
     return dict(eigenvalues=torch.linalg.eigvals(M))
@@ -324,30 +324,30 @@ COPYING_SCORE = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(eigenvalues=_real_eigenvalues()),),
     misconceptions=(
-        _m("|lambda| in the numerator", "You put absolute values in the numerator: sum |lambda| / sum |lambda| is "
+        misconception("|lambda| in the numerator", "You put absolute values in the numerator: sum |lambda| / sum |lambda| is "
            "always 1. The numerator is the REAL PART of the sum, Re(sum lambda): negative eigenvalues (suppression) "
            "must pull the score down, and complex pairs a +- bi contribute only their real part 2a.",
            lambda eigenvalues: eigenvalues.abs().sum(-1) / eigenvalues.abs().sum(-1)),
-        _m("|sum lambda| in the numerator", "Your numerator is |sum lambda|, the magnitude of the sum: a head "
+        misconception("|sum lambda| in the numerator", "Your numerator is |sum lambda|, the magnitude of the sum: a head "
            "whose eigenvalues are all negative (it suppresses the tokens it attends to) then scores +1 instead "
            "of -1. Use the real part, Re(sum lambda), which keeps the sign.",
            lambda eigenvalues: eigenvalues.sum(-1).abs() / eigenvalues.abs().sum(-1)),
-        _m("mean of Re lambda / |lambda|", "You averaged Re(lambda) / |lambda| over the eigenvalues, so a tiny "
+        misconception("mean of Re lambda / |lambda|", "You averaged Re(lambda) / |lambda| over the eigenvalues, so a tiny "
            "eigenvalue counts as much as a huge one. The score weights each eigenvalue by its size: "
            "Re(sum lambda) / sum |lambda|.",
            lambda eigenvalues: (eigenvalues.real / eigenvalues.abs()).mean(-1)),
-        _m("denominator |sum lambda|", "Your denominator is |sum lambda|. It must be sum |lambda|, the total size "
+        misconception("denominator |sum lambda|", "Your denominator is |sum lambda|. It must be sum |lambda|, the total size "
            "of the eigenvalues: with |sum lambda| the score is just the sign of the sum (conjugate pairs cancel "
            "their imaginary parts) and every head looks like a perfect copier or suppressor.",
            lambda eigenvalues: eigenvalues.real.sum(-1) / eigenvalues.sum(-1).abs()),
-        _m("denominator without the imaginary parts", "Your denominator is sum |Re lambda|, which ignores the "
+        misconception("denominator without the imaginary parts", "Your denominator is sum |Re lambda|, which ignores the "
            "imaginary parts: a head whose eigenvalues are mostly rotations (a +- bi, b large) then scores near "
            "+-1. Divide by sum |lambda|, the full complex magnitudes.",
            lambda eigenvalues: eigenvalues.real.sum(-1) / eigenvalues.real.abs().sum(-1)),
-        _m("not normalised", "You returned Re(sum lambda) without dividing by sum |lambda|. The score must be "
+        misconception("not normalised", "You returned Re(sum lambda) without dividing by sum |lambda|. The score must be "
            "scale-free, between -1 and 1, so heads (and models) with larger weights can be compared.",
            lambda eigenvalues: eigenvalues.real.sum(-1)),
-        _m("summed over heads", "You summed over the HEAD axis (dim 0). eigenvalues is [head, d_head]: sum over "
+        misconception("summed over heads", "You summed over the HEAD axis (dim 0). eigenvalues is [head, d_head]: sum over "
            "the last axis, one score per head.",
            lambda eigenvalues: eigenvalues.real.sum(0) / eigenvalues.abs().sum(0)),
     ),
@@ -357,7 +357,7 @@ COPYING_SCORE = Exercise(
 def copying_score(fn, cases: Cases = None) -> None:
     """Check ``fn(eigenvalues[head, r] complex) -> score[head]``; the real-model case is attn-only-1l's
     full OV circuit eigenvalues."""
-    run_check(COPYING_SCORE, _real_valued(_nan_as_inf(fn), "copying_score"), cases)
+    run_check(COPYING_SCORE, _real_valued(nan_as_inf(fn), "copying_score"), cases)
 
 
 # --------------------------------------------------------------------------- 1d. top-k copying, token by token
@@ -366,9 +366,9 @@ def copying_score(fn, cases: Cases = None) -> None:
 def _top_k_inputs(seed: int) -> dict:
     """Heads from copying (W_O ~ +c W_V^T) through random to suppressing (W_O ~ -c W_V^T), with W_U
     partly aligned with W_E^T, so that the fractions spread out."""
-    g = _rng(seed)
-    h, d = _randint(g, 2, 3), _randint(g, 6, 9)
-    vocab, k_head, k = d + _randint(g, 16, 30), _randint(g, 2, 4), _randint(g, 3, 5)
+    g = rng(seed)
+    h, d = randint(g, 2, 3), randint(g, 6, 9)
+    vocab, k_head, k = d + randint(g, 16, 30), randint(g, 2, 4), randint(g, 3, 5)
     W_E = torch.randn(vocab, d, generator=g)
     W_U = 0.5 * W_E.T + torch.randn(d, vocab, generator=g)
     W_V = torch.randn(h, d, k_head, generator=g) / math.sqrt(d)
@@ -400,24 +400,24 @@ SELF_TOP_K_FRACTION = Exercise(
     rtol=0, atol=1e-3,  # 1e-3: near-ties may flip a few of the real model's 4096 tokens
     extra_inputs=(lambda: dict(_real_ov(), k=5),),
     misconceptions=(
-        _m("column instead of row", "You looked at COLUMN t of the circuit, the source tokens that most raise "
+        misconception("column instead of row", "You looked at COLUMN t of the circuit, the source tokens that most raise "
            "t's logit. The question is what attending to t does: ROW t of W_E W_V W_O W_U ([source, out]) is the "
            "change in every logit, and t counts when its own logit is among the row's k largest.",
            _top_k_variant(transpose=True)),
-        _m("k ignored (top-1)", "You tested whether t is the single LARGEST entry of its row (argmax). The "
+        misconception("k ignored (top-1)", "You tested whether t is the single LARGEST entry of its row (argmax). The "
            "exercise asks whether it is among the top k (row.topk(k), with the k passed in).",
            _top_k_variant(top=1)),
-        _m("off by one in the rank", "Off by one: you counted t when at most k tokens beat it, which is the top "
+        misconception("off by one in the rank", "Off by one: you counted t when at most k tokens beat it, which is the top "
            "k + 1. t is in the top k when FEWER than k tokens score higher (or: t in row.topk(k).indices).",
            _top_k_variant(rank_le=True)),
-        _m("W_E^T instead of W_U", "You closed the circuit with W_E^T instead of W_U, comparing the head's output "
+        misconception("W_E^T instead of W_U", "You closed the circuit with W_E^T instead of W_U, comparing the head's output "
            "with the token embeddings. What the head does to the logits goes through the unembedding: "
            "W_E W_V W_O W_U.",
            _top_k_variant(unembed="W_E")),
-        _m("count instead of fraction", "You returned the NUMBER of tokens that pass; return the fraction "
+        misconception("count instead of fraction", "You returned the NUMBER of tokens that pass; return the fraction "
            "(divide by d_vocab), so heads and models of different vocabularies can be compared.",
            _top_k_variant(fraction=False)),
-        _m("averaged over heads", "You averaged over the heads. Return one fraction per head, shape [head].",
+        misconception("averaged over heads", "You averaged over the heads. Return one fraction per head, shape [head].",
            _top_k_variant(head_mean=True)),
     ),
 )
@@ -426,15 +426,15 @@ SELF_TOP_K_FRACTION = Exercise(
 def self_top_k_fraction(fn, cases: Cases = None) -> None:
     """Check ``fn(W_E, W_V, W_O, W_U, k) -> fraction[head]``; the real-model case is attn-only-1l with
     k = 5 (its 4096 x 4096 circuits: build rows in chunks, or per head)."""
-    run_check(SELF_TOP_K_FRACTION, _nan_as_inf(fn), cases)
+    run_check(SELF_TOP_K_FRACTION, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 2a. per-token loss
 
 
 def _loss_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    batch, pos, vocab = _randint(g, 2, 4), _randint(g, 5, 9), _randint(g, 11, 30)
+    g = rng(seed)
+    batch, pos, vocab = randint(g, 2, 4), randint(g, 5, 9), randint(g, 11, 30)
     return dict(logits=torch.randn(batch, pos, vocab, generator=g) * 2,
                 tokens=torch.randint(0, vocab, (batch, pos), generator=g))
 
@@ -451,24 +451,24 @@ PER_TOKEN_LOSS = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(logits=_repeated_run()["logits"], tokens=_repeated_run()["tokens"]),),
     misconceptions=(
-        _m("softmax twice", "You normalised twice: the probabilities (softmax) went into a function that "
+        misconception("softmax twice", "You normalised twice: the probabilities (softmax) went into a function that "
            "normalises again (F.cross_entropy or log_softmax expect raw LOGITS). The result is squashed towards "
            "log(d_vocab). Apply log_softmax once, to the logits.",
            lambda logits, tokens: _ce(logits.softmax(-1).log_softmax(-1), tokens)),
-        _m("log of log-probabilities", "You took the log of log-probabilities (torch.log(log_softmax(...))): "
+        misconception("log of log-probabilities", "You took the log of log-probabilities (torch.log(log_softmax(...))): "
            "log-probabilities are already logs, and negative, so their log is NaN. The loss is -log_softmax(logits) "
            "at the next token.",
            lambda logits, tokens: _ce(logits.log_softmax(-1).log(), tokens)),
-        _m("sliced alike ([:, 1:])", "You dropped the first position of BOTH logits and tokens, so position i's "
+        misconception("sliced alike ([:, 1:])", "You dropped the first position of BOTH logits and tokens, so position i's "
            "logits are still scored against token i itself. The logits at i predict token i + 1: "
            "logits[:, :-1] against tokens[:, 1:].",
            lambda logits, tokens: -logits[:, 1:].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]),
-        _m("sliced alike ([:, :-1])", "You dropped the last position of BOTH logits and tokens, so position i's "
+        misconception("sliced alike ([:, :-1])", "You dropped the last position of BOTH logits and tokens, so position i's "
            "logits are still scored against token i itself. The logits at i predict token i + 1: "
            "logits[:, :-1] against tokens[:, 1:].",
            lambda logits, tokens: -logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, :-1, None])[..., 0]),
         *_CH00_PER_TOKEN_LOSS.misconceptions,
-        _m("averaged over the batch", "You averaged over the batch. Return one loss per (sequence, position), "
+        misconception("averaged over the batch", "You averaged over the batch. Return one loss per (sequence, position), "
            "shape [batch, pos - 1]: the halves of a repeated sequence are compared position by position later.",
            lambda logits, tokens: ref.per_token_loss(logits, tokens).mean(0)),
     ),
@@ -478,7 +478,7 @@ PER_TOKEN_LOSS = Exercise(
 def per_token_loss(fn, cases: Cases = None) -> None:
     """Check ``fn(logits[batch, pos, d_vocab], tokens[batch, pos]) -> loss[batch, pos - 1]``; the
     real-model case is the chapter's model on repeated random tokens."""
-    run_check(PER_TOKEN_LOSS, _nan_as_inf(fn), cases)
+    run_check(PER_TOKEN_LOSS, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 2b. induction and previous-token scores
@@ -497,10 +497,10 @@ def _stripe_pattern(g: torch.Generator, batch: int, offsets: list, n: int, stren
 
 
 def _induction_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    seq_len, batch = _randint(g, 4, 8), _randint(g, 1, 3)
+    g = rng(seed)
+    seq_len, batch = randint(g, 4, 8), randint(g, 1, 3)
     # an induction head, a duplicate-token head, a previous-token head, a random head, ...
-    offsets = [seq_len - 1, seq_len, 1, None, seq_len - 1][:_randint(g, 4, 5)]
+    offsets = [seq_len - 1, seq_len, 1, None, seq_len - 1][:randint(g, 4, 5)]
     return dict(pattern=_stripe_pattern(g, batch, offsets, 2 * seq_len + 1), seq_len=seq_len)
 
 
@@ -519,27 +519,27 @@ INDUCTION_SCORES = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(pattern=_repeated_run()["last_pattern"], seq_len=REAL_SEQ_LEN),),
     misconceptions=(
-        _m("offset seq_len (duplicate-token stripe)", "You measured attention from each second-half token to the "
+        misconception("offset seq_len (duplicate-token stripe)", "You measured attention from each second-half token to the "
            "PREVIOUS OCCURRENCE OF ITSELF, key q - seq_len: that is a duplicate-token head. An induction head "
            "attends to the token AFTER the previous occurrence, key q - seq_len + 1 (diagonal offset "
            "-(seq_len - 1)), because that is the token it predicts comes next.",
            lambda pattern, seq_len: _stripe(pattern, -seq_len, seq_len).mean((0, -1))),
-        _m("stripe above the diagonal", "Your diagonal offset has the wrong sign: keys AFTER the query are masked "
+        misconception("stripe above the diagonal", "Your diagonal offset has the wrong sign: keys AFTER the query are masked "
            "(their attention is always 0). The induction stripe lies below the main diagonal: "
            "pattern.diagonal(offset=-(seq_len - 1), dim1=-2, dim2=-1).",
            lambda pattern, seq_len: _stripe(pattern, seq_len - 1, seq_len).mean((0, -1))),
-        _m("first-half queries included", "You averaged the whole stripe, including queries in the FIRST half, "
+        misconception("first-half queries included", "You averaged the whole stripe, including queries in the FIRST half, "
            "where nothing has repeated yet. Only the seq_len second-half queries (the last seq_len entries of the "
            "stripe) can do induction.",
            lambda pattern, seq_len: _stripe(pattern, -(seq_len - 1)).mean((0, -1))),
-        _m("BOS forgotten (queries one too early)", "Your queries are one position too early: with the BOS at "
+        misconception("BOS forgotten (queries one too early)", "Your queries are one position too early: with the BOS at "
            "position 0 the second half is positions seq_len + 1 .. 2 seq_len (the LAST seq_len entries of the "
            "stripe); you used seq_len .. 2 seq_len - 1.",
            lambda pattern, seq_len: _stripe(pattern, -(seq_len - 1), seq_len, drop_last=1).mean((0, -1))),
-        _m("averaged over heads", "You averaged over the HEAD axis. pattern is [batch, head, query, key]: average "
+        misconception("averaged over heads", "You averaged over the HEAD axis. pattern is [batch, head, query, key]: average "
            "over the batch and the queries, one score per head.",
            lambda pattern, seq_len: _stripe(pattern, -(seq_len - 1), seq_len).mean((1, -1))),
-        _m("not averaged over the batch", "You returned one score per sequence and head; average over the batch "
+        misconception("not averaged over the batch", "You returned one score per sequence and head; average over the batch "
            "too: one score per head.",
            lambda pattern, seq_len: _stripe(pattern, -(seq_len - 1), seq_len).mean(-1)),
     ),
@@ -549,13 +549,13 @@ INDUCTION_SCORES = Exercise(
 def induction_scores(fn, cases: Cases = None) -> None:
     """Check ``fn(pattern[batch, head, 2 n + 1, 2 n + 1], seq_len=n) -> score[head]``; the real-model
     case is the last layer's pattern on repeated random tokens (attn-only-2l once it ships)."""
-    run_check(INDUCTION_SCORES, _nan_as_inf(fn), cases)
+    run_check(INDUCTION_SCORES, nan_as_inf(fn), cases)
 
 
 def _previous_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    batch, n = _randint(g, 1, 3), _randint(g, 5, 10)
-    offsets = [1, 0, None, 2, 1][:_randint(g, 3, 5)]
+    g = rng(seed)
+    batch, n = randint(g, 1, 3), randint(g, 5, 10)
+    offsets = [1, 0, None, 2, 1][:randint(g, 3, 5)]
     return dict(pattern=_stripe_pattern(g, batch, offsets, n))
 
 
@@ -573,20 +573,20 @@ PREVIOUS_TOKEN_SCORES = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(pattern=_repeated_run()["first_pattern"]),),
     misconceptions=(
-        _m("main diagonal", "You read the MAIN diagonal A[q, q], attention to the current token. The previous "
+        misconception("main diagonal", "You read the MAIN diagonal A[q, q], attention to the current token. The previous "
            "token is key q - 1: pattern.diagonal(offset=-1, dim1=-2, dim2=-1).",
            lambda pattern: _stripe(pattern, 0).mean((0, -1))),
-        _m("above the diagonal", "You read A[q, q + 1], the NEXT token, which the causal mask always sets to 0. "
+        misconception("above the diagonal", "You read A[q, q + 1], the NEXT token, which the causal mask always sets to 0. "
            "The previous token is key q - 1: offset=-1.",
            lambda pattern: _stripe(pattern, 1).mean((0, -1))),
-        _m("query 0 included", "You included query 0, which has no previous token: pattern[..., i, i - 1] with "
+        misconception("query 0 included", "You included query 0, which has no previous token: pattern[..., i, i - 1] with "
            "i = 0 reads key -1, i.e. the LAST key (always 0 under the causal mask), which drags the mean down. "
            "Average over queries 1 .. n - 1 only (the diagonal at offset -1 has exactly those).",
            _previous_with_query_0),
-        _m("averaged over heads", "You averaged over the HEAD axis. pattern is [batch, head, query, key]: average "
+        misconception("averaged over heads", "You averaged over the HEAD axis. pattern is [batch, head, query, key]: average "
            "over the batch and the queries, one score per head.",
            lambda pattern: _stripe(pattern, -1).mean((1, -1))),
-        _m("not averaged over the batch", "You returned one score per sequence and head; average over the batch "
+        misconception("not averaged over the batch", "You returned one score per sequence and head; average over the batch "
            "too: one score per head.",
            lambda pattern: _stripe(pattern, -1).mean(-1)),
     ),
@@ -596,7 +596,7 @@ PREVIOUS_TOKEN_SCORES = Exercise(
 def previous_token_scores(fn, cases: Cases = None) -> None:
     """Check ``fn(pattern[batch, head, n, n]) -> score[head]``; the real-model case is layer 0's
     pattern on repeated random tokens."""
-    run_check(PREVIOUS_TOKEN_SCORES, _nan_as_inf(fn), cases)
+    run_check(PREVIOUS_TOKEN_SCORES, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 2c. the loss drop, and ablation
@@ -605,8 +605,8 @@ def previous_token_scores(fn, cases: Cases = None) -> None:
 def _drop_inputs(seed: int) -> dict:
     """Losses shaped like a model with induction: high in the first half, low in the second, and
     high at the two unpredictable entries (0 and seq_len)."""
-    g = _rng(seed)
-    n, batch = _randint(g, 4, 9), _randint(g, 1, 3)
+    g = rng(seed)
+    n, batch = randint(g, 4, 9), randint(g, 1, 3)
     losses = torch.rand(batch, 2 * n, generator=g) * 2 + 3
     losses[:, n + 1:] = torch.rand(batch, n - 1, generator=g) * 1.5 + 0.2
     losses[:, [0, n]] = torch.rand(batch, 2, generator=g) * 2 + 5
@@ -626,22 +626,22 @@ INDUCTION_LOSS_DROP = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_drop_inputs,),
     misconceptions=(
-        _m("second half minus first", "Your sign is reversed: the drop is FIRST-half loss minus SECOND-half loss, "
+        misconception("second half minus first", "Your sign is reversed: the drop is FIRST-half loss minus SECOND-half loss, "
            "positive when the model predicts the repeat better.",
            lambda losses, seq_len: float(losses[:, seq_len + 1:].mean() - losses[:, 1:seq_len].mean())),
-        _m("unpredictable entries included", "You split the losses at seq_len and kept everything. Entry 0 "
+        misconception("unpredictable entries included", "You split the losses at seq_len and kept everything. Entry 0 "
            "(r_1 predicted from BOS) and entry seq_len (r_1 of the repeat, predicted from r_n, which has no "
            "earlier occurrence) cannot be predicted in either half; both halves must predict r_2 .. r_n: entries "
            "1 .. seq_len - 1 and seq_len + 1 .. 2 seq_len - 1.",
            lambda losses, seq_len: float(losses[:, :seq_len].mean() - losses[:, seq_len:].mean())),
-        _m("losses indexed as if unshifted", "You indexed the losses as if entry i were the loss of token i. "
+        misconception("losses indexed as if unshifted", "You indexed the losses as if entry i were the loss of token i. "
            "Entry i is the loss of PREDICTING token i + 1 (made at position i): r_2 .. r_n of the first copy are "
            "entries 1 .. seq_len - 1, and of the second copy entries seq_len + 1 .. 2 seq_len - 1.",
            lambda losses, seq_len: float(losses[:, 2:seq_len + 1].mean() - losses[:, seq_len + 2:].mean())),
-        _m("sums instead of means", "You subtracted SUMS of losses. Use the mean loss of each half (in nats per "
+        misconception("sums instead of means", "You subtracted SUMS of losses. Use the mean loss of each half (in nats per "
            "token), so the drop does not grow with the batch or the sequence length.",
            lambda losses, seq_len: float(losses[:, 1:seq_len].sum() - losses[:, seq_len + 1:].sum())),
-        _m("one number per sequence", "You returned one drop per sequence; return a single number, the mean over "
+        misconception("one number per sequence", "You returned one drop per sequence; return a single number, the mean over "
            "the batch (a float).",
            lambda losses, seq_len: losses[:, 1:seq_len].mean(-1) - losses[:, seq_len + 1:].mean(-1)),
     ),
@@ -651,17 +651,17 @@ INDUCTION_LOSS_DROP = Exercise(
 def induction_loss_drop(fn, cases: Cases = None) -> None:
     """Check ``fn(losses[batch, 2 n], seq_len=n) -> float``; the real-model case is the chapter's model's
     per-token loss on repeated random tokens."""
-    run_check(INDUCTION_LOSS_DROP, _nan_as_inf(fn), cases)
+    run_check(INDUCTION_LOSS_DROP, nan_as_inf(fn), cases)
 
 
 def _ablate_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    batch, pos, h, k = _randint(g, 2, 3), _randint(g, 6, 8), _randint(g, 3, 5), _randint(g, 2, 4)
+    g = rng(seed)
+    batch, pos, h, k = randint(g, 2, 3), randint(g, 6, 8), randint(g, 3, 5), randint(g, 2, 4)
     z = torch.randn(batch, pos, h, k, generator=g) + torch.randn(1, pos, h, k, generator=g) * 2  # per-position means
-    n_heads = _randint(g, 1, h - 1)
+    n_heads = randint(g, 1, h - 1)
     heads = torch.randperm(h, generator=g)[:n_heads].sort().values.tolist()
     case = default_case("ablate_heads", seed)
-    mean = case in (0, 2) if case is not None else bool(_randint(g, 0, 1))
+    mean = case in (0, 2) if case is not None else bool(randint(g, 0, 1))
     return dict(z=z, heads=heads, mean=mean)
 
 
@@ -708,28 +708,28 @@ ABLATE_HEADS = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_ablate_inputs,),
     misconceptions=(
-        _m("positions ablated instead of heads", "You indexed the wrong axis: z[:, heads] is POSITIONS. hook_z is "
+        misconception("positions ablated instead of heads", "You indexed the wrong axis: z[:, heads] is POSITIONS. hook_z is "
            "[batch, pos, head, d_head], so a head is z[:, :, h].",
            _ablate_variant(axis=1)),
-        _m("every other head ablated", "You ablated every head EXCEPT the listed ones; ablate exactly the heads in "
+        misconception("every other head ablated", "You ablated every head EXCEPT the listed ones; ablate exactly the heads in "
            "`heads` and leave the others alone.",
            _ablate_variant(complement=True)),
-        _m("mean flag ignored", "With mean=True the heads are not zeroed but replaced by their mean z (over batch "
+        misconception("mean flag ignored", "With mean=True the heads are not zeroed but replaced by their mean z (over batch "
            "and positions), so they keep adding their average output and only the information they move is "
            "removed. You zeroed them anyway.",
            _ablate_variant(ignore_mean=True)),
-        _m("mean over the batch only", "Your mean is over the batch only (one mean per position). Mean-ablation "
+        misconception("mean over the batch only", "Your mean is over the batch only (one mean per position). Mean-ablation "
            "here replaces each ablated head's z by its mean over the batch AND the positions: "
            "z[:, :, h].mean(dim=(0, 1)).",
            _ablate_variant(mean_dims=(0,))),
-        _m("mean over the positions only", "Your mean is over the positions only (one mean per sequence). "
+        misconception("mean over the positions only", "Your mean is over the positions only (one mean per sequence). "
            "Mean-ablation here replaces each ablated head's z by its mean over the batch AND the positions: "
            "z[:, :, h].mean(dim=(0, 1)).",
            _ablate_variant(mean_dims=(1,))),
-        _m("mean over the heads too", "Your mean also runs over the heads, mixing them. Each ablated head gets "
+        misconception("mean over the heads too", "Your mean also runs over the heads, mixing them. Each ablated head gets "
            "ITS OWN mean z over the batch and positions: z[:, :, h].mean(dim=(0, 1)).",
            _ablate_variant(mean_dims=(0, 1, 2))),
-        _m("mean of everything", "You replaced the heads by one number, the mean of the whole z. Each ablated head "
+        misconception("mean of everything", "You replaced the heads by one number, the mean of the whole z. Each ablated head "
            "gets its own mean VECTOR (d_head numbers) over the batch and positions.",
            _ablate_variant(mean_dims=None)),
     ),
@@ -739,7 +739,7 @@ ABLATE_HEADS = Exercise(
 def ablate_heads(fn, cases: Cases = None) -> None:
     """Check ``fn(z[batch, pos, head, d_head], heads: list[int], mean: bool) -> z``; the real-model
     case is the chapter's model's last-layer ``hook_z`` on repeated random tokens, mean-ablated."""
-    run_check(ABLATE_HEADS, _returns_z(_nan_as_inf(fn)), cases)
+    run_check(ABLATE_HEADS, _returns_z(nan_as_inf(fn)), cases)
 
 
 # --------------------------------------------------------------------------- 3a. the composition score
@@ -750,13 +750,13 @@ def _low_rank(g, lead, m, n, r):
 
 
 def _score_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    h0, h1 = _randint(g, 2, 3), _randint(g, 2, 3)
+    g = rng(seed)
+    h0, h1 = randint(g, 2, 3), randint(g, 2, 3)
     if square_case("composition_score", seed):
-        m = n = p = _randint(g, 4, 6)
+        m = n = p = randint(g, 4, 6)
     else:
-        m, n, p = _randint(g, 5, 7), _randint(g, 8, 10), _randint(g, 3, 4)
-    r = _randint(g, 2, 3)
+        m, n, p = randint(g, 5, 7), randint(g, 8, 10), randint(g, 3, 4)
+    r = randint(g, 2, 3)
     W_A = _low_rank(g, (h0, 1), m, n, r)  # [h0, 1, m, n]: broadcast against W_B's [1, h1, n, p]
     W_B = _low_rank(g, (1, h1), n, p, r)
     return dict(W_A=W_A, W_B=W_B)
@@ -782,28 +782,28 @@ COMPOSITION_SCORE = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(_real_score_inputs()),),
     misconceptions=(
-        _m("product in the wrong order", "Your product is in the wrong order: W_B W_A. The earlier head WRITES "
+        misconception("product in the wrong order", "Your product is in the wrong order: W_B W_A. The earlier head WRITES "
            "with W_A and the later head READS with W_B, and in our row-vector code data flows left to right: "
            "||W_A @ W_B||_F.",
            lambda W_A, W_B: _fro(W_B @ W_A) / (_fro(W_A) * _fro(W_B))),
-        _m("missing Frobenius normalisation", "You returned ||W_A W_B||_F without dividing by ||W_A||_F ||W_B||_F. "
+        misconception("missing Frobenius normalisation", "You returned ||W_A W_B||_F without dividing by ||W_A||_F ||W_B||_F. "
            "Unnormalised, the score grows with the size of the weights; normalised it lies in [0, 1] and heads "
            "can be compared.",
            lambda W_A, W_B: _fro(W_A @ W_B)),
-        _m("squared norms", "You used squared Frobenius norms. The score is ||W_A W_B||_F / (||W_A||_F ||W_B||_F) "
+        misconception("squared norms", "You used squared Frobenius norms. The score is ||W_A W_B||_F / (||W_A||_F ||W_B||_F) "
            "with the norms themselves (torch.linalg.matrix_norm, or .norm(dim=(-2, -1))).",
            lambda W_A, W_B: _fro(W_A @ W_B) ** 2 / (_fro(W_A) ** 2 * _fro(W_B) ** 2)),
-        _m("spectral norms", "You used the spectral norm (ord=2, the largest singular value). The composition "
+        misconception("spectral norms", "You used the spectral norm (ord=2, the largest singular value). The composition "
            "score uses the Frobenius norm: ||M||_F = sqrt(sum of squares of the entries).",
            lambda W_A, W_B: torch.linalg.matrix_norm(W_A @ W_B, ord=2)
            / (torch.linalg.matrix_norm(W_A, ord=2) * torch.linalg.matrix_norm(W_B, ord=2))),
-        _m("norm over the whole batch", "Your norms run over the whole batch (e.g. W.norm() with no dim): take "
+        misconception("norm over the whole batch", "Your norms run over the whole batch (e.g. W.norm() with no dim): take "
            "each matrix's norm over its last two axes, torch.linalg.matrix_norm(W) or W.norm(dim=(-2, -1)).",
            lambda W_A, W_B: (W_A @ W_B).norm() / (W_A.norm() * W_B.norm())),
-        _m("elementwise product", "You multiplied elementwise (W_A * W_B). Composition is about the MATRIX "
+        misconception("elementwise product", "You multiplied elementwise (W_A * W_B). Composition is about the MATRIX "
            "product W_A @ W_B: what W_A writes, passed through what W_B reads.",
            lambda W_A, W_B: _fro(W_A * W_B) / (_fro(W_A) * _fro(W_B))),
-        _m("cosine similarity of the matrices", "You computed the cosine similarity <W_A, W_B>_F / (||W_A|| ||W_B||), "
+        misconception("cosine similarity of the matrices", "You computed the cosine similarity <W_A, W_B>_F / (||W_A|| ||W_B||), "
            "which asks whether the two matrices look alike. Composition asks whether one FEEDS the other: the "
            "norm of the matrix product, ||W_A @ W_B||_F / (||W_A||_F ||W_B||_F).",
            lambda W_A, W_B: (W_A * W_B).sum((-2, -1)) / (_fro(W_A) * _fro(W_B))),
@@ -814,7 +814,7 @@ COMPOSITION_SCORE = Exercise(
 def composition_score(fn, cases: Cases = None) -> None:
     """Check ``fn(W_A[*batch, m, n], W_B[*batch, n, p]) -> score[*batch]`` (leading axes broadcast);
     the real-model case is layer-0 OV against layer-1 (QK)^T of the 2-layer model."""
-    run_check(COMPOSITION_SCORE, _nan_as_inf(fn), cases)
+    run_check(COMPOSITION_SCORE, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 3b. composition scores of a model
@@ -824,18 +824,18 @@ _KIND_BY_CASE = {0: "K", 1: "Q", 2: "V"}
 
 
 def _scores_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    h = _randint(g, 2, 4)
+    g = rng(seed)
+    h = randint(g, 2, 4)
     if square_case("composition_scores", seed):
-        d = k = _randint(g, 4, 6)
+        d = k = randint(g, 4, 6)
     else:
-        d = _randint(g, 7, 10)
-        k = _randint(g, 2, d - 3)
+        d = randint(g, 7, 10)
+        k = randint(g, 2, d - 3)
     w = {name: torch.randn(2, h, d, k, generator=g) / math.sqrt(d) for name in ("W_Q", "W_K", "W_V")}
     w["W_O"] = torch.randn(2, h, k, d, generator=g) / math.sqrt(k)
     case = default_case("composition_scores", seed)
     kind = _KIND_BY_CASE.get(case) if case is not None else None
-    return dict(w, kind=kind or "QKV"[_randint(g, 0, 2)])
+    return dict(w, kind=kind or "QKV"[randint(g, 0, 2)])
 
 
 def _real_scores_inputs() -> dict:
@@ -867,28 +867,28 @@ COMPOSITION_SCORES = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_scores_inputs,),
     misconceptions=(
-        _m("Q- and K-composition swapped", "You swapped Q- and K-composition. The earlier head's output OV^0 = "
+        misconception("Q- and K-composition swapped", "You swapped Q- and K-composition. The earlier head's output OV^0 = "
            "W_V^0 W_O^0 is read by the later head's QUERIES in Q-composition: W_B = W_Q^1 W_K^1T; by its KEYS in "
            "K-composition: W_B = (W_Q^1 W_K^1T)^T = W_K^1 W_Q^1T (the key side of the bilinear form, hence the "
            "transpose).",
            _scores_variant(swap_qk=True)),
-        _m("product in the wrong order", "Your products are in the wrong order (W_B W_A). The earlier head writes "
+        misconception("product in the wrong order", "Your products are in the wrong order (W_B W_A). The earlier head writes "
            "with W_A = OV^0 and the later head reads with W_B; in our row-vector code data flows left to right: "
            "||OV^0 @ W_B||_F.",
            _scores_variant(reverse=True)),
-        _m("layers swapped", "You composed layer 1 into layer 0. Information only flows forward: the EARLIER head "
+        misconception("layers swapped", "You composed layer 1 into layer 0. Information only flows forward: the EARLIER head "
            "(layer 0) writes with its OV and the LATER head (layer 1) reads with its QK or OV.",
            _scores_variant(layers=(1, 0))),
-        _m("rows and columns swapped", "Your result is transposed: rows must index the layer-0 heads and columns "
+        misconception("rows and columns swapped", "Your result is transposed: rows must index the layer-0 heads and columns "
            "the layer-1 heads, [n_heads_layer0, n_heads_layer1].",
            _scores_variant(transpose_out=True)),
-        _m("W_O W_V (paper order typed literally)", "You typed the paper's W_O W_V with the code's matrices. With "
+        misconception("W_O W_V (paper order typed literally)", "You typed the paper's W_O W_V with the code's matrices. With "
            "row vectors a head's OV matrix is W_V @ W_O ([d_model, d_model]); W_O @ W_V is [d_head, d_head], not a "
            "map of the residual stream.",
            _scores_variant(paper_ov=True)),
-        _m("W_K not transposed", "A head's QK matrix is W_Q @ W_K^T (q . k = x W_Q (x' W_K)^T), not W_Q @ W_K.",
+        misconception("W_K not transposed", "A head's QK matrix is W_Q @ W_K^T (q . k = x W_Q (x' W_K)^T), not W_Q @ W_K.",
            _scores_variant(untransposed_k=True)),
-        _m("missing Frobenius normalisation", "You returned ||W_A W_B||_F without dividing by ||W_A||_F ||W_B||_F; "
+        misconception("missing Frobenius normalisation", "You returned ||W_A W_B||_F without dividing by ||W_A||_F ||W_B||_F; "
            "use the normalised composition score.",
            _scores_variant(normalise=False)),
     ),
@@ -899,7 +899,7 @@ def composition_scores(fn, cases: Cases = None) -> None:
     """Check ``fn(W_Q, W_K, W_V, W_O, kind) -> scores[n_heads_layer0, n_heads_layer1]`` for weights
     stacked [n_layers = 2, head, ...] and kind in "Q", "K", "V" (the first three default cases are K,
     Q and V); the real-model case is K-composition in the 2-layer model."""
-    run_check(COMPOSITION_SCORES, _nan_as_inf(fn), cases)
+    run_check(COMPOSITION_SCORES, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- conceptual questions

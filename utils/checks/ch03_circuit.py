@@ -44,7 +44,8 @@ import torch
 from transformer_lens import FactoredMatrix
 
 from utils import induction_circuit as ref
-from utils.checks.common import _m, _nan_as_inf, _randint, _rng
+from utils.tensors import is_factored
+from utils.checks.toolkit import misconception, nan_as_inf, randint, rng
 from utils.checks.core import Cases, CheckFailure, Exercise, default_case, run_check, square_case
 
 CHAPTER = "03"
@@ -60,17 +61,14 @@ ICL_REAL_SEQS = 8
 
 
 
-def _is_factored(value) -> bool:
-    """A FactoredMatrix of any transformer-lens version (duck-typed: it keeps .A and .B)."""
-    return hasattr(value, "A") and hasattr(value, "B") and not isinstance(value, torch.Tensor)
 
 
 def _dense(M) -> torch.Tensor:
-    return M.AB if _is_factored(M) else M
+    return M.AB if is_factored(M) else M
 
 
 @lru_cache(maxsize=1)
-def _model():
+def attn_only_1l():
     from utils.models import load_model
 
     return load_model("attn-only-2l", device="cpu")
@@ -78,7 +76,7 @@ def _model():
 
 @lru_cache(maxsize=1)
 def _real_weights() -> dict:
-    model = _model()
+    model = attn_only_1l()
     return {name: getattr(model, name).detach() for name in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O")}
 
 
@@ -89,7 +87,7 @@ def _real_losses() -> torch.Tensor:
 
     tokens = analysis_tokens(seq_len=128, n_seqs=ICL_REAL_SEQS)
     with torch.no_grad():
-        return per_token_loss(_model()(tokens), tokens).detach()
+        return per_token_loss(attn_only_1l()(tokens), tokens).detach()
 
 
 # --------------------------------------------------------------------------- 1. the in-context-learning score
@@ -97,12 +95,12 @@ def _real_losses() -> torch.Tensor:
 
 def _icl_inputs(seed: int) -> dict:
     """Losses that fall with the position (plus noise), and inclusive token ranges inside them."""
-    g = _rng(seed)
-    batch, n = _randint(g, 2, 4), _randint(g, 14, 30)  # n = pos - 1 columns
-    e0 = _randint(g, 1, 3)
-    e1 = e0 + _randint(g, 2, 4)
-    l0 = e1 + _randint(g, 2, 5)
-    l1 = n if default_case("in_context_learning_score", seed) == 0 else _randint(g, l0 + 2, n)
+    g = rng(seed)
+    batch, n = randint(g, 2, 4), randint(g, 14, 30)  # n = pos - 1 columns
+    e0 = randint(g, 1, 3)
+    e1 = e0 + randint(g, 2, 4)
+    l0 = e1 + randint(g, 2, 5)
+    l1 = n if default_case("in_context_learning_score", seed) == 0 else randint(g, l0 + 2, n)
     trend = 5.0 - 3.0 * torch.arange(n) / n
     losses = trend + torch.rand(batch, n, generator=g) * 2.0
     return dict(losses=losses, early=(e0, e1), late=(l0, l1))
@@ -133,33 +131,33 @@ IN_CONTEXT_LEARNING_SCORE = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_icl_inputs,),
     misconceptions=(
-        _m("sign reversed (early minus late)", "Your sign is reversed: the score is the mean LATE loss minus the "
+        misconception("sign reversed (early minus late)", "Your sign is reversed: the score is the mean LATE loss minus the "
            "mean EARLY loss, negative when the model predicts a token better the more context precedes it. You "
            "computed early minus late.",
            _icl_variant(sign=-1)),
-        _m("token positions used as loss columns", "You used the token positions as columns of the losses "
+        misconception("token positions used as loss columns", "You used the token positions as columns of the losses "
            "directly. Column t - 1 of per_token_loss is the loss of the token at position t (the BOS at position "
            "0 is never predicted), so tokens early[0] .. early[1] are losses[:, early[0] - 1 : early[1]], and "
            "likewise for late.",
            _icl_variant(shift=0)),
-        _m("exclusive end of range", "Your ranges leave out their last token: both ranges are INCLUSIVE, so "
+        misconception("exclusive end of range", "Your ranges leave out their last token: both ranges are INCLUSIVE, so "
            "early[1] and late[1] count too. With the -1 shift, tokens early[0] .. early[1] are "
            "losses[:, early[0] - 1 : early[1]] (the slice stops just before column early[1], i.e. after the "
            "column of token early[1]).",
            _icl_variant(end=0)),
-        _m("ranges used as Python slices", "You used the ranges as Python slices, losses[:, early[0]:early[1]]. "
+        misconception("ranges used as Python slices", "You used the ranges as Python slices, losses[:, early[0]:early[1]]. "
            "That misses the -1 shift (column t - 1 is the loss of token t) and the inclusive end at once, so it "
            "covers tokens early[0] + 1 .. early[1]. Take losses[:, early[0] - 1 : early[1]], and likewise for "
            "late.",
            _icl_variant(shift=0, end=0)),
-        _m("sums instead of means", "You subtracted SUMS of losses. Use the MEAN loss of each range (over the "
+        misconception("sums instead of means", "You subtracted SUMS of losses. Use the MEAN loss of each range (over the "
            "batch and the range's tokens): the two ranges have different lengths, and the score is in nats per "
            "token.",
            _icl_variant(reduce="sum")),
-        _m("one number per sequence", "You returned one score per sequence; return a single number (a float): "
+        misconception("one number per sequence", "You returned one score per sequence; return a single number (a float): "
            "the mean over the batch and the late tokens minus the mean over the batch and the early tokens.",
            _icl_variant(per_sequence=True)),
-        _m("ratio instead of difference", "You divided the late loss by the early loss. The in-context-learning "
+        misconception("ratio instead of difference", "You divided the late loss by the early loss. The in-context-learning "
            "score is a DIFFERENCE in nats: mean late loss MINUS mean early loss (negative when later tokens are "
            "predicted better).",
            _icl_variant(ratio=True)),
@@ -171,7 +169,7 @@ def in_context_learning_score(fn, cases: Cases = None) -> None:
     """Check ``fn(losses[batch, pos - 1], early=(5, 15), late=(100, 127)) -> float`` (a 0-d tensor is
     fine): late-minus-early mean loss over inclusive TOKEN-position ranges (column t - 1 is token t).
     The real-model case is attn-only-2l's per-token loss on held-out text, with the defaults."""
-    run_check(IN_CONTEXT_LEARNING_SCORE, _nan_as_inf(fn), cases)
+    run_check(IN_CONTEXT_LEARNING_SCORE, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 2. attention from positions alone
@@ -180,13 +178,13 @@ def in_context_learning_score(fn, cases: Cases = None) -> None:
 def _positional_inputs(seed: int) -> dict:
     """n_ctx == d_head in the first case (a missing key transpose still runs); d_model is never
     d_head or d_head^2, so scaling by d_model, sqrt(d_model), d_head or 1 are all told apart."""
-    g = _rng(seed)
-    h = _randint(g, 2, 3)
+    g = rng(seed)
+    h = randint(g, 2, 3)
     if square_case("positional_attention_pattern", seed):
-        n = k = _randint(g, 4, 6)
+        n = k = randint(g, 4, 6)
     else:
-        n, k = _randint(g, 5, 8), _randint(g, 2, 4)
-    d = _randint(g, 5, 10)
+        n, k = randint(g, 5, 8), randint(g, 2, 4)
+    d = randint(g, 5, 10)
     while d in (k, k * k):
         d += 1
     return dict(W_pos=torch.randn(n, d, generator=g) * 1.5, W_Q=torch.randn(h, d, k, generator=g) / math.sqrt(d),
@@ -227,41 +225,41 @@ POSITIONAL_ATTENTION_PATTERN = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_positional_inputs,),
     misconceptions=(
-        _m("no causal mask", "You left out the causal mask: a query can only attend to keys at or before its own "
+        misconception("no causal mask", "You left out the causal mask: a query can only attend to keys at or before its own "
            "position. Set the scores of the future keys (key > query) to -inf before the softmax, e.g. "
            "scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float('-inf')).",
            _positional_variant(mask=None)),
-        _m("no 1/sqrt(d_head)", "You did not divide the scores by sqrt(d_head) before the softmax. The model does "
+        misconception("no 1/sqrt(d_head)", "You did not divide the scores by sqrt(d_head) before the softmax. The model does "
            "(attention scores are q . k / sqrt(d_head)), and without it the pattern is too sharp.",
            _positional_variant(scale="none")),
-        _m("scaled by 1/d_head", "You divided the scores by d_head; the attention scale is 1/sqrt(d_head) "
+        misconception("scaled by 1/d_head", "You divided the scores by d_head; the attention scale is 1/sqrt(d_head) "
            "(math.sqrt(W_Q.shape[-1])).",
            _positional_variant(scale="d_head")),
-        _m("scaled by 1/sqrt(d_model)", "You scaled by 1/sqrt(d_model). The scores are dot products of "
+        misconception("scaled by 1/sqrt(d_model)", "You scaled by 1/sqrt(d_model). The scores are dot products of "
            "d_head-dimensional queries and keys: divide by sqrt(d_head), the size of a query (W_Q.shape[-1]).",
            _positional_variant(scale="sqrt d_model")),
-        _m("scaled by 1/d_model", "You divided the scores by d_model. Divide by sqrt(d_head), the square root of "
+        misconception("scaled by 1/d_model", "You divided the scores by d_model. Divide by sqrt(d_head), the square root of "
            "the size of a query (W_Q.shape[-1]).",
            _positional_variant(scale="d_model")),
-        _m("softmax over queries", "Your softmax runs over the QUERY axis (dim -2). Each query's attention over "
+        misconception("softmax over queries", "Your softmax runs over the QUERY axis (dim -2). Each query's attention over "
            "the keys must sum to 1: take the softmax over the last axis, the keys (dim -1).",
            _positional_variant(dim=-2)),
-        _m("W_Q and W_K swapped", "Queries and keys are swapped: entry [h, q, k] is the score of query position q "
+        misconception("W_Q and W_K swapped", "Queries and keys are swapped: entry [h, q, k] is the score of query position q "
            "on key position k, (W_pos W_Q)(W_pos W_K)^T. You built (W_pos W_K)(W_pos W_Q)^T, the transpose of "
            "the scores, and masked that.",
            _positional_variant(swap=True)),
-        _m("keys not transposed", "The keys need a transpose: a score is the dot product over d_head, "
+        misconception("keys not transposed", "The keys need a transpose: a score is the dot product over d_head, "
            "q @ k.transpose(-1, -2), not q @ k (which only runs because n_ctx == d_head here).",
            _positional_variant(k_untransposed=True)),
-        _m("masked with 0 instead of -inf", "You masked the future keys with 0 instead of -inf. A score of 0 still "
+        misconception("masked with 0 instead of -inf", "You masked the future keys with 0 instead of -inf. A score of 0 still "
            "gets weight exp(0) in the softmax; only -inf gives a future key exactly zero attention. Use "
            "masked_fill(future, float('-inf')) before the softmax.",
            _positional_variant(mask="0")),
-        _m("masked after the softmax", "You zeroed the future keys AFTER the softmax, so the rows no longer sum "
+        misconception("masked after the softmax", "You zeroed the future keys AFTER the softmax, so the rows no longer sum "
            "to 1 (the future keys took their share of the softmax before being dropped). Mask the scores with "
            "-inf BEFORE the softmax.",
            _positional_variant(mask_after=True)),
-        _m("diagonal masked too", "Your mask also hides the diagonal (key == query), but a position may attend "
+        misconception("diagonal masked too", "Your mask also hides the diagonal (key == query), but a position may attend "
            "to itself. Mask only the keys AFTER the query: torch.triu(..., diagonal=1). (With the diagonal "
            "masked, query 0 has no key left and its row is NaN.)",
            _positional_variant(diagonal_masked=True)),
@@ -273,7 +271,7 @@ def positional_attention_pattern(fn, cases: Cases = None) -> None:
     """Check ``fn(W_pos[n_ctx, d_model], W_Q[head, d_model, d_head], W_K[head, d_model, d_head]) ->
     pattern[head, query, key]``: softmax over keys of (W_pos W_Q)(W_pos W_K)^T / sqrt(d_head), causally
     masked. The real-model case is attn-only-2l's W_pos and layer-0 W_Q, W_K."""
-    run_check(POSITIONAL_ATTENTION_PATTERN, _nan_as_inf(fn), cases)
+    run_check(POSITIONAL_ATTENTION_PATTERN, nan_as_inf(fn), cases)
 
 
 # --------------------------------------------------------------------------- 3. the K-composition circuit
@@ -282,12 +280,12 @@ def positional_attention_pattern(fn, cases: Cases = None) -> None:
 def _kcomp_inputs(seed: int) -> dict:
     """One layer-1 head (W_Q, W_K) and one layer-0 head (W_V, W_O): all sizes equal in the square
     cases, d_head < d_model < d_vocab otherwise; scaled so the products stay O(1)."""
-    g = _rng(seed)
+    g = rng(seed)
     if square_case("k_composition_circuit", seed):
-        vocab = d = k = _randint(g, 4, 7)
+        vocab = d = k = randint(g, 4, 7)
     else:
-        d = _randint(g, 6, 10)
-        k, vocab = _randint(g, 2, d - 2), d + _randint(g, 3, 9)
+        d = randint(g, 6, 10)
+        k, vocab = randint(g, 2, d - 2), d + randint(g, 3, 9)
     return dict(W_E=torch.randn(vocab, d, generator=g), W_Q=torch.randn(d, k, generator=g) / math.sqrt(d),
                 W_K=torch.randn(d, k, generator=g) / math.sqrt(d),
                 W_V=torch.randn(d, k, generator=g) / math.sqrt(d), W_O=torch.randn(k, d, generator=g) / math.sqrt(k))
@@ -327,9 +325,9 @@ def _shape_message(shape: tuple, inputs: dict) -> str:
 def _circuit_block(value, inputs: dict) -> torch.Tensor:
     """A circuit (FactoredMatrix, 2-tuple of factors or dense tensor) as a dense comparable tensor:
     the whole matrix for a small vocabulary, a fixed block of rows x the same columns for a big one."""
-    if _is_factored(value) or (isinstance(value, (tuple, list)) and len(value) == 2
+    if is_factored(value) or (isinstance(value, (tuple, list)) and len(value) == 2
                                and all(isinstance(t, torch.Tensor) for t in value)):
-        A, B = (value.A, value.B) if _is_factored(value) else value
+        A, B = (value.A, value.B) if is_factored(value) else value
         if A.ndim < 2 or B.ndim < 2 or A.shape[-1] != B.shape[-2]:
             raise CheckFailure(f"k_composition_circuit: the two factors do not multiply: {tuple(A.shape)} and "
                                f"{tuple(B.shape)}.")
@@ -373,42 +371,42 @@ K_COMPOSITION_CIRCUIT = Exercise(
     rtol=1e-4, atol=1e-4,  # the real circuit's entries reach ~30: float32 in another order differs by ~1e-5
     extra_inputs=(_real_kcomp_inputs,),
     misconceptions=(
-        _m("one side of the circuit only", "You returned one side of the circuit on its own (the query side "
+        misconception("one side of the circuit only", "You returned one side of the circuit on its own (the query side "
            "W_E W_Q, [d_vocab, d_head]). The circuit is the product of the query side and the TRANSPOSED key "
            "side, [d_vocab, d_vocab]: FactoredMatrix(W_E @ W_Q, (W_E @ W_V @ W_O @ W_K).T).",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: W_E @ W_Q)),
-        _m("Q-composition instead", "You built Q-composition: layer 0's OV on the QUERY side, "
+        misconception("Q-composition instead", "You built Q-composition: layer 0's OV on the QUERY side, "
            "(W_E W_V W_O W_Q)(W_E W_K)^T. An induction head reads the previous-token head through its KEYS: the "
            "query side is the query token itself, W_E W_Q, and the key side is what layer 0 moved into the key's "
            "position, W_E W_V W_O W_K. Return FactoredMatrix(W_E @ W_Q, (W_E @ W_V @ W_O @ W_K).T).",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_V @ W_O @ W_Q, (W_E @ W_K).T))),
-        _m("previous-token head left out", "You left out the previous-token head: (W_E W_Q)(W_E W_K)^T is layer "
+        misconception("previous-token head left out", "You left out the previous-token head: (W_E W_Q)(W_E W_K)^T is layer "
            "1's direct QK circuit, how a query token scores a key token by itself. K-composition puts layer 0's "
            "OV on the key side, (W_E W_Q)(W_E W_V W_O W_K)^T, so that column b is a key whose PREVIOUS token is b.",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_Q, (W_E @ W_K).T))),
-        _m("circuit transposed", "Your circuit is transposed: rows must be the QUERY token a and columns the "
+        misconception("circuit transposed", "Your circuit is transposed: rows must be the QUERY token a and columns the "
            "previous token b of the key, (W_E W_Q)(W_E W_V W_O W_K)^T. You returned the key side as the rows.",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_V @ W_O @ W_K, (W_E @ W_Q).T))),
-        _m("OV on both sides", "You put layer 0's OV on both sides. The query token reaches layer 1's W_Q "
+        misconception("OV on both sides", "You put layer 0's OV on both sides. The query token reaches layer 1's W_Q "
            "directly (the embedding: W_E W_Q); only the KEY side reads what the previous-token head moved there, "
            "W_E W_V W_O W_K.",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_V @ W_O @ W_Q, (W_E @ W_V @ W_O @ W_K).T))),
-        _m("W_O before W_V", "Your OV product is in the wrong order: W_O came before W_V. An embedding is first "
+        misconception("W_O before W_V", "Your OV product is in the wrong order: W_O came before W_V. An embedding is first "
            "read by W_V (into d_head) and then written back to the residual stream by W_O, so the key side is "
            "W_E @ W_V @ W_O @ W_K (the paper's 'W_O W_V' is the same map written right to left).",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_Q, (W_E @ W_O @ W_V @ W_K).T))),
-        _m("key side not transposed", "The key side needs a transpose: an attention score is q . k, so the circuit "
+        misconception("key side not transposed", "The key side needs a transpose: an attention score is q . k, so the circuit "
            "is (W_E W_Q) @ (W_E W_V W_O W_K)^T, i.e. FactoredMatrix(query_side, key_side.T), not "
            "FactoredMatrix(query_side, key_side).",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_Q, W_E @ W_V @ W_O @ W_K))),
-        _m("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is its "
+        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is its "
            "ROW, so both sides start from W_E: W_E @ W_Q and W_E @ W_V @ W_O @ W_K.",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E.T @ W_Q, (W_E.T @ W_V @ W_O @ W_K).T))),
-        _m("paper formula typed literally", "You typed the paper's W_E^T W_Q^T W_K W_OV W_E with the code's "
+        misconception("paper formula typed literally", "You typed the paper's W_E^T W_Q^T W_K W_OV W_E with the code's "
            "matrices. The paper multiplies column vectors from right to left and its matrices are the transposes "
            "of ours; with row vectors the same circuit is (W_E @ W_Q) @ (W_E @ W_V @ W_O @ W_K).T.",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: W_E.T @ W_Q.T @ W_K @ (W_V @ W_O) @ W_E)),
-        _m("scaled by 1/sqrt(d_head)", "The K-composition circuit is the bilinear form itself, without "
+        misconception("scaled by 1/sqrt(d_head)", "The K-composition circuit is the bilinear form itself, without "
            "1/sqrt(d_head): that scale belongs to the attention scores and changes no ranking.",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_Q / math.sqrt(W_Q.shape[-1]),
                                                         (W_E @ W_V @ W_O @ W_K).T))),
@@ -421,7 +419,7 @@ def k_composition_circuit(fn, cases: Cases = None) -> None:
     one layer-1 head's W_Q, W_K [d_model, d_head] and one layer-0 head's W_V [d_model, d_head], W_O
     [d_head, d_model]. A FactoredMatrix or a dense tensor passes; the real-model case is attn-only-2l's
     layer-1 head 5 reading layer-0 head 5 (compared on a fixed block of rows and columns)."""
-    run_check(K_COMPOSITION_CIRCUIT, _nan_as_inf(_circuit(fn)), cases)
+    run_check(K_COMPOSITION_CIRCUIT, nan_as_inf(_circuit(fn)), cases)
 
 
 # --------------------------------------------------------------------------- 4. top-1 accuracy on the diagonal
@@ -432,15 +430,15 @@ def _top1_inputs(seed: int) -> dict:
     column offsets: a column offset moves the row argmax (away from the diagonal) but not the column
     one, so the two axes disagree by a wide margin. Dense in default cases 0 and 2; in case 1 a
     FactoredMatrix of inner size n - 2 .. n - 5 (its A A^T part is near the identity)."""
-    g = _rng(seed)
-    n = _randint(g, 20, 40)
+    g = rng(seed)
+    n = randint(g, 20, 40)
     case = default_case("top_1_diagonal_accuracy", seed)
     factored = case == 1 if case is not None else seed % 2 == 1
     boost = (torch.rand(n, generator=g) < 0.6) * (1.5 + torch.rand(n, generator=g) * 2)
     row_off = torch.randn(n, 1, generator=g) * 0.3
     col_off = torch.randn(1, n, generator=g) * (2.0 if factored else 1.5)
     if factored:
-        r = n - _randint(g, 2, 5)
+        r = n - randint(g, 2, 5)
         A = torch.randn(n, r, generator=g)
         B = 2.0 * A.T * boost / r + torch.randn(r, n, generator=g) * 0.3
         A = torch.cat([A, row_off, torch.ones(n, 1)], dim=1)  # A B = A0 B0 + row_off[i] + col_off[j]
@@ -478,20 +476,20 @@ TOP_1_DIAGONAL_ACCURACY = Exercise(
     rtol=0, atol=1e-3,  # 1e-3: near-ties may flip a few of the real circuit's 4096 rows
     extra_inputs=(_real_top1_inputs,),
     misconceptions=(
-        _m("argmax over the wrong axis", "You took the argmax over the wrong axis (dim 0: the largest entry of "
+        misconception("argmax over the wrong axis", "You took the argmax over the wrong axis (dim 0: the largest entry of "
            "each COLUMN). Row i is what token i prefers: count the rows with M[i].argmax() == i, i.e. "
            "argmax(dim=-1).",
            _top1_variant(dim=0)),
-        _m("count instead of fraction", "You returned the NUMBER of rows whose largest entry is on the diagonal; "
+        misconception("count instead of fraction", "You returned the NUMBER of rows whose largest entry is on the diagonal; "
            "return the fraction (divide by the number of rows), so matrices of different sizes compare.",
            _top1_variant(fraction=False)),
-        _m("argmin instead of argmax", "You used argmin: the question is whether the diagonal entry is the row's "
+        misconception("argmin instead of argmax", "You used argmin: the question is whether the diagonal entry is the row's "
            "LARGEST entry, M[i].argmax() == i.",
            _top1_variant(argmin=True)),
-        _m("diagonal above the row mean", "You counted the rows whose diagonal entry is above the row's MEAN. "
+        misconception("diagonal above the row mean", "You counted the rows whose diagonal entry is above the row's MEAN. "
            "Top-1 means the diagonal entry is the row's MAXIMUM: M[i].argmax() == i.",
            _top1_variant(mean=True)),
-        _m("one hit per row", "You returned one hit per row; return a single number, the fraction of rows that "
+        misconception("one hit per row", "You returned one hit per row; return a single number, the fraction of rows that "
            "hit (the mean of those hits, as a float).",
            _top1_variant(per_row=True)),
     ),
@@ -502,4 +500,4 @@ def top_1_diagonal_accuracy(fn, cases: Cases = None) -> None:
     """Check ``fn(M) -> float`` (a 0-d tensor is fine): the fraction of rows whose argmax is the diagonal
     entry, for M a square tensor or a FactoredMatrix. The real-model case is attn-only-2l's
     K-composition circuit (layer-1 head 5 through layer-0 head 5), a 4096 x 4096 FactoredMatrix."""
-    run_check(TOP_1_DIAGONAL_ACCURACY, _nan_as_inf(fn), cases)
+    run_check(TOP_1_DIAGONAL_ACCURACY, nan_as_inf(fn), cases)

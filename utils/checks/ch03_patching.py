@@ -33,7 +33,7 @@ import torch
 
 from utils import induction as ind
 from utils import patching as ref
-from utils.checks.common import _m, _nan_as_inf, _randint, _random_pattern, _rng
+from utils.checks.toolkit import misconception, nan_as_inf, randint, random_pattern, rng
 from utils.checks.core import Cases, CheckFailure, Exercise, default_case, run_check
 
 CHAPTER = "03"
@@ -67,7 +67,7 @@ def _random_cache(g: torch.Generator, batch: int, pos: int, heads: int, d_head: 
         if hook in ("hook_q", "hook_k", "hook_v", "hook_z"):
             cache[name] = torch.randn(batch, pos, heads, d_head, generator=g)
         elif hook == "hook_pattern":
-            cache[name] = _random_pattern(g, batch, heads, pos)
+            cache[name] = random_pattern(g, batch, heads, pos)
         elif hook == "hook_result":
             cache[name] = torch.randn(batch, pos, heads, d_model, generator=g)
         else:  # the residual stream
@@ -120,7 +120,7 @@ def _returns(fn, exercise: str, stacked: bool = False):
     mapped to inf as everywhere."""
     if not callable(fn):
         return fn
-    fn = _nan_as_inf(fn)
+    fn = nan_as_inf(fn)
 
     def wrapped(**inputs):
         out = fn(**inputs)
@@ -145,11 +145,11 @@ def _caches(run: dict) -> dict:
 def _logit_diff_inputs(seed: int) -> dict:
     """Random logits with the clean next token boosted at the second copy (so the difference is
     positive, as in a model with induction heads), random repeated tokens and their corruption."""
-    g = _rng(seed)
-    batch, n = _randint(g, 2, 3), _randint(g, 4, 7)
-    vocab = 3 * n + _randint(g, 5, 15)
+    g = rng(seed)
+    batch, n = randint(g, 2, 3), randint(g, 4, 7)
+    vocab = 3 * n + randint(g, 5, 15)
     clean = _repeated_tokens(g, batch, n, vocab)
-    corrupted = ref.corrupted_first_copy(clean, n, vocab, seed=_randint(g, 0, 10 ** 6))
+    corrupted = ref.corrupted_first_copy(clean, n, vocab, seed=randint(g, 0, 10 ** 6))
     logits = torch.randn(batch, 1 + 2 * n, vocab, generator=g) * 2
     boost = torch.rand(batch, n - 1, generator=g) * 3
     rows = torch.arange(batch)[:, None]
@@ -207,42 +207,42 @@ INDUCTION_LOGIT_DIFF = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_logit_diff_inputs,),
     misconceptions=(
-        _m("sign reversed", "Your sign is reversed: the metric is logit(r_(j+1)) - logit(s_(j+1)), the clean first "
+        misconception("sign reversed", "Your sign is reversed: the metric is logit(r_(j+1)) - logit(s_(j+1)), the clean first "
            "copy's next token MINUS the corrupted first copy's, so it is large and positive when the model copies "
            "from the clean first copy.",
            _logit_diff_variant(sign=-1.0)),
-        _m("targets not shifted", "Off by one: you scored the logits at position n + j against the tokens AT n + j "
+        misconception("targets not shifted", "Off by one: you scored the logits at position n + j against the tokens AT n + j "
            "(r_j, and s_j). The logits at a position predict the NEXT token: at n + j compare r_(j+1) = "
            "clean_tokens[:, n + j + 1] with s_(j+1) = corrupted_tokens[:, j + 1].",
            _logit_diff_variant(right_at=1, wrong_at=1)),
-        _m("s_j instead of s_(j+1)", "Your wrong token is off by one: you took s_j = corrupted_tokens[:, j], the "
+        misconception("s_j instead of s_(j+1)", "Your wrong token is off by one: you took s_j = corrupted_tokens[:, j], the "
            "corrupted counterpart of the CURRENT token r_j. The alternative an induction head would copy is the "
            "token AFTER it in the corrupted first copy, s_(j+1) = corrupted_tokens[:, j + 1] (the same offset as "
            "r_(j+1)): corrupted_tokens[:, 2:n + 1].",
            _logit_diff_variant(wrong_at=1)),
-        _m("first-copy positions included", "You also averaged over the FIRST copy's positions 1 .. n - 1. Nothing "
+        misconception("first-copy positions included", "You also averaged over the FIRST copy's positions 1 .. n - 1. Nothing "
            "has repeated there yet, so induction cannot predict anything; average only over the second-copy "
            "positions n + 1 .. 2n - 1 (logits[:, n + 1:2 * n]).",
            _logit_diff_variant(first=1)),
-        _m("position n included", "You included position n, the first copy's last token r_n, whose next token is "
+        misconception("position n included", "You included position n, the first copy's last token r_n, whose next token is "
            "the second copy's r_1: nothing earlier predicts that, so it is not an induction prediction. Start at "
            "n + 1: positions n + 1 .. 2n - 1 (r_1 .. r_(n-1) of the second copy) predicting r_2 .. r_n.",
            _logit_diff_variant(first="n")),
-        _m("wrong token from the corrupted second copy", "Your metric is 0 whatever the logits: you took the wrong "
+        misconception("wrong token from the corrupted second copy", "Your metric is 0 whatever the logits: you took the wrong "
            "token from the corrupted tokens' SECOND copy, which is the same r_(j+1) as the right one (both runs "
            "end with r_1 .. r_n). The alternative is s_(j+1) from the corrupted FIRST copy: "
            "corrupted_tokens[:, j + 1], i.e. corrupted_tokens[:, 2:n + 1].",
            _logit_diff_variant(wrong_second_copy=True)),
-        _m("each run's next token at every position", "You compared, at every position, the clean tokens' next "
+        misconception("each run's next token at every position", "You compared, at every position, the clean tokens' next "
            "token with the corrupted tokens' next token (clean_tokens[:, 1:] against corrupted_tokens[:, 1:]) and "
            "averaged over the whole sequence. Over the second copy those are the same token, so the positions "
            "that matter contribute 0 and the unpredictable first copy dominates. Average only over the "
            "second-copy positions n + 1 .. 2n - 1, comparing r_(j+1) with s_(j+1) = corrupted_tokens[:, j + 1].",
            _each_runs_next_token),
-        _m("sum instead of mean", "You summed the logit differences. Average them over the batch and the n - 1 "
+        misconception("sum instead of mean", "You summed the logit differences. Average them over the batch and the n - 1 "
            "positions, so the metric does not grow with the batch size or the sequence length.",
            _logit_diff_variant(reduce="sum")),
-        _m("one number per sequence", "You returned one logit difference per sequence; average over the batch "
+        misconception("one number per sequence", "You returned one logit difference per sequence; average over the batch "
            "too and return a single number (a float).",
            _logit_diff_variant(reduce="per_sequence")),
     ),
@@ -262,7 +262,7 @@ def induction_logit_diff(fn, cases: Cases = None) -> None:
 
 def _metric_inputs(seed: int) -> dict:
     """A clean metric well above the corrupted one, and a patched one mostly between them."""
-    g = _rng(seed)
+    g = rng(seed)
     clean = 2 + 4 * float(torch.rand(1, generator=g))
     corrupted = -1.5 + 2 * float(torch.rand(1, generator=g))
     fraction = -0.2 + 1.3 * float(torch.rand(1, generator=g))
@@ -290,27 +290,27 @@ NORMALISED_PATCHING_METRIC = Exercise(
     rtol=1e-4, atol=1e-6,
     extra_inputs=(lambda: dict(_real_metric_inputs()),),
     misconceptions=(
-        _m("not normalised", "You returned the patched metric itself. Normalise it: (patched - corrupted) / "
+        misconception("not normalised", "You returned the patched metric itself. Normalise it: (patched - corrupted) / "
            "(clean - corrupted) is 0 when patching changed nothing and 1 when it restored the clean behaviour, so "
            "patches (and experiments) can be compared.",
            lambda patched, clean, corrupted: patched),
-        _m("baseline subtracted, not divided", "You subtracted the corrupted baseline but did not divide by the gap "
+        misconception("baseline subtracted, not divided", "You subtracted the corrupted baseline but did not divide by the gap "
            "between the runs: (patched - corrupted) / (clean - corrupted), so that a full restoration reads 1.",
            lambda patched, clean, corrupted: patched - corrupted),
-        _m("divided by clean only", "You divided by the clean metric only, ignoring the corrupted baseline: then "
+        misconception("divided by clean only", "You divided by the clean metric only, ignoring the corrupted baseline: then "
            "'nothing restored' reads corrupted / clean instead of 0. Subtract the baseline in the numerator and "
            "the denominator: (patched - corrupted) / (clean - corrupted).",
            lambda patched, clean, corrupted: patched / clean),
-        _m("scale reversed (1 = corrupted)", "Your scale is reversed: (clean - patched) / (clean - corrupted) (the "
+        misconception("scale reversed (1 = corrupted)", "Your scale is reversed: (clean - patched) / (clean - corrupted) (the "
            "same as (patched - clean) / (corrupted - clean)) is 0 at the CLEAN run and 1 at the corrupted one, so "
            "it measures how much was lost. The scale starts at the corrupted run: (patched - corrupted) / "
            "(clean - corrupted), 0 = corrupted, 1 = clean.",
            lambda patched, clean, corrupted: (clean - patched) / (clean - corrupted)),
-        _m("measured from the clean run", "You measured from the clean run: (patched - clean) / (clean - corrupted) "
+        misconception("measured from the clean run", "You measured from the clean run: (patched - clean) / (clean - corrupted) "
            "is 0 at the clean run and -1 at the corrupted one. Subtract the CORRUPTED metric in the numerator: "
            "(patched - corrupted) / (clean - corrupted).",
            lambda patched, clean, corrupted: (patched - clean) / (clean - corrupted)),
-        _m("denominator reversed", "Your denominator is reversed (corrupted - clean): restoring the clean "
+        misconception("denominator reversed", "Your denominator is reversed (corrupted - clean): restoring the clean "
            "behaviour then reads -1. Divide by clean - corrupted: (patched - corrupted) / (clean - corrupted).",
            lambda patched, clean, corrupted: (patched - corrupted) / (corrupted - clean)),
     ),
@@ -331,15 +331,15 @@ _HEAD_LAYER_BY_CASE = {0: 1, 1: 0, 2: 1}
 
 def _head_inputs(seed: int) -> dict:
     """Two random caches; more positions than heads (so indexing positions for heads still runs)."""
-    g = _rng(seed)
-    batch, heads, d_head = _randint(g, 2, 3), _randint(g, 2, 4), _randint(g, 2, 4)
-    pos, d_model = heads + _randint(g, 1, 3), _randint(g, 4, 6)
+    g = rng(seed)
+    batch, heads, d_head = randint(g, 2, 3), randint(g, 2, 4), randint(g, 2, 4)
+    pos, d_model = heads + randint(g, 1, 3), randint(g, 4, 6)
     clean = _random_cache(g, batch, pos, heads, d_head, d_model)
     corrupted = _random_cache(g, batch, pos, heads, d_head, d_model)
     case = default_case("patched_head_outputs", seed)
     layer = _HEAD_LAYER_BY_CASE.get(case) if case is not None else None
     return dict(clean_cache=clean, corrupted_cache=corrupted,
-                layer=layer if layer is not None else _randint(g, 0, N_LAYERS - 1))
+                layer=layer if layer is not None else randint(g, 0, N_LAYERS - 1))
 
 
 def _real_head_inputs() -> dict:
@@ -375,33 +375,33 @@ PATCHED_HEAD_OUTPUTS = Exercise(
     rtol=1e-5, atol=1e-6,
     extra_inputs=(_real_head_inputs,),
     misconceptions=(
-        _m("wrong direction", "You patched the wrong way round: you pasted the CORRUPTED run's head into the clean "
+        misconception("wrong direction", "You patched the wrong way round: you pasted the CORRUPTED run's head into the clean "
            "run's z, which measures what breaks, not what restores. Entry h is the corrupted run's hook_z with "
            "head h's slice taken from the CLEAN run: start from corrupted_cache[...], paste "
            "clean_cache[...][:, :, h].",
            _head_variant(reverse=True)),
-        _m("patches accumulate", "Your patches accumulate: entry h has heads 0 .. h all taken from the clean run, "
+        misconception("patches accumulate", "Your patches accumulate: entry h has heads 0 .. h all taken from the clean run, "
            "because you kept editing one tensor (cloned once, before the loop). Each entry patches head h ALONE: "
            "start every entry from a fresh copy of the corrupted z (corrupted.clone() inside the loop, or "
            "corrupted.repeat(...) once and edit entry h only).",
            _head_variant(mode="prefix")),
-        _m("every head patched in every entry", "Every entry of your result has EVERY head taken from the clean run "
+        misconception("every head patched in every entry", "Every entry of your result has EVERY head taken from the clean run "
            "(it is the clean z). Either you appended the same tensor each time (z = corrupted; z[:, :, h] = ...; "
            "out.append(z) without .clone(): the list holds one tensor, edited head after head, and you also "
            "overwrote the cache) or you patched the whole layer. Entry h patches head h alone: a fresh "
            "corrupted.clone() per head.",
            _head_variant(mode="all")),
-        _m("values patched (hook_v)", "You patched the head's VALUES (blocks.{layer}.attn.hook_v), not its output. "
+        misconception("values patched (hook_v)", "You patched the head's VALUES (blocks.{layer}.attn.hook_v), not its output. "
            "A head's output before W_O is hook_z, the pattern-weighted sum of the values: patch "
            "f\"blocks.{layer}.attn.hook_z\".",
            _head_variant(hook="hook_v")),
-        _m("queries patched (hook_q)", "You patched the head's QUERIES (blocks.{layer}.attn.hook_q), not its "
+        misconception("queries patched (hook_q)", "You patched the head's QUERIES (blocks.{layer}.attn.hook_q), not its "
            "output. A head's output before W_O is hook_z: patch f\"blocks.{layer}.attn.hook_z\".",
            _head_variant(hook="hook_q")),
-        _m("positions instead of heads", "You indexed the POSITION axis: z[:, h] is position h. hook_z is "
+        misconception("positions instead of heads", "You indexed the POSITION axis: z[:, h] is position h. hook_z is "
            "[batch, pos, head, d_head], so head h is z[:, :, h].",
            _head_variant(axis=1)),
-        _m("the other layer", "You patched the other layer's hook_z (a hard-coded layer number?). Use the layer you "
+        misconception("the other layer", "You patched the other layer's hook_z (a hard-coded layer number?). Use the layer you "
            "are given: f\"blocks.{layer}.attn.hook_z\" in both caches.",
            _head_variant(layer_of=lambda layer: N_LAYERS - 1 - layer)),
     ),
@@ -425,16 +425,16 @@ def _resid_inputs(seed: int) -> dict:
     """Two random caches. The default cases have at least as many sequences as positions (so
     indexing the batch for the positions still runs) and never blocks.0.hook_resid_pre (so ignoring
     hook_name for it shows)."""
-    g = _rng(seed)
+    g = rng(seed)
     case = default_case("patched_residual_positions", seed)
-    pos = _randint(g, 3, 5)
-    batch = pos + _randint(g, 0, 1) if case is not None else _randint(g, 1, 4)
-    heads, d_head, d_model = _randint(g, 2, 3), _randint(g, 2, 3), _randint(g, 4, 6)
+    pos = randint(g, 3, 5)
+    batch = pos + randint(g, 0, 1) if case is not None else randint(g, 1, 4)
+    heads, d_head, d_model = randint(g, 2, 3), randint(g, 2, 3), randint(g, 4, 6)
     clean = _random_cache(g, batch, pos, heads, d_head, d_model)
     corrupted = _random_cache(g, batch, pos, heads, d_head, d_model)
     hook = _RESID_HOOK_BY_CASE.get(case) if case is not None else None
     return dict(clean_cache=clean, corrupted_cache=corrupted,
-                hook_name=hook or _RESID_HOOKS[_randint(g, 0, len(_RESID_HOOKS) - 1)])
+                hook_name=hook or _RESID_HOOKS[randint(g, 0, len(_RESID_HOOKS) - 1)])
 
 
 def _real_resid_inputs() -> dict:
@@ -467,25 +467,25 @@ PATCHED_RESIDUAL_POSITIONS = Exercise(
     rtol=1e-5, atol=1e-6,
     extra_inputs=(_real_resid_inputs,),
     misconceptions=(
-        _m("wrong direction", "You patched the wrong way round: you pasted the CORRUPTED run's position into the "
+        misconception("wrong direction", "You patched the wrong way round: you pasted the CORRUPTED run's position into the "
            "clean run's residual stream. Entry p is the corrupted run's residual stream with position p taken "
            "from the CLEAN run: start from corrupted_cache[hook_name], paste clean_cache[hook_name][:, p].",
            _resid_variant(reverse=True)),
-        _m("patches accumulate (a prefix)", "Entry p of your result has positions 0 .. p all taken from the clean "
+        misconception("patches accumulate (a prefix)", "Entry p of your result has positions 0 .. p all taken from the clean "
            "run: either your patches accumulated in one tensor you kept editing (cloned once, before the loop) or "
            "you patched the prefix [:, :p + 1]. Entry p patches position p ALONE (every sequence of the batch): a "
            "fresh copy of the corrupted residual stream per position, then x[:, p] = clean[:, p].",
            _resid_variant(mode="prefix")),
-        _m("every position patched in every entry", "Every entry of your result has EVERY position taken from the "
+        misconception("every position patched in every entry", "Every entry of your result has EVERY position taken from the "
            "clean run (it is the clean residual stream): you appended the same tensor each time (x = corrupted; "
            "x[:, p] = ...; out.append(x) without .clone(): the list holds one tensor, edited position after "
            "position, and you also overwrote the cache). Entry p patches position p alone: a fresh "
            "corrupted.clone() per position.",
            _resid_variant(mode="all")),
-        _m("batch instead of positions", "You patched along the BATCH axis: x[p] is sequence p of the batch. The "
+        misconception("batch instead of positions", "You patched along the BATCH axis: x[p] is sequence p of the batch. The "
            "residual stream is [batch, pos, d_model], so position p is x[:, p] (every sequence at once).",
            _resid_variant(axis=0)),
-        _m("hook_name ignored", "You ignored hook_name and always patched blocks.0.hook_resid_pre. Patch the "
+        misconception("hook_name ignored", "You ignored hook_name and always patched blocks.0.hook_resid_pre. Patch the "
            "residual stream the argument names: clean_cache[hook_name] and corrupted_cache[hook_name].",
            _resid_variant(hook="blocks.0.hook_resid_pre")),
     ),
@@ -505,15 +505,15 @@ def _dla_inputs(seed: int) -> dict:
     """Random components with a nonzero mean over d_model (so centring matters), per-position scales
     and repeated random tokens. The first default case (and a third of the hidden ones) is square,
     d_model == d_vocab, so indexing W_U's rows with tokens still runs."""
-    g = _rng(seed)
+    g = rng(seed)
     case = default_case("head_logit_attribution", seed)
     square = case == 0 if case is not None else seed % 3 == 0
-    batch, n, comps = _randint(g, 2, 3), _randint(g, 3, 5), _randint(g, 3, 5)
+    batch, n, comps = randint(g, 2, 3), randint(g, 3, 5), randint(g, 3, 5)
     if square:
-        d_model = vocab = _randint(g, 5, 7)
+        d_model = vocab = randint(g, 5, 7)
     else:
-        d_model = _randint(g, 4, 7)
-        vocab = d_model + _randint(g, 4, 12)
+        d_model = randint(g, 4, 7)
+        vocab = d_model + randint(g, 4, 12)
     tokens = _repeated_tokens(g, batch, n, vocab)
     pos = 1 + 2 * n
     results = torch.randn(batch, pos, comps, d_model, generator=g) + 2 * torch.randn(batch, pos, comps, 1, generator=g)
@@ -555,29 +555,29 @@ HEAD_LOGIT_ATTRIBUTION = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_dla_inputs,),
     misconceptions=(
-        _m("final LayerNorm scale ignored", "You did not divide by the final LayerNorm's scale. ln_final divides the "
+        misconception("final LayerNorm scale ignored", "You did not divide by the final LayerNorm's scale. ln_final divides the "
            "centred residual stream by final_scale (one number per sequence and position) before W_U, so each "
            "component's share of the logit is divided by it too: centre(result) / final_scale @ W_U[:, token].",
            _dla_variant(scale=None)),
-        _m("scale multiplied", "You multiplied by final_scale. The LayerNorm DIVIDES the centred residual stream by "
+        misconception("scale multiplied", "You multiplied by final_scale. The LayerNorm DIVIDES the centred residual stream by "
            "its scale: centre(result) / final_scale (final_scale[:, :, None] to broadcast over the components).",
            _dla_variant(scale="multiply")),
-        _m("not centred", "You did not centre the components. LayerNorm first subtracts the mean over d_model, which "
+        misconception("not centred", "You did not centre the components. LayerNorm first subtracts the mean over d_model, which "
            "is linear too: subtract each component's own mean, result - result.mean(-1, keepdim=True), before "
            "dividing by the scale.",
            _dla_variant(centre=False)),
-        _m("current token instead of next", "Off by one: you used the unembedding of the CURRENT token. The logits "
+        misconception("current token instead of next", "Off by one: you used the unembedding of the CURRENT token. The logits "
            "at position n + j predict the next token r_(j+1) = tokens[:, n + j + 1]: for the positions "
            "n + 1 .. 2n - 1 use the columns W_U[:, tokens[:, n + 2:2 * n + 1]].",
            _dla_variant(offset=0)),
-        _m("every position averaged", "You averaged over every position, each predicting its next token. Only the "
+        misconception("every position averaged", "You averaged over every position, each predicting its next token. Only the "
            "second-copy predictions are induction (positions n + 1 .. 2n - 1, predicting r_2 .. r_n); the first "
            "copy is unpredictable and dilutes the attribution.",
            _dla_variant(positions="all")),
-        _m("sum instead of mean", "You summed over the batch and the positions. Average them, so the attribution "
+        misconception("sum instead of mean", "You summed over the batch and the positions. Average them, so the attribution "
            "is in logits per prediction and does not grow with the batch or the sequence length.",
            _dla_variant(reduce="sum")),
-        _m("rows of W_U", "You indexed W_U's ROWS with the token ids (W_U[tokens], as you would W_E). W_U is "
+        misconception("rows of W_U", "You indexed W_U's ROWS with the token ids (W_U[tokens], as you would W_E). W_U is "
            "[d_model, d_vocab]: a token's unembedding direction is its COLUMN, W_U[:, token] (or W_U.T[tokens]).",
            _dla_variant(rows=True)),
     ),

@@ -18,8 +18,8 @@ from typing import Optional
 
 import torch
 
-from utils.checks.common import _describe_parts, _run_described
-from utils.checks.core import (Cases, CheckFailure, Exercise, Misconception, _describe_difference,
+from utils.checks.toolkit import describe_parts, randint, rng, run_described
+from utils.checks.core import (Cases, CheckFailure, Exercise, Misconception, describe_difference,
                                outputs_match, question, run_check, withholding_values)
 from utils.sae import exercises as ref
 from utils.sae.metrics import fraction_variance_explained as ref_fve, l0 as ref_l0
@@ -33,13 +33,8 @@ EXERCISES = ["feature_recovery", "sae_forward", "sae_loss", "normalize_decoder",
              "l0_question", "shrinkage_question", "resampling_question"]
 
 
-def _rng(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
-def _int(g: torch.Generator, lo: int, hi: int) -> int:
-    """Uniform integer in [lo, hi]."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -48,7 +43,7 @@ def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
 
 def _sizes(g: torch.Generator) -> tuple[int, int, int]:
     """(batch, d_in, d_sae), never equal to each other."""
-    return _int(g, 9, 13), _int(g, 4, 7), _int(g, 14, 20)
+    return randint(g, 9, 13), randint(g, 4, 7), randint(g, 14, 20)
 
 
 def _unit_columns(W: torch.Tensor) -> torch.Tensor:
@@ -84,7 +79,7 @@ def _recovery_inputs(seed: int) -> dict:
     same-way match is weaker (so an absolute value changes it); the encoder rows are the decoder's
     directions plus strong noise (so reading them changes it).
     """
-    g = _rng(seed)
+    g = rng(seed)
     n_true, d_in, d_sae = _sizes(g)
     true = torch.randn(d_in, n_true, generator=g) * (0.4 + 1.6 * torch.rand(n_true, generator=g))
     unit = _unit_columns(true)
@@ -180,7 +175,7 @@ def feature_recovery(fn, cases: Cases = None) -> None:
 
 
 def _forward_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     batch, d_in, d_sae = _sizes(g)
     b_dec = 1.5 * torch.randn(d_in, generator=g)  # far from 0: forgetting it changes everything
     return {
@@ -255,14 +250,14 @@ SAE_FORWARD = Exercise(
 
 def sae_forward(fn, cases: Cases = None) -> None:
     """Check ``fn(x, W_enc, b_enc, W_dec, b_dec) -> (f, x_hat)``."""
-    _run_described(SAE_FORWARD, fn, cases, _describe_parts(("f", "x_hat"), SAE_FORWARD.rtol, SAE_FORWARD.atol))
+    run_described(SAE_FORWARD, fn, cases, describe_parts(("f", "x_hat"), SAE_FORWARD.rtol, SAE_FORWARD.atol))
 
 
 # =========================================================================== 2. the loss
 
 
 def _loss_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     batch, d_in, d_sae = _sizes(g)
     x = 2 * torch.randn(batch, d_in, generator=g)
     return {
@@ -343,7 +338,7 @@ def sae_loss(fn, cases: Cases = None) -> None:
 
 
 def _decoder_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     _, d_in, d_sae = _sizes(g)
     W = torch.randn(d_in, d_sae, generator=g) * (0.3 + 1.7 * torch.rand(1, d_sae, generator=g))
     return {"W_dec": W}
@@ -389,7 +384,7 @@ def normalize_decoder(fn, cases: Cases = None) -> None:
 
 def _grad_inputs(seed: int) -> dict:
     W = _decoder_inputs(seed)["W_dec"]
-    return {"W_dec": W, "grad": torch.randn(W.shape, generator=_rng(seed + 1))}
+    return {"W_dec": W, "grad": torch.randn(W.shape, generator=rng(seed + 1))}
 
 
 def _along(W, G, dim=0):
@@ -447,8 +442,8 @@ MEDIAN_TOL = 1e-3
 
 
 def _median_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    n, d = 2 * _int(g, 30, 60) + 1, _int(g, 3, 6)  # odd n: the coordinate-wise median is one point
+    g = rng(seed)
+    n, d = 2 * randint(g, 30, 60) + 1, randint(g, 3, 6)  # odd n: the coordinate-wise median is one point
     bulk = torch.randn(n, d, generator=g) * (0.5 + torch.rand(d, generator=g)) + 2 * torch.randn(d, generator=g)
     outliers = torch.rand(n, generator=g) < 0.15
     far = 6 * torch.randn(d, generator=g) + 3 * torch.randn(n, d, generator=g)
@@ -531,20 +526,20 @@ def _describe_median(inputs: dict, got, expected) -> Optional[str]:
                 f"{yours:.8g} at your point and {best:.8g} at the median (relative excess {excess:.2g}; "
                 f"{mean:.8g} at the mean). Run Weiszfeld's update until the estimate stops moving (e.g. 200 "
                 "steps, or until a step moves it less than 1e-6), and compute in float64 if it stalls.")
-    return (f"{_describe_difference(got, expected)} (Sum of distances: yours {yours:.8g}, the median's {best:.8g}, "
+    return (f"{describe_difference(got, expected)} (Sum of distances: yours {yours:.8g}, the median's {best:.8g}, "
             f"relative excess {excess:.2g}.)")
 
 
 def geometric_median(fn, cases: Cases = None) -> None:
     """Check ``fn(points[n, d]) -> [d]``, the point minimising Σ ||x_i - y||."""
-    _run_described(GEOMETRIC_MEDIAN, fn, cases, _describe_median)
+    run_described(GEOMETRIC_MEDIAN, fn, cases, _describe_median)
 
 
 # =========================================================================== 5. metrics
 
 
 def _l0_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     batch, _, d_sae = _sizes(g)
     return {"f": _sparse_activations(g, batch, d_sae, p=_uniform(g, 0.1, 0.5))}
 
@@ -589,7 +584,7 @@ def l0(fn, cases: Cases = None) -> None:
 
 
 def _fve_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     batch, d_in, _ = _sizes(g)
     batch *= 4
     scale = 0.5 + 2 * torch.rand(d_in, generator=g)  # dimensions of different variance
@@ -650,7 +645,7 @@ def fraction_variance_explained(fn, cases: Cases = None) -> None:
 
 
 def _ce_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     clean = _uniform(g, 2.0, 4.0)
     gap = _uniform(g, 0.5, 3.0)
     return {"ce_clean": clean, "ce_sae": clean + _uniform(g, 0.05, 0.6) * gap, "ce_zero_ablation": clean + gap}
@@ -705,8 +700,8 @@ def ce_loss_recovered(fn, cases: Cases = None) -> None:
 
 
 def _density_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    d_sae = _int(g, 200, 400)
+    g = rng(seed)
+    d_sae = randint(g, 200, 400)
     kind = torch.rand(d_sae, generator=g)
     threshold = _uniform(g, 0.15, 0.3) if seed % 2 else _uniform(g, 0.03, 0.07)  # never the default 0.1
     density = 10 ** (-4 + 2.5 * torch.rand(d_sae, generator=g))  # the live bulk: 1e-4 .. 3e-2
@@ -762,7 +757,7 @@ DEAD_DENSE = Exercise(
 
 def dead_dense_fractions(fn, cases: Cases = None) -> None:
     """Check ``fn(density[d_sae], dense_threshold) -> (dead_fraction, dense_fraction)``."""
-    _run_described(DEAD_DENSE, fn, cases, _describe_parts(("the dead fraction", "the dense fraction"),
+    run_described(DEAD_DENSE, fn, cases, describe_parts(("the dead fraction", "the dense fraction"),
                                                           DEAD_DENSE.rtol, DEAD_DENSE.atol))
 
 
@@ -774,10 +769,10 @@ RESAMPLE_PARTS = ("W_enc", "b_enc", "W_dec") + tuple(f"exp_avg[{k!r}]" for k in 
 
 
 def _resample_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     _, d_in, d_sae = _sizes(g)
     dead = torch.zeros(d_sae, dtype=torch.bool)
-    dead[torch.randperm(d_sae, generator=g)[:_int(g, 2, 5)]] = True
+    dead[torch.randperm(d_sae, generator=g)[:randint(g, 2, 5)]] = True
     # Dead features' encoder rows are short (they drifted until they stopped firing): averaging the
     # norms over all rows instead of the live ones gives a visibly different scale.
     row_scale = torch.where(dead, 0.2, 1.0 + torch.rand(d_sae, generator=g))
@@ -931,7 +926,7 @@ RESAMPLE = Exercise(
 
 def resample_dead_features(fn, cases: Cases = None) -> None:
     """Check ``fn(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg, exp_avg_sq)``."""
-    _run_described(RESAMPLE, fn, cases, _describe_parts(RESAMPLE_PARTS, RESAMPLE.rtol, RESAMPLE.atol),
+    run_described(RESAMPLE, fn, cases, describe_parts(RESAMPLE_PARTS, RESAMPLE.rtol, RESAMPLE.atol),
                    call=_call_resample)
 
 
@@ -939,9 +934,9 @@ def resample_dead_features(fn, cases: Cases = None) -> None:
 
 
 def _topk_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     batch, _, d_sae = _sizes(g)
-    k = _int(g, 3, 6)
+    k = randint(g, 3, 6)
     z = torch.randn(batch, d_sae, generator=g)
     z[: batch // 3] -= 2.0  # rows with fewer than k positive pre-activations: the ReLU must act
     z[-2:] -= 4.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from utils.checks.common import _describe_parts, _run_described
+from utils.checks.toolkit import describe_parts, randint, rng, run_described
 from utils.checks.core import Cases, Exercise, Misconception, question, run_check, square_case
 from utils.features import exercises as ref
 
@@ -24,12 +24,8 @@ EXERCISES = ["top_activating", "logit_weights", "pearson_correlation", "specific
              "feature_logit_attribution", "neuron_question", "specificity_question", "universality_question"]
 
 
-def _rng(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
-def _int(g: torch.Generator, lo: int, hi: int) -> int:
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
 def _unit_columns(W: torch.Tensor) -> torch.Tensor:
@@ -40,13 +36,13 @@ def _unit_columns(W: torch.Tensor) -> torch.Tensor:
 
 
 def _acts_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    n_seq, seq_len = _int(g, 5, 8), _int(g, 11, 16)  # never equal
+    g = rng(seed)
+    n_seq, seq_len = randint(g, 5, 8), randint(g, 11, 16)  # never equal
     acts = torch.relu(torch.randn(n_seq, seq_len, generator=g) - 0.3) * (1 + 3 * torch.rand(n_seq, seq_len, generator=g))
     # the two largest activations in one sequence, as on real text (a feature fires on a whole span)
-    s, p1, p2 = _int(g, 0, n_seq - 1), _int(g, 0, seq_len // 2 - 1), _int(g, seq_len // 2, seq_len - 1)
+    s, p1, p2 = randint(g, 0, n_seq - 1), randint(g, 0, seq_len // 2 - 1), randint(g, seq_len // 2, seq_len - 1)
     acts[s, p1], acts[s, p2] = acts.max() + 1.0, acts.max() + 0.5
-    return {"acts": acts, "k": _int(g, 4, 7)}
+    return {"acts": acts, "k": randint(g, 4, 7)}
 
 
 def _unravel(flat, n_rows, n_cols):
@@ -96,7 +92,7 @@ TOP_ACTIVATING = Exercise(
 
 def top_activating(fn, cases: Cases = None) -> None:
     """Check ``fn(acts[n_seq, seq_len], k) -> (seqs, positions, values)``, largest first."""
-    _run_described(TOP_ACTIVATING, fn, cases, _describe_parts(("seqs", "positions", "values"),
+    run_described(TOP_ACTIVATING, fn, cases, describe_parts(("seqs", "positions", "values"),
                                                                TOP_ACTIVATING.rtol, TOP_ACTIVATING.atol))
 
 
@@ -104,17 +100,17 @@ def top_activating(fn, cases: Cases = None) -> None:
 
 
 def _logit_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     square = seed % 3 != 0  # most seeds square (see the module docstring); default_cases pick the order
     if square:
-        d_mlp = d_model = d_vocab = d_sae = _int(g, 6, 9)
+        d_mlp = d_model = d_vocab = d_sae = randint(g, 6, 9)
     else:
-        d_model, d_mlp, d_sae, d_vocab = _int(g, 4, 5), _int(g, 7, 9), _int(g, 11, 13), _int(g, 15, 19)
+        d_model, d_mlp, d_sae, d_vocab = randint(g, 4, 5), randint(g, 7, 9), randint(g, 11, 13), randint(g, 15, 19)
     return {
         "W_dec": _unit_columns(torch.randn(d_mlp, d_sae, generator=g)),
         "W_out": torch.randn(d_mlp, d_model, generator=g) / d_mlp ** 0.5,
         "W_U": torch.randn(d_model, d_vocab, generator=g) / d_model ** 0.5,
-        "feature": _int(g, 0, d_sae - 1),
+        "feature": randint(g, 0, d_sae - 1),
     }
 
 
@@ -156,17 +152,17 @@ def logit_weights(fn, cases: Cases = None) -> None:
 
 
 def _pearson_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     if seed % 3 != 0:  # square: as many columns as tokens, so correlating over features runs
-        n = _int(g, 6, 8)
+        n = randint(g, 6, 8)
         n_tokens, m, k = n, n, n
     else:
-        n_tokens, m, k = _int(g, 20, 30), _int(g, 4, 6), _int(g, 7, 9)
+        n_tokens, m, k = randint(g, 20, 30), randint(g, 4, 6), randint(g, 7, 9)
     a = torch.relu(torch.randn(n_tokens, m, generator=g)) * (0.5 + 3 * torch.rand(m, generator=g)) + \
         2 * torch.rand(m, generator=g)
     b = 0.6 * a[:, torch.randint(0, m, (k,), generator=g)] + torch.randn(n_tokens, k, generator=g) + 1.5
     if seed % 2 == 0:
-        b[:, _int(g, 0, k - 1)] = 0.0  # a dead feature: constant, so its correlation is set to 0
+        b[:, randint(g, 0, k - 1)] = 0.0  # a dead feature: constant, so its correlation is set to 0
     return {"a": a, "b": b}
 
 
@@ -227,15 +223,15 @@ def _describe_pearson(inputs: dict, got, expected):
 
 def pearson_correlation(fn, cases: Cases = None) -> None:
     """Check ``fn(a[n_tokens, m], b[n_tokens, n]) -> [m, n]``."""
-    _run_described(PEARSON, fn, cases, _describe_pearson)
+    run_described(PEARSON, fn, cases, _describe_pearson)
 
 
 # =========================================================================== 4. specificity and sensitivity
 
 
 def _spec_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    n = _int(g, 30, 50)
+    g = rng(seed)
+    n = randint(g, 30, 50)
     hypothesis = torch.rand(n, generator=g) < 0.3
     hypothesis[:2] = torch.tensor([True, False])  # never empty, never everything
     fires = torch.where(hypothesis, torch.rand(n, generator=g) < 0.7, torch.rand(n, generator=g) < 0.2)
@@ -290,7 +286,7 @@ SPECIFICITY = Exercise(
 
 def specificity_sensitivity(fn, cases: Cases = None) -> None:
     """Check ``fn(acts[n], hypothesis[n] bool, threshold) -> (specificity, sensitivity)``."""
-    _run_described(SPECIFICITY, fn, cases, _describe_parts(("specificity", "sensitivity"),
+    run_described(SPECIFICITY, fn, cases, describe_parts(("specificity", "sensitivity"),
                                                            SPECIFICITY.rtol, SPECIFICITY.atol))
 
 
@@ -298,12 +294,12 @@ def specificity_sensitivity(fn, cases: Cases = None) -> None:
 
 
 def _edit_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    batch, d_in, d_sae = _int(g, 9, 12), _int(g, 4, 7), _int(g, 14, 18)
+    g = rng(seed)
+    batch, d_in, d_sae = randint(g, 9, 12), randint(g, 4, 7), randint(g, 14, 18)
     b_dec = torch.randn(d_in, generator=g)
     W_dec = _unit_columns(torch.randn(d_in, d_sae, generator=g))
     W_enc = W_dec.T + 0.5 * torch.randn(d_sae, d_in, generator=g)  # not the decoder's transpose
-    feature = _int(g, 0, d_sae - 1)
+    feature = randint(g, 0, d_sae - 1)
     x = b_dec + 1.5 * torch.randn(batch, d_in, generator=g)
     b_enc = 0.3 * torch.randn(d_sae, generator=g)
     # the feature fires on most rows but not all, so the ReLU matters
@@ -369,7 +365,7 @@ def ablate_feature(fn, cases: Cases = None) -> None:
 
 def _steer_inputs(seed: int) -> dict:
     inputs = _edit_inputs(seed)
-    inputs["value"] = 2.0 + 6.0 * float(torch.rand((), generator=_rng(seed + 1)))
+    inputs["value"] = 2.0 + 6.0 * float(torch.rand((), generator=rng(seed + 1)))
     return inputs
 
 
@@ -409,11 +405,11 @@ def steer_feature(fn, cases: Cases = None) -> None:
 
 
 def _match_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     if seed % 3 != 0:
-        n_a = n_b = _int(g, 6, 9)
+        n_a = n_b = randint(g, 6, 9)
     else:
-        n_a, n_b = _int(g, 5, 7), _int(g, 9, 12)
+        n_a, n_b = randint(g, 5, 7), randint(g, 9, 12)
     corr = 2 * torch.rand(n_a, n_b, generator=g) - 1
     corr[0, 0] = -0.99  # a strongly ANTI-correlated pair: not a match
     return {"corr": corr}
@@ -446,17 +442,17 @@ MATCH = Exercise(
 
 def match_features(fn, cases: Cases = None) -> None:
     """Check ``fn(corr[n_a, n_b]) -> (best_corr[n_a], best_index[n_a])``."""
-    _run_described(MATCH, fn, cases, _describe_parts(("best_corr", "best_index"), MATCH.rtol, MATCH.atol))
+    run_described(MATCH, fn, cases, describe_parts(("best_corr", "best_index"), MATCH.rtol, MATCH.atol))
 
 
 # =========================================================================== 8. human ratings vs an automatic score
 
 
 def _rubric_inputs(seed: int) -> dict:
-    g = _rng(seed)
-    n, m = _int(g, 6, 9), 0
-    m = n + _int(g, 2, 4)  # the automatic table holds more features than were rated
-    threshold = float(_int(g, 6, 9))
+    g = rng(seed)
+    n, m = randint(g, 6, 9), 0
+    m = n + randint(g, 2, 4)  # the automatic table holds more features than were rated
+    threshold = float(randint(g, 6, 9))
     auto_features = torch.randperm(60, generator=g)[:m]
     auto_scores, order = torch.rand(m, generator=g).sort(descending=True)  # a leaderboard: best first
     auto_features = auto_features[order]
@@ -534,21 +530,21 @@ RUBRIC = Exercise(
 
 def rubric_agreement(fn, cases: Cases = None) -> None:
     """Check ``fn(ratings[n], rated[n], auto_features[m], auto_scores[m], threshold) -> (fraction, rho)``."""
-    _run_described(RUBRIC, fn, cases, _describe_parts(("fraction", "rho"), RUBRIC.rtol, RUBRIC.atol))
+    run_described(RUBRIC, fn, cases, describe_parts(("fraction", "rho"), RUBRIC.rtol, RUBRIC.atol))
 
 
 # =========================================================================== 9. direct logit attribution to features
 
 
 def _attribution_inputs(seed: int) -> dict:
-    g = _rng(seed)
+    g = rng(seed)
     if square_case("feature_logit_attribution", seed):  # d_sae = d_mlp: a decoder row still runs
-        d_mlp = d_sae = _int(g, 8, 10)
+        d_mlp = d_sae = randint(g, 8, 10)
     else:
-        d_mlp, d_sae = _int(g, 6, 8), _int(g, 11, 14)
-    d_model, d_vocab, seq = _int(g, 4, 5), _int(g, 15, 19), _int(g, 6, 9)
+        d_mlp, d_sae = randint(g, 6, 8), randint(g, 11, 14)
+    d_model, d_vocab, seq = randint(g, 4, 5), randint(g, 15, 19), randint(g, 6, 9)
     f = torch.relu(torch.randn(seq, d_sae, generator=g) - 0.3) * 3
-    position = _int(g, 1, seq - 2)
+    position = randint(g, 1, seq - 2)
     f[position, :2] = torch.tensor([0.0, 2.5])  # some features off, some on, at the position itself
     W_dec = _unit_columns(torch.randn(d_mlp, d_sae, generator=g))
     # offsets along the all-ones direction of d_model, which the final LayerNorm removes
@@ -556,7 +552,7 @@ def _attribution_inputs(seed: int) -> dict:
     W_U = torch.randn(d_model, d_vocab, generator=g) / d_model ** 0.5 + 0.5
     scale = 0.5 + 2 * torch.rand(seq, generator=g)
     tokens = torch.randint(0, d_vocab, (seq,), generator=g)
-    tokens[position + 1] = (tokens[position] + 1 + _int(g, 0, d_vocab - 2)) % d_vocab  # never the same token
+    tokens[position + 1] = (tokens[position] + 1 + randint(g, 0, d_vocab - 2)) % d_vocab  # never the same token
     return {"f": f, "W_dec": W_dec, "W_out": W_out, "W_U": W_U, "scale": scale, "tokens": tokens,
             "position": position}
 

@@ -19,7 +19,7 @@ with the grader for free when it follows the pattern every check here follows:
 
 * a check function ``NAME(fn, cases: Cases = None)`` calls ``run_check(EXERCISE, fn_or_wrapper(fn),
   cases)`` (several run_check calls are fine; mixing them with check_choice in one check is not);
-  a wrapper may adapt the calling convention or post-process the output (``_nan_as_inf`` in checks/common.py,
+  a wrapper may adapt the calling convention or post-process the output (``nan_as_inf`` in checks/toolkit.py,
   the statistics in ch04) and may seed ``torch`` before the call (the torch RNG state is sent
   along; numpy's and ``random``'s are not), and must call the student's function exactly once per
   case, only from inside run_check's cases, with arguments computed from the case's inputs; what
@@ -56,7 +56,12 @@ Cases = Union[int, Iterable[int], None]
 
 
 class CheckFailure(AssertionError):
-    """A check did not pass; the message says why in the student's terms."""
+    """A check did not pass; the message says why in the student's terms. ``case_index`` is the
+    0-based index of the failing case in the check's list of cases (None: not tied to one case)."""
+
+    def __init__(self, message: str = "", case_index: Optional[int] = None):
+        super().__init__(message)
+        self.case_index = case_index
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,7 @@ def _number(x: complex | float) -> str:
     return f"{x:.8g}" if not isinstance(x, complex) else f"{x.real:.8g}{x.imag:+.8g}j"
 
 
-def _describe_difference(got: Any, expected: Any, inputs: Optional[dict] = None,
+def describe_difference(got: Any, expected: Any, inputs: Optional[dict] = None,
                          withhold: Optional[bool] = None, rtol: float = 1e-4, atol: float = 1e-5) -> str:
     """Where ``got`` differs from ``expected``, in the student's terms. ``withhold`` (default: the
     grading session's ``withhold_values``): a hidden case, so no expected value is quoted (shapes,
@@ -183,7 +188,7 @@ def _describe_difference(got: Any, expected: Any, inputs: Optional[dict] = None,
                     f"{type(got).__name__}{size}.")
         for i, (g, e) in enumerate(zip(got, expected)):
             if not outputs_match(g, e, rtol, atol):
-                return f"Value {i + 1} of {len(expected)} of your result: " + _describe_difference(
+                return f"Value {i + 1} of {len(expected)} of your result: " + describe_difference(
                     g, e, inputs, withhold, rtol, atol)
     if withhold and not isinstance(expected, torch.Tensor):
         return "Your result differs from the expected one."
@@ -241,7 +246,7 @@ def _clone_value(value: Any) -> Any:
     return value
 
 
-def _clone_inputs(inputs: dict) -> dict:
+def clone_inputs(inputs: dict) -> dict:
     """Give each call its own copy, so an in-place edit by the student cannot corrupt the reference
     (nor the inputs the misconception variants, or a later check, see)."""
     return {k: _clone_value(v) for k, v in inputs.items()}
@@ -261,7 +266,7 @@ def raised_message(exercise: str, exc: BaseException, skip_frames: int = 1) -> s
 def _call_student(fn: Callable, inputs: dict, exercise: str) -> Any:
     try:
         with torch.no_grad():
-            return fn(**_clone_inputs(inputs))
+            return fn(**clone_inputs(inputs))
     except NotImplementedError:
         raise CheckFailure(not_implemented_message(exercise)) from None
     except CheckFailure:
@@ -285,7 +290,7 @@ def diagnose(got: Any, inputs: dict, ex: Exercise, expected: Any) -> Optional[Mi
     for wrong in ex.misconceptions:
         try:
             with torch.no_grad():
-                wrong_out = wrong.implementation(**_clone_inputs(inputs))
+                wrong_out = wrong.implementation(**clone_inputs(inputs))
         except Exception:  # a variant that cannot run on these inputs cannot explain them
             continue
         if outputs_match(wrong_out, expected, ex.rtol, ex.atol):
@@ -302,7 +307,7 @@ def not_callable_message(exercise: str, fn: Any) -> str:
 def check_case(ex: Exercise, fn: Callable, inputs: dict, label: str) -> None:
     """One case: the student's output on ``inputs`` against the reference; CheckFailure names the
     misconception it matches, or where it differs."""
-    expected = ex.reference(**_clone_inputs(inputs))
+    expected = ex.reference(**clone_inputs(inputs))
     got = _call_student(fn, inputs, ex.name)
     if outputs_match(got, expected, ex.rtol, ex.atol):
         return
@@ -310,7 +315,7 @@ def check_case(ex: Exercise, fn: Callable, inputs: dict, label: str) -> None:
     if wrong is not None:
         raise CheckFailure(f"{ex.name} ({label}): {wrong.explanation}")
     raise CheckFailure(f"{ex.name} ({label}): "
-                       f"{_describe_difference(got, expected, inputs, rtol=ex.rtol, atol=ex.atol)}")
+                       f"{describe_difference(got, expected, inputs, rtol=ex.rtol, atol=ex.atol)}")
 
 
 def run_check(ex: Exercise, fn: Callable, cases: Cases = None, quiet: bool = False) -> int:
@@ -325,7 +330,11 @@ def run_check(ex: Exercise, fn: Callable, cases: Cases = None, quiet: bool = Fal
     if session is not None:
         return session._run_exercise(ex, fn, inputs_list)
     for i, inputs in enumerate(inputs_list):
-        check_case(ex, fn, inputs, f"case {i + 1} of {len(inputs_list)}")
+        try:
+            check_case(ex, fn, inputs, f"case {i + 1} of {len(inputs_list)}")
+        except CheckFailure as failure:
+            failure.case_index = i
+            raise
     if not quiet:
         print(f"PASS {ex.chapter}/{ex.name}: {len(inputs_list)} cases")
     progress.record(ex.chapter, ex.name)
@@ -427,7 +436,7 @@ class GradingSession:
             try:
                 if self.mode == "plan":
                     with torch.no_grad():
-                        fn(**_clone_inputs(inputs))
+                        fn(**clone_inputs(inputs))
                     continue
                 check_case(ex, fn, inputs, label)
                 self.outcomes.append(CaseOutcome(ex.name, label, True))
@@ -436,6 +445,7 @@ class GradingSession:
             except CheckFailure as failure:
                 if self.mode == "plan":
                     continue  # a wrapper refused before calling the student: the grader will notice
+                failure.case_index = i
                 self.outcomes.append(CaseOutcome(ex.name, label, False, str(failure)))
                 first = first or failure
             finally:

@@ -1,22 +1,23 @@
-"""Helpers shared by several chapters' checks: the bundled 1-layer model and random circuits (01-03),
-and answers made of several named parts (05, 06)."""
+"""The public toolkit the chapters' checks are written with: ``misconception`` (a named wrong
+implementation), seeded generators (``rng``, ``randint``, ``random_pattern``, random circuits), the
+bundled 1-layer model, and ``run_described`` / ``describe_parts`` for answers made of several named
+parts (it finds the failing case from ``CheckFailure.case_index``)."""
 from __future__ import annotations
 
 import math
-import re
 from functools import lru_cache, wraps
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from utils.attention import causal_mask
-from utils.checks.core import (CheckFailure, Exercise, Misconception, _describe_difference, not_callable_message,
+from utils.tensors import causal_mask
+from utils.checks.core import (Cases, CheckFailure, Exercise, Misconception, clone_inputs, describe_difference, not_callable_message,
                                outputs_match, run_check)
 
 INF = float("inf")
 
 
-def _nan_as_inf(fn):
+def nan_as_inf(fn):
     """NaN never equals NaN, so a NaN-producing mistake (a fully masked softmax row) could not be
     recognised. Map NaN to +inf in every returned tensor: inf == inf, and any inf still fails."""
     if not callable(fn):
@@ -38,20 +39,20 @@ def _nan_as_inf(fn):
     return wrapped
 
 
-def _m(name: str, explanation: str, implementation) -> Misconception:
-    return Misconception(name, explanation, _nan_as_inf(implementation))
+def misconception(name: str, explanation: str, implementation) -> Misconception:
+    return Misconception(name, explanation, nan_as_inf(implementation))
 
 
-def _rng(seed: int) -> torch.Generator:
+def rng(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
+def randint(g: torch.Generator, lo: int, hi: int) -> int:
     """Uniform integer in [lo, hi]."""
     return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
-def _random_pattern(g: torch.Generator, *shape_and_n: int) -> torch.Tensor:
+def random_pattern(g: torch.Generator, *shape_and_n: int) -> torch.Tensor:
     """Random causal attention patterns [..., n, n]: rows sum to 1, zero above the diagonal."""
     *lead, n = shape_and_n
     scores = torch.randn(*lead, n, n, generator=g) * 1.5
@@ -59,27 +60,27 @@ def _random_pattern(g: torch.Generator, *shape_and_n: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=1)
-def _model():
+def attn_only_1l():
     from utils.models import load_model
 
     return load_model("attn-only-1l", device="cpu")
 
 
-def _circuit_sizes(g: torch.Generator, square: bool) -> tuple[int, int, int, int]:
+def circuit_sizes(g: torch.Generator, square: bool) -> tuple[int, int, int, int]:
     """(heads, d_vocab, d_model, d_head) for a random circuit case. Square sizes (all equal) let
     every transposition still run, so a check can name it; otherwise d_head < d_model < d_vocab."""
-    h = _randint(g, 1, 3)
+    h = randint(g, 1, 3)
     if square:
-        vocab = d = k = _randint(g, 4, 7)
+        vocab = d = k = randint(g, 4, 7)
     else:
-        d = _randint(g, 6, 10)
-        k, vocab = _randint(g, 2, d - 2), d + _randint(g, 3, 9)
+        d = randint(g, 6, 10)
+        k, vocab = randint(g, 2, d - 2), d + randint(g, 3, 9)
     return h, vocab, d, k
 
 
-def _random_ov_weights(g: torch.Generator, square: bool) -> dict:
+def random_ov_weights(g: torch.Generator, square: bool) -> dict:
     """Random {W_E, W_V, W_O, W_U} (W_V, W_O with a head axis), scaled so products stay O(1)."""
-    h, vocab, d, k = _circuit_sizes(g, square)
+    h, vocab, d, k = circuit_sizes(g, square)
     return dict(W_E=torch.randn(vocab, d, generator=g), W_V=torch.randn(h, d, k, generator=g) / math.sqrt(d),
                 W_O=torch.randn(h, k, d, generator=g) / math.sqrt(k),
                 W_U=torch.randn(d, vocab, generator=g) / math.sqrt(d))
@@ -88,7 +89,7 @@ def _random_ov_weights(g: torch.Generator, square: bool) -> dict:
 # --------------------------------------------------------------------------- describing tuple answers
 
 
-def _describe_parts(names: Sequence[str], rtol: float, atol: float):
+def describe_parts(names: Sequence[str], rtol: float, atol: float):
     """A describer for answers made of several named parts: which part is off, and how."""
     def describe(inputs: dict, got, expected) -> Optional[str]:
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
@@ -100,17 +101,15 @@ def _describe_parts(names: Sequence[str], rtol: float, atol: float):
             if isinstance(e, torch.Tensor) and not isinstance(g, torch.Tensor):
                 return f"{name} should be a torch.Tensor, but it is a {type(g).__name__}."
             if isinstance(e, torch.Tensor):
-                return f"{name} is wrong. {_describe_difference(g, e, inputs, rtol=rtol, atol=atol)}"
-            return f"{name} is wrong: {_describe_difference(g, e, inputs, rtol=rtol, atol=atol)}"
+                return f"{name} is wrong. {describe_difference(g, e, inputs, rtol=rtol, atol=atol)}"
+            return f"{name} is wrong: {describe_difference(g, e, inputs, rtol=rtol, atol=atol)}"
         return None
     return describe
 
 
-def _clone(inputs: dict) -> dict:
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
 
-def _run_described(ex: Exercise, fn, cases: Cases, describe: Callable,
+def run_described(ex: Exercise, fn, cases: Cases, describe: Callable,
                    call: Optional[Callable] = None) -> None:
     """run_check, with the generic "differs" message of a failing case replaced by ``describe``.
 
@@ -123,7 +122,7 @@ def _run_described(ex: Exercise, fn, cases: Cases, describe: Callable,
 
     def wrapper(**inputs):
         seen.append(None)  # one entry per case, in order, even when the case fails below
-        snapshot = _clone(inputs)  # the student may edit the inputs in place
+        snapshot = clone_inputs(inputs)  # the student may edit the inputs in place
         out = fn(**inputs) if call is None else call(fn, inputs)
         seen[-1] = (snapshot, out)
         return out
@@ -131,15 +130,14 @@ def _run_described(ex: Exercise, fn, cases: Cases, describe: Callable,
     try:
         run_check(ex, wrapper, cases)
     except CheckFailure as failure:
-        message = str(failure)
+        message, i = str(failure), failure.case_index
         if any(m.explanation in message for m in ex.misconceptions):
             raise
-        case = re.search(r"\(case (\d+) of \d+\)", message)
-        if case is None or int(case.group(1)) > len(seen) or seen[int(case.group(1)) - 1] is None:
+        if i is None or i >= len(seen) or seen[i] is None:
             raise
-        inputs, got = seen[int(case.group(1)) - 1]
-        better = describe(inputs, got, ex.reference(**_clone(inputs)))
+        inputs, got = seen[i]
+        better = describe(inputs, got, ex.reference(**clone_inputs(inputs)))
         if better is None:
             raise
         label = message.split(":", 1)[0]
-        raise CheckFailure(f"{label}: {better}") from None
+        raise CheckFailure(f"{label}: {better}", case_index=i) from None
