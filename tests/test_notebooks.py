@@ -7,19 +7,20 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from utils.grading.grade import SKIP_TAG
+from utils.course import CHAPTERS, SKIP_WHEN_GRADING as SKIP_TAG
 from utils.notebook_setup import SETUP_CELL
 from utils.paths import REPO
 
-SOLUTIONS = sorted((REPO / "solutions").glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb"))
-# Seconds each solution notebook should take on a 2-core CPU (the chapter's "done means"). The
-# test prints the time against it; it fails only past SLACK times the budget, which a busy machine
-# does not reach and a real regression (a cell that trains ten times longer) does.
+SOLUTIONS = [ch.solution for ch in CHAPTERS]
+# Each chapter's budget (utils/course.py: seconds its solution notebook should take on a 2-core CPU,
+# the chapter's "done means"). The test prints the time against it; it fails only past SLACK times
+# the budget, which a busy machine does not reach and a real regression (a cell that trains ten
+# times longer) does.
 SLACK = 2.5
-BUDGET_SECONDS = {"00": 60, "01": 180, "02": 180, "03": 180, "04": 240, "05": 240, "06": 240}
-# Kernels run on one thread for stable timings, except where a chapter trains live: chapter 05's
-# SAE training is promised to students as minutes on a 2-core CPU, so it is timed on both cores.
-KERNEL_THREADS = {"05": 2}
+BUDGET_SECONDS = {ch.number: ch.budget_seconds for ch in CHAPTERS}
+# Kernels run on one thread for stable timings, except where a chapter trains live (course.py's
+# kernel_threads: chapter 05's SAE training is promised as minutes on a 2-core CPU, timed on both).
+KERNEL_THREADS = {ch.number: ch.kernel_threads for ch in CHAPTERS}
 
 
 def _execute(path: Path, tmp_path: Path, allow_errors: bool, as_grader: bool = False) -> nbformat.NotebookNode:
@@ -28,7 +29,7 @@ def _execute(path: Path, tmp_path: Path, allow_errors: bool, as_grader: bool = F
     if as_grader:
         nb.cells = [c for c in nb.cells if SKIP_TAG not in c.get("metadata", {}).get("tags", [])]
     env_backup = dict(os.environ)
-    threads = str(KERNEL_THREADS.get(path.name[:2], 1))
+    threads = str(KERNEL_THREADS[path.name[:2]])
     os.environ.update({"HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": threads,
                        "MKL_NUM_THREADS": threads, "DEMYSTIFY_PROGRESS": str(tmp_path / "progress.json")})
     try:

@@ -297,7 +297,13 @@ def build_chapter(slug: str, solutions_dir: Path = SOLUTIONS, chapters_dir: Path
 
 
 def discover(solutions_dir: Path = SOLUTIONS) -> list[str]:
-    """Slugs of all chapter folders, in course order."""
+    """Slugs of all chapter folders, in course order: the course registry's chapters for the
+    repository's own solutions (tests/test_course.py proves each has its folder), the folders found
+    for any other solutions directory (a course author's scratch copy, the tests' fixtures)."""
+    from utils import course
+
+    if Path(solutions_dir).resolve() == SOLUTIONS.resolve():
+        return [ch.slug for ch in course.CHAPTERS]
     root = Path(solutions_dir)
     return sorted(p.name for p in root.glob("[0-9][0-9]_*") if p.is_dir()) if root.is_dir() else []
 

@@ -9,18 +9,11 @@ import json
 import time
 from typing import Optional
 
+from utils import course
 from utils.paths import progress_file
 
-# Chapter number -> title; exercise lists come from each checks module's EXERCISES.
-CHAPTERS = {
-    "00": "Orientation",
-    "01": "Tensorized attention",
-    "02": "QK and OV circuits",
-    "03": "Copying and composition",
-    "04": "Superposition",
-    "05": "Sparse autoencoders",
-    "06": "Interpreting features",
-}
+# Chapter number -> title, from the course registry; exercise lists come from each checks module.
+CHAPTERS = {ch.number: ch.title for ch in course.CHAPTERS}
 
 
 def _load() -> dict:
@@ -47,14 +40,7 @@ def exercises_by_chapter() -> dict[str, list[str]]:
     """Every graded exercise the course defines, from the checks modules that exist."""
     import importlib
 
-    out = {}
-    for number in CHAPTERS:
-        try:
-            module = importlib.import_module(f"utils.checks.ch{number}")
-        except ModuleNotFoundError:
-            continue
-        out[number] = list(getattr(module, "EXERCISES", []))
-    return out
+    return {ch.number: list(importlib.import_module(ch.checks).EXERCISES) for ch in course.CHAPTERS}
 
 
 def progress_table() -> list[tuple[str, str, int, int, list[str]]]:

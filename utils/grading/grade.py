@@ -24,6 +24,7 @@ import nbformat
 import torch
 
 from utils.checks import core
+from utils.course import SKIP_WHEN_GRADING
 from utils.grading import codec
 from utils.grading.plan import ChapterPlan, cell_checksum, encode_requests, grade_ids_of, released_checksum
 from utils.grading.sandbox import Limits, RunResult, Zygote, child_env, run
@@ -244,9 +245,7 @@ def _rebinds(tree: ast.Module, names: set[str]) -> list[str]:
     return found
 
 
-# Cells tagged with this (Jupyter's cell tags) are not run under grading: demo cells after the last
-# exercise that would take longer than the per-cell timeout, e.g. chapter 05's SAE training.
-SKIP_TAG = "skip-when-grading"
+SKIP_TAG = SKIP_WHEN_GRADING  # cells a grader does not run (the course-wide tag, see utils/course.py)
 
 
 def inspect(nb, plan: ChapterPlan, grade: SubmissionGrade) -> list[dict]:
