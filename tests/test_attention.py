@@ -414,3 +414,33 @@ def test_plot_helpers_return_figures():
     with pytest.raises(ValueError, match="names"):
         at.plot_path_contributions(torch.zeros(3), ["a"])
     plt.close("all")
+
+
+# --------------------------------------------------------------------------- the package's layout
+
+
+FLAT_MODULE_NAMES = [  # everything utils/attention.py offered before it became a package
+    "attention_scores", "attention_pattern", "head_output", "ov_matrix", "tensor_head", "tensor_head_einsum", "vec",
+    "kron_head_factors", "kron_head_matrix", "tensor_head_kron", "multihead_residual", "path_names", "path_logits",
+    "path_inputs", "head_inputs", "read_write_weights", "virtual_weight", "composition_score", "compose_heads",
+    "plot_kron_blocks", "plot_matrices", "plot_path_contributions", "KRON_MAX_SIDE",
+    "MASKED", "causal_mask", "kron", "require_equal", "require_ndim",
+]
+
+
+def test_the_package_reexports_every_name_and_the_checks_grade_against_exercises():
+    from utils import tensors
+    from utils.attention import exercises, inputs, plots
+    from utils.checks import ch01
+    from utils.checks.core import Exercise
+
+    for name in FLAT_MODULE_NAMES:
+        value = getattr(at, name)
+        homes = [m for m in (exercises, inputs, plots, tensors) if getattr(m, name, None) is value]
+        assert homes, f"utils.attention.{name} is not the object one of its modules defines"
+        assert name in at.__all__, name
+    assert at.causal_mask is tensors.causal_mask and at.kron is tensors.kron and at.MASKED is tensors.MASKED
+    graded = [name for name in ch01.EXERCISES if not name.endswith("_question")]
+    for name in graded:
+        (check,) = [v for v in vars(ch01).values() if isinstance(v, Exercise) and v.name == name]
+        assert check.reference is getattr(exercises, name), f"check {name} does not grade against exercises.{name}"

@@ -1,7 +1,6 @@
 """Chapter 01's checks accept correct implementations written other ways and name each catalogued
 mistake, including the ones that produce NaN."""
 import math
-import re
 
 import check_harness as harness
 import pytest
@@ -180,22 +179,20 @@ def test_every_exercise_is_listed_and_checked():
     assert progress.exercises_by_chapter()["01"] == check.EXERCISES
     for name, ex in EXERCISES.items():
         assert ex.name == name and ex.chapter == "01" and callable(getattr(check, name))
+    harness.assert_every_function_exercise_covered(check, {getattr(check, n): ex for n, ex in EXERCISES.items()},
+                                                   [(getattr(check, n), fns, n) for n, fns in CORRECT.items()])
 
 
 @pytest.mark.parametrize("name,fn", CORRECT_CASES, ids=lambda v: v if isinstance(v, str) else getattr(v, "__name__", "fn"))
 def test_correct_implementations_pass(name, fn, capsys):
-    getattr(check, name)(fn)
-    getattr(check, name)(fn, cases=[11, 12, 13, 14])
-    out = capsys.readouterr()
-    assert out.out.count(f"PASS 01/{name}") == 2 and out.err == ""
+    ex = EXERCISES[name]  # the default run adds the real-model cases
+    harness.assert_passes(getattr(check, name), fn, "01", name, len(ex.default_cases) + len(ex.extra_inputs), capsys,
+                          (11, 12, 13, 14))
 
 
 @pytest.mark.parametrize("name,wrong", MISTAKES, ids=lambda v: v if isinstance(v, str) else v.name)
 def test_each_misconception_is_named(name, wrong, capsys):
-    with pytest.raises(CheckFailure) as info:
-        getattr(check, name)(wrong.implementation)
-    assert wrong.explanation in str(info.value)
-    assert capsys.readouterr().err == ""
+    harness.assert_named(getattr(check, name), wrong, capsys)
 
 
 @pytest.mark.parametrize("name,wrong", MISTAKES, ids=lambda v: v if isinstance(v, str) else v.name)
@@ -409,16 +406,7 @@ def test_checks_are_deterministic():
 @pytest.mark.parametrize("name", sorted(QUESTIONS))
 def test_multiple_choice(name, capsys):
     correct, explanations = QUESTIONS[name]
-    ask = getattr(check, name)
-    for bad, why in explanations.items():
-        with pytest.raises(CheckFailure, match=re.escape(why[:40])):
-            ask(bad)
-    assert set(explanations) | {correct} == set(harness.LETTERS)
-    with pytest.raises(CheckFailure, match="set your answer"):
-        ask(None)
-    with pytest.raises(CheckFailure, match="not one of"):
-        ask("e")
-    ask(correct)
+    harness.assert_multiple_choice([(getattr(check, name), explanations, correct)])  # each wrong option explained
     assert capsys.readouterr().out.strip().endswith(f"PASS 01/{name}")
 
 
@@ -428,3 +416,10 @@ def test_progress_is_recorded(isolated_progress, capsys):
     progress.show_progress("01")
     out = capsys.readouterr().out
     assert f"2/{len(check.EXERCISES)}" in out and "attention_pattern" in out
+
+
+def test_progress_shows_all_done_once_every_check_passes(capsys):
+    harness.assert_progress_recorded(
+        "01", len(check.EXERCISES),
+        lambda: harness.complete_everything([(getattr(check, n), fns, n) for n, fns in CORRECT.items()],
+                                            harness.questions(check, "01")), capsys)

@@ -600,7 +600,7 @@ def test_answers_from_the_course_references_score_zero_and_are_flagged(tmp_path)
     assert row["total"] == "3", (scored, row["flags"])  # only the multiple-choice answers
     for name in FLAGGED_AS_REFERENCE:
         assert f"used reference: {name}" in row["flags"], (name, row["flags"])
-    assert "read the course's source utils/attention.py" in row["flags"], row["flags"]
+    assert "read the course's source utils/attention/__init__.py" in row["flags"], row["flags"]
     assert "called the course's reference implementation" in row["attention_pattern_check message"]
 
 

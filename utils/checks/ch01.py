@@ -4,6 +4,10 @@ Every check runs the student's function on seeded random inputs (random biases i
 term can hide behind a zero) and, where the exercise is about the real model, on the bundled
 attn-only-1l model's own activations. A mismatch is explained by the first catalogued mistake
 whose output the student's output reproduces.
+
+The reference answers are utils/attention/exercises.py. One section per exercise (its inputs,
+its reference, its catalogue of mistakes), in the notebook's order: longer than 400 lines because
+the catalogue is the point, and splitting it would separate each exercise from its mistakes.
 """
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ from functools import lru_cache
 
 import torch
 
-from utils import attention as ref
+from utils.attention import exercises as ref
+from utils.attention.inputs import head_inputs, path_inputs
 from utils.checks.toolkit import INF, misconception, attn_only_1l, nan_as_inf, randint, random_pattern, rng  # noqa: F401
 from utils.checks.core import Cases, Exercise, Misconception, question, run_check
+from utils.tensors import causal_mask, kron
 
 CHAPTER = "01"
 EXERCISES = [
@@ -32,12 +38,12 @@ def _real_tokens() -> torch.Tensor:
 
 @lru_cache(maxsize=4)
 def _real_head(head: int) -> dict:
-    return ref.head_inputs(attn_only_1l(), _real_tokens(), head)
+    return head_inputs(attn_only_1l(), _real_tokens(), head)
 
 
 @lru_cache(maxsize=1)
 def _real_paths() -> dict:
-    return ref.path_inputs(attn_only_1l(), _real_tokens())
+    return path_inputs(attn_only_1l(), _real_tokens())
 
 
 def _pick(data: dict, *names: str) -> dict:
@@ -67,7 +73,7 @@ def _masked(scores, allowed, fill=-INF):
 
 
 def _lower(n):
-    return ref.causal_mask(n)
+    return causal_mask(n)
 
 
 def _strict_lower(n):
@@ -234,7 +240,7 @@ def _kron_variant(*, swap=False, transpose_OV=True, transpose_A=False):
     def tensor_head(A, W_V, W_O, x):
         M = (W_V @ W_O).T if transpose_OV else W_V @ W_O
         A = A.T if transpose_A else A
-        K = ref.kron(M, A) if swap else ref.kron(A, M)
+        K = kron(M, A) if swap else kron(A, M)
         return (K @ x.reshape(-1)).reshape(x.shape)
 
     return tensor_head

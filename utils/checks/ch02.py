@@ -7,6 +7,10 @@ by the first catalogued mistake whose output the student's output reproduces.
 The first default case of every weight-shaped exercise is "square" (d_vocab == d_model == d_head,
 or n_ctx == d_model): there every transposition and every wrong product order still runs, so the
 check can name it instead of reporting a shape error. The other cases keep the sizes apart.
+
+The reference answers are utils/circuits/exercises.py. One section per exercise (its inputs, its
+reference, its catalogue of mistakes), in the notebook's order: longer than 400 lines because the
+catalogue is the point, and splitting it would separate each exercise from its mistakes.
 """
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ from functools import lru_cache
 import torch
 from transformer_lens import FactoredMatrix
 
-from utils import circuits as ref
+from utils.circuits import exercises as ref
+from utils.circuits.bigrams import bigram_counts
+from utils.circuits.experiments import confirmation_prompts, filler_contexts
 from utils.tensors import causal_mask, is_factored
 from utils.checks.toolkit import circuit_sizes, misconception, attn_only_1l, random_ov_weights, nan_as_inf, randint, random_pattern, rng
 from utils.checks.core import Cases, CheckFailure, Exercise, question, run_check, seed_for
@@ -499,8 +505,8 @@ def _effect_inputs(seed: int) -> dict:
 def _real_effect_inputs() -> dict:
     model = attn_only_1l()
     a, b, c = (model.to_single_token(t) for t in (" try", "):", " except"))
-    contexts = ref.filler_contexts(n=3, length=15, seed=0)
-    with_a, without = ref.confirmation_prompts(a, b, contexts, neutral=model.to_single_token("age"))
+    contexts = filler_contexts(n=3, length=15, seed=0)
+    with_a, without = confirmation_prompts(a, b, contexts, neutral=model.to_single_token("age"))
     with torch.no_grad():
         return dict(logits_with=model(with_a), logits_without=model(without),
                     out_tokens=torch.full((len(contexts),), c, dtype=torch.long))
@@ -592,7 +598,7 @@ def _real_spearman_inputs() -> dict:
     from utils.data import analysis_tokens
 
     model, w = attn_only_1l(), _real_weights()
-    counts = ref.bigram_counts(analysis_tokens(seq_len=128, n_seqs=600), model.cfg.d_vocab)
+    counts = bigram_counts(analysis_tokens(seq_len=128, n_seqs=600), model.cfg.d_vocab)
     source = model.to_single_token(" self")
     return dict(x=(w["W_E"][source] @ w["W_U"]).double(), y=counts.row(source))
 

@@ -1,29 +1,21 @@
-"""Attention as tensor products: the reference code for chapter 01.
+"""Chapter 01's graded computations, in their plain form: the references its checks grade against.
 
-Layout. Like TransformerLens, weights act on ROW vectors: a residual vector x [d_model] becomes a
-value ``x @ W_V + b_V`` [d_head], and the head writes ``z @ W_O`` [d_model]. The papers and the
-slides write the same maps for COLUMN vectors, so their matrices are our transposes:
+Row layout (see the package docstring): ``W_OV = W_V @ W_O`` [d_model, d_model], so a head maps
+position i to ``sum_j A[i, j] * x[j] @ W_OV``, and flattening x [pos, d_model] row-major into
+vec(x) turns that into one product with ``torch.kron(A, W_OV.T)``: the paper's A ⊗ W_O W_V.
 
-    W_V(paper) = W_V.T,   W_O(paper) = W_O.T,   W_O W_V (paper) = (W_V @ W_O).T,
-    W_E(paper) = W_E.T,   W_U(paper) = W_U.T,   W_U W_E (paper) = (W_E @ W_U).T.
+In the chapter's order:
 
-In this file ``W_OV`` always means ``W_V @ W_O`` [d_model, d_model] (row layout), so a head maps
-position i to ``sum_j A[i, j] * x[j] @ W_OV``. Flattening x [pos, d_model] row-major into
-vec(x) [pos * d_model] turns that into one matrix-vector product with the Kronecker product
-``torch.kron(A, W_OV.T)``: the paper's A ⊗ W_O W_V.
-
-Contents, in the chapter's order:
-
-1. one head from its weights: ``attention_pattern``, ``head_output``
-2. the tensor-product form: ``tensor_head_einsum``, ``tensor_head_kron`` (and ``kron_head_factors``)
+1. one head from its weights: ``attention_scores``, ``attention_pattern``, ``head_output``
+2. the tensor-product form: ``ov_matrix``, ``tensor_head``, ``tensor_head_einsum``, ``vec``,
+   ``kron_head_factors``, ``kron_head_matrix``, ``tensor_head_kron``
 3. a whole attention layer: ``multihead_residual``
 4. the path expansion of a 1-layer attention-only model: ``path_logits``
 5. the residual stream as a channel: ``read_write_weights``, ``virtual_weight``,
    ``composition_score``
 6. composing heads: ``compose_heads``
 
-plus ``head_inputs`` / ``path_inputs`` (everything these functions need, read from a model) and a
-few matplotlib helpers at the end.
+Everything here takes tensors and returns tensors; reading them out of a model is ``inputs``.
 """
 from __future__ import annotations
 
@@ -35,21 +27,8 @@ from jaxtyping import Float, Int
 
 from utils.tensors import MASKED, causal_mask, kron, require_equal, require_ndim
 
-# Fill value for masked scores. -inf gives exact zeros after the softmax; every query can see at
-# least itself, so no row is ever fully masked and no NaN appears.
 # The kron form materialises a (pos * d_model)^2 matrix; refuse sizes that would eat the RAM.
 KRON_MAX_SIDE = 4096
-
-
-# --------------------------------------------------------------------------- input checking
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------- 1. one head
@@ -231,11 +210,6 @@ def multihead_residual(
 # --------------------------------------------------------------------------- 4. the path expansion
 
 
-def path_names(n_heads: int) -> list[str]:
-    """Labels for the paths axis of ``path_logits``."""
-    return ["direct"] + [f"head {h}" for h in range(n_heads)] + ["biases"]
-
-
 def path_logits(
     tokens: Int[torch.Tensor, "batch pos"],
     A: Float[torch.Tensor, "batch head query key"],
@@ -272,49 +246,6 @@ def path_logits(
     bias = (b_O + torch.einsum("hk,hkd->d", b_V, W_O)) @ W_U + b_U
     bias = bias.expand(batch, 1, pos, -1)
     return torch.cat([direct[:, None], heads, bias], dim=1)
-
-
-def path_inputs(model, tokens: Int[torch.Tensor, "batch pos"]) -> dict:
-    """Keyword arguments for ``path_logits`` read from ``model`` (patterns from its cache).
-
-    Only a 1-layer, attention-only, LayerNorm-free model with shortformer positions expands into
-    exactly these paths; anything else raises ValueError.
-    """
-    cfg = model.cfg
-    if cfg.n_layers != 1 or not cfg.attn_only or cfg.normalization_type is not None:
-        raise ValueError("the path expansion here is for 1-layer attention-only models without LayerNorm")
-    if cfg.positional_embedding_type != "shortformer":
-        raise ValueError("with standard positions W_pos sits in the residual stream and adds paths; "
-                         "use a shortformer model")
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
-    return dict(tokens=tokens, A=cache["blocks.0.attn.hook_pattern"], W_E=model.W_E.detach(),
-                W_V=model.W_V[0].detach(), W_O=model.W_O[0].detach(), W_U=model.W_U.detach(),
-                b_V=model.b_V[0].detach(), b_O=model.b_O[0].detach(), b_U=model.b_U.detach())
-
-
-def head_inputs(model, tokens: Int[torch.Tensor, "batch pos"], head: int, layer: int = 0) -> dict:
-    """What one head of ``model`` sees and holds on ``tokens``: its query/key input (the residual
-    stream, plus W_pos for shortformer models), its value input, its weights, and the model's own
-    ``pattern``, ``z`` and ``result`` for that head (from the cache)."""
-    if not 0 <= head < model.cfg.n_heads:
-        raise ValueError(f"head must be in [0, {model.cfg.n_heads}), got {head}")
-    if model.cfg.normalization_type is not None:
-        raise ValueError("head_inputs reads hook_resid_pre, which a LayerNorm model normalises first")
-    pre = f"blocks.{layer}."
-    previous = model.blocks[layer].attn.use_attn_result
-    model.set_use_attn_result(True)
-    try:
-        with torch.no_grad():
-            _, cache = model.run_with_cache(tokens)
-    finally:
-        model.set_use_attn_result(previous)
-    v_input = cache[pre + "hook_resid_pre"]
-    qk_input = v_input + cache["hook_pos_embed"] if model.cfg.positional_embedding_type == "shortformer" else v_input
-    weights = {m: getattr(model, m)[layer, head].detach() for m in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")}
-    return dict(qk_input=qk_input, v_input=v_input, **weights,
-                pattern=cache[pre + "attn.hook_pattern"][:, head], z=cache[pre + "attn.hook_z"][:, :, head],
-                result=cache[pre + "attn.hook_result"][:, :, head])
 
 
 # --------------------------------------------------------------------------- 5. read and write subspaces
@@ -382,68 +313,3 @@ def compose_heads(
     require_equal(A_2.shape[-1], A_1.shape[-2], "the two patterns must cover the same positions")
     require_equal(W_OV_1.shape[-1], W_OV_2.shape[-2], "the two OV matrices must share d_model")
     return A_2 @ A_1, W_OV_1 @ W_OV_2
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def plot_kron_blocks(matrix: torch.Tensor, block: int, title: str = ""):
-    """A Kronecker-product matrix as an image, with lines between its [block x block] tiles."""
-    import matplotlib.pyplot as plt
-
-    m = matrix.detach().float().cpu()
-    limit = float(m.abs().max()) or 1.0
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    image = ax.imshow(m, cmap="RdBu", vmin=-limit, vmax=limit)
-    for edge in range(block, m.shape[0], block):
-        ax.axhline(edge - 0.5, color="k", lw=0.6)
-        ax.axvline(edge - 0.5, color="k", lw=0.6)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, shrink=0.8)
-    return fig
-
-
-def plot_matrices(matrices: Sequence[torch.Tensor], titles: Sequence[str], suptitle: str = ""):
-    """Side-by-side heatmaps (red positive, blue negative), each with integer tick labels."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(matrices), figsize=(3.3 * len(matrices) + 0.5, 3.4), squeeze=False)
-    for ax, m, title in zip(axes[0], matrices, titles):
-        m = torch.as_tensor(m).detach().float().cpu()
-        limit = float(m.abs().max()) or 1.0
-        ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_title(f"{title}\n{tuple(m.shape)}", fontsize=9)
-        for axis, n in ((ax.set_yticks, m.shape[0]), (ax.set_xticks, m.shape[1])):
-            step = max(1, n // 8)
-            axis(range(0, n, step))
-        ax.tick_params(labelsize=7)
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
-    return fig
-
-
-def plot_path_contributions(contributions: torch.Tensor, names: Sequence[str], total: float | None = None,
-                            title: str = ""):
-    """Bar chart of each path's contribution to one logit; a dashed line at ``total`` (e.g. the
-    model's own logit), which the bars should sum to."""
-    import matplotlib.pyplot as plt
-
-    values = torch.as_tensor(contributions).detach().float().cpu()
-    if len(values) != len(names):
-        raise ValueError(f"{len(values)} contributions but {len(names)} names")
-    fig, ax = plt.subplots(figsize=(1.0 * len(names) + 2.5, 3.2))
-    colors = ["tab:gray"] + ["tab:blue"] * (len(names) - 2) + ["tab:olive"] if len(names) > 2 else None
-    ax.bar(range(len(names)), values, color=colors)
-    ax.axhline(0, color="k", lw=0.6)
-    if total is not None:
-        ax.axhline(total, color="tab:red", ls="--", lw=1, label=f"model logit {total:.3f}")
-        ax.legend(fontsize=8)
-    ax.set_xticks(range(len(names)), names, fontsize=8)
-    ax.set_ylabel("contribution to the logit")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    return fig
