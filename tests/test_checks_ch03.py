@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import FactoredMatrix
 
-from utils import copying as cp
+from utils import induction as cp
 from utils import induction as ind
 from utils import progress
 from utils.checks import CheckFailure
 from utils.checks import ch03 as check
+from utils.checks import ch03_composition, ch03_induction
 from utils.checks.core import grading_session, outputs_match, seed_for
 from utils.grading import codec
 
@@ -459,19 +460,18 @@ def test_real_model_cases_are_the_models_own_pieces():
 
 
 def test_real_cases_work_with_a_two_layer_model(monkeypatch, capsys):
-    """The path taken once attn-only-2l ships: patterns, losses and z from layer 1 of a 2-layer
-    model of its family (here a seeded random one standing in for it)."""
+    """The real-model cases are built from any 2-layer model of attn-only-2l's family: patterns,
+    losses and z from layer 1 (here a seeded random one standing in for the bundled model)."""
     from utils.models import HookedTinyTransformer, ModelConfig
 
     family = ModelConfig(n_layers=2, d_model=128, n_heads=8, d_head=32, d_vocab=4096, n_ctx=128, seed=11)
     stand_in = HookedTinyTransformer(family).eval()
-    cached = (check._repeated_run, check._real_score_inputs)
+    cached = (ch03_induction._repeated_run, ch03_composition._real_score_inputs)
     for fn in cached:
         fn.cache_clear()
-    monkeypatch.setattr(check, "_two_layer_bundled", lambda: True)
-    monkeypatch.setattr(check, "_two_layer_model", lambda: stand_in)
+    monkeypatch.setattr(ch03_induction, "attn_only_2l", lambda: stand_in)
     try:
-        run = check._repeated_run()
+        run = ch03_induction._repeated_run()
         assert run["z"].shape == (2, 1 + 2 * check.REAL_SEQ_LEN, 8, 32)
         for name in ("per_token_loss", "induction_scores", "previous_token_scores", "induction_loss_drop",
                      "ablate_heads", "composition_score", "composition_scores"):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import FactoredMatrix
 
-from utils import induction_circuit as ic
+from utils import induction as ic
 from utils import progress
 from utils.checks import CheckFailure
 from utils.checks import ch03_circuit as check
@@ -492,7 +492,7 @@ def test_outputs_sent_back_by_the_grader_still_pass(name, fn):
 
 
 def test_real_model_cases_are_the_models_own_pieces():
-    model = check.attn_only_1l()
+    model = check.attn_only_2l()
     assert model.cfg.n_layers == 2 and model.cfg.d_vocab == 4096
     icl = check.IN_CONTEXT_LEARNING_SCORE.extra_inputs[0]()
     assert set(icl) == {"losses"} and icl["losses"].shape == (check.ICL_REAL_SEQS, 127)

@@ -9,7 +9,7 @@ import check_harness as harness
 import pytest
 import torch
 
-from utils import patching as P
+from utils import induction as P
 from utils.checks import CheckFailure
 from utils.checks import ch03_patching as check
 from utils.checks import core
@@ -341,7 +341,7 @@ def test_log_probabilities_are_accepted():
 
 @pytest.fixture(scope="module")
 def model():
-    return check._patching_model()
+    return check.attn_only_2l()
 
 
 def test_real_run_inputs(model):

@@ -1,4 +1,4 @@
-"""utils.copying against independent computations.
+"""utils.induction (copying, ablation, composition and their experiments) against independent computations.
 
 Oracles: dense n x n matrices and their torch.linalg.eigvals; closed forms (identity, minus the
 identity, a rotation, positive semi-definite circuits); brute-force loops over tokens, heads and
@@ -14,14 +14,13 @@ import torch.nn.functional as F
 from transformer_lens import FactoredMatrix
 
 from utils import circuits as C
-from utils import copying as cp
+from utils import induction as cp
 from utils.induction import induction_report, repeated_random_tokens
 from utils.models import HookedTinyTransformer, ModelConfig
 from utils.models.transformer import lm_cross_entropy
 from utils.paths import ASSETS
 
 TWO = ModelConfig(n_layers=2, d_model=12, n_heads=3, d_head=4, d_vocab=29, n_ctx=21)
-TWO_LAYER_SHIPPED = (ASSETS / "models" / "attn-only-2l.safetensors").exists()
 
 
 def randomized(cfg: ModelConfig = TWO, seed: int = 0) -> HookedTinyTransformer:
@@ -359,7 +358,6 @@ def test_trained_heads_copy_and_random_ones_do_not(bundled):
     assert max(fresh["self_top_5"]) < 0.005
 
 
-@pytest.mark.skipif(not TWO_LAYER_SHIPPED, reason="attn-only-2l is not bundled yet")
 def test_two_layer_induction_heads_k_compose_and_carry_the_loss_drop():
     from utils.induction import induction_report
     from utils.models import load_model

@@ -587,7 +587,7 @@ def test_mlp_logit_attribution_parts_add_up_to_the_mlp_and_the_logit(model, sae,
     component's direct contribution, plus the final LayerNorm's bias and b_U, is the model's logit
     (so the LayerNorm is handled as the model applies it)."""
     from utils.features.attribution import mlp_logit_attribution
-    from utils.patching import folded_unembed
+    from utils.induction import folded_unembed
 
     tokens = corpus.tokens[0, :40]
     names = ("hook_embed", "hook_pos_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post")

@@ -109,3 +109,37 @@ def test_gate_failures_name_each_unmet_condition():
                   "induction score 0.49", "held-out loss 3.6", "in-context-learning score -0.2"):
         assert words in failures, words
     assert "n=50" not in failures
+
+
+def test_exercises_gathers_every_graded_reference_of_the_chapter():
+    """utils.induction.exercises holds one reference per graded (non-question) exercise of the
+    chapter-03 checks, the same objects the package exports."""
+    from utils import induction
+    from utils.checks import ch03
+    from utils.induction import exercises
+
+    graded = [name for name in ch03.EXERCISES if not name.endswith("_question")]
+    assert sorted(exercises.__all__) == sorted(graded)
+    for name in graded:
+        assert getattr(exercises, name) is getattr(induction, name), name
+
+
+def test_the_model_level_code_imports_no_chapter_package():
+    """The LM trainer and the model loader measure induction through utils.models.evaluation, not
+    through chapter 03's package."""
+    import subprocess
+    import sys
+
+    code = ("import sys, utils.models, utils.models.train, utils.models.evaluation; "
+            "print(sorted(m for m in sys.modules if m.startswith(('utils.induction', 'utils.checks'))))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_command_line_is_documented():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "utils.induction", "--help"], check=True, capture_output=True,
+                         text=True)
+    assert "python -m utils.induction" in out.stdout and "--gate" in out.stdout and out.stderr == ""

@@ -1,4 +1,4 @@
-"""utils.induction_circuit against independent computations: loops over positions and token pairs,
+"""utils.induction.circuit against independent computations: loops over positions and token pairs,
 the model's own forward pass, and closed forms."""
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformer_lens import FactoredMatrix
 
-from utils import induction_circuit as ic
+from utils import induction as ic
 from utils.models import load_model
 
 

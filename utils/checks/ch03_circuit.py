@@ -1,6 +1,6 @@
 """Checks for chapter 03's circuit exercises (the induction circuit read from the weights).
 
-Reference: ``utils.induction_circuit``. Four exercises, each checked on seeded random inputs and,
+Reference: ``utils.induction.circuit``. Four exercises, each checked on seeded random inputs and,
 by default, on one case built from the bundled attn-only-2l:
 
 ``in_context_learning_score``     random per-token losses [batch, pos - 1] that fall with the
@@ -33,7 +33,11 @@ by default, on one case built from the bundled attn-only-2l:
 A mismatch is explained by the first catalogued mistake whose output the student's output
 reproduces; each mistake differs from the truth on the first default case.
 
-This module imports nothing from ``utils.checks.ch03``, so ch03 can import these checks.
+Why one module of ~490 lines: it is mostly the catalogue of over 30 named mistakes for four
+exercises on the same weights of attn-only-2l (``_real_weights``), written out one per mistake.
+
+This module imports nothing from ``utils.checks.ch03``, so ch03 can import these checks (the
+bundled model, ``attn_only_2l``, comes from ``ch03_induction``).
 """
 from __future__ import annotations
 
@@ -43,7 +47,8 @@ from functools import lru_cache
 import torch
 from transformer_lens import FactoredMatrix
 
-from utils import induction_circuit as ref
+from utils import induction as ref
+from utils.checks.ch03_induction import attn_only_2l
 from utils.tensors import is_factored
 from utils.checks.toolkit import misconception, nan_as_inf, randint, rng
 from utils.checks.core import Cases, CheckFailure, Exercise, default_case, run_check, square_case
@@ -59,35 +64,23 @@ ICL_REAL_SEQS = 8
 # --------------------------------------------------------------------------- shared helpers
 
 
-
-
-
-
 def _dense(M) -> torch.Tensor:
     return M.AB if is_factored(M) else M
 
 
 @lru_cache(maxsize=1)
-def attn_only_1l():
-    from utils.models import load_model
-
-    return load_model("attn-only-2l", device="cpu")
-
-
-@lru_cache(maxsize=1)
 def _real_weights() -> dict:
-    model = attn_only_1l()
+    model = attn_only_2l()
     return {name: getattr(model, name).detach() for name in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O")}
 
 
 @lru_cache(maxsize=1)
 def _real_losses() -> torch.Tensor:
-    from utils.copying import per_token_loss
     from utils.data.dataset import analysis_tokens
 
     tokens = analysis_tokens(seq_len=128, n_seqs=ICL_REAL_SEQS)
     with torch.no_grad():
-        return per_token_loss(attn_only_1l()(tokens), tokens).detach()
+        return ref.per_token_loss(attn_only_2l()(tokens), tokens).detach()
 
 
 # --------------------------------------------------------------------------- 1. the in-context-learning score

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from utils.features import exercises as ex
-from utils.patching import folded_unembed
+from utils.induction import folded_unembed
 
 
 @dataclass

@@ -111,7 +111,7 @@ def feature_logit_attribution(f: Float[Tensor, "seq d_sae"], W_dec: Float[Tensor
     Feature i writes f_i W_dec[:, i] @ W_out to the residual stream. The final LayerNorm is linear
     once its scale is known (the run's ``ln_final.hook_scale`` at that position): it centres over
     d_model and divides by the scale. ``W_U`` has the LayerNorm's weight folded in
-    (``utils.patching.folded_unembed``); its bias and b_U are the same for every feature and are
+    (``utils.induction.folded_unembed``); its bias and b_U are the same for every feature and are
     left out. Inactive features (f_i = 0) contribute exactly 0."""
     target = tokens[position + 1]
     writes = W_dec.T @ W_out  # [d_sae, d_model]: row i is one unit of feature i in the residual stream

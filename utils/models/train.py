@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from utils.data.dataset import analysis_tokens, batches
 from utils.models.config import ModelConfig
+from utils.models.evaluation import trajectory_point
 from utils.models.loading import MODEL_DIR, save_model, write_model_card
 from utils.models.transformer import HookedTinyTransformer
 
@@ -271,8 +272,6 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
                      "seconds": round(elapsed, 1), "tokens_per_second": round(rate * cfg.batch_size * cfg.seq_len),
                      "achieved_gflops": round(rate * flops / 1e9, 2), "torch_mm_gflops": round(mm_rate, 1)}
             if cfg.track_induction:
-                from utils.induction import trajectory_point
-
                 point.update(trajectory_point(model))
             else:
                 point["val_loss"] = round(evaluate(model), 4)

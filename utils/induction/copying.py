@@ -1,7 +1,9 @@
-"""Copying and composition: eigenvalues of OV circuits, induction heads, and K-composition.
+"""Chapter 03's graded references, sections 1-3: copying (eigenvalues of OV circuits), the induction
+loss drop and head ablation, and composition scores. Plain tensor functions, as the checks in
+``utils.checks.ch03_copying``, ``ch03_induction`` and ``ch03_composition`` grade them.
 
-Reference code for chapter 03. Layout as in ``utils.circuits``: weights act on ROW vectors, so a
-product that the paper writes right to left (column vectors) is written left to right here:
+Layout as in ``utils.circuits``: weights act on ROW vectors, so a product that the paper writes
+right to left (column vectors) is written left to right here:
 
     full OV circuit   paper W_U W_O^h W_V^h W_E      code W_E @ W_V[h] @ W_O[h] @ W_U   [src, out]
     OV of a head      paper W_O^h W_V^h              code W_V[h] @ W_O[h]               [d_model, d_model]
@@ -14,25 +16,24 @@ convention; only the order in which the matrices are typed differs.
 Contents, in the chapter's order:
 
 1. copying: ``eigenvalues_via_small_product``, ``full_ov_circuit_eigenvalues``, ``copying_score``,
-   ``self_top_k_fraction``; on a model: ``ov_weights``, ``random_init_copy``, ``copying_summary``
-2. induction: ``per_token_loss``, ``induction_loss_drop``, ``ablate_heads``,
-   ``ablated_induction_loss_drop`` (the scores themselves are ``utils.induction.induction_scores``
-   and ``previous_token_scores``; the data is ``utils.induction.repeated_random_tokens``)
-3. composition: ``composition_score``, ``composition_scores``, ``attn_weights``,
-   ``random_composition_scores``, ``random_composition_baseline``
+   ``self_top_k_fraction``
+2. induction: ``per_token_loss``, ``induction_loss_drop``, ``ablate_heads`` (the head scores
+   ``induction_scores`` and ``previous_token_scores`` and the data ``repeated_random_tokens`` live in
+   ``utils.models.evaluation``, since the LM trainer logs them; ``utils.induction`` re-exports them)
+3. composition: ``composition_score``, ``composition_scores``
+
+Running them on a model (``ov_weights``, ``copying_summary``, ``ablated_induction_loss_drop``,
+``attn_weights``, the random baseline) is ``utils.induction.experiments``.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence, Union
 
 import torch
 from jaxtyping import Complex, Float, Int
 from transformer_lens import FactoredMatrix
 
-from utils.tensors import require_equal, require_ndim
-from utils.tensors import is_factored
-from utils.induction import repeated_random_tokens
+from utils.tensors import is_factored, require_equal, require_ndim
 
 Matrix = Union[torch.Tensor, FactoredMatrix]
 KINDS = ("Q", "K", "V")
@@ -139,37 +140,6 @@ def self_top_k_fraction(
     return hits.to(W_E.dtype) / d_vocab
 
 
-def ov_weights(model, layer: int = 0) -> dict:
-    """{W_E, W_V, W_O, W_U} of one layer, detached: the arguments of the functions above, e.g.
-    ``full_ov_circuit_eigenvalues(**ov_weights(model, 0))``. W_V and W_O are [n_heads, ...].
-
-    For layer 0 of an attention-only shortformer model this is exactly the OV circuit the model
-    runs (its values read the token embedding alone). For a later layer it is the circuit of the
-    DIRECT path, token embedding -> head -> unembedding, ignoring what earlier layers add."""
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ValueError(f"layer must lie in [0, {model.cfg.n_layers})")
-    return dict(W_E=model.W_E.detach(), W_V=model.W_V.detach()[layer], W_O=model.W_O.detach()[layer],
-                W_U=model.W_U.detach())
-
-
-def random_init_copy(model, seed: int = 0):
-    """A freshly initialised model of the same configuration (same shapes, init scale, device,
-    dtype and tokenizer): the baseline that says what "no training" looks like."""
-    from utils.models import HookedTinyTransformer
-
-    cfg = dataclasses.replace(model.cfg, seed=seed)
-    fresh = HookedTinyTransformer(cfg, tokenizer=getattr(model, "tokenizer", None))
-    return fresh.to(device=model.W_E.device, dtype=model.W_E.dtype).eval()
-
-
-@torch.no_grad()
-def copying_summary(model, layer: int = 0, k: int = 5) -> dict:
-    """Per head of one layer: the eigenvalue copying score and the self-top-k fraction."""
-    w = ov_weights(model, layer)
-    return {"copying_score": copying_score(full_ov_circuit_eigenvalues(**w)).tolist(),
-            f"self_top_{k}": self_top_k_fraction(**w, k=k).tolist()}
-
-
 # --------------------------------------------------------------------------- 2. induction
 
 
@@ -233,32 +203,6 @@ def ablate_heads(
     else:
         out[:, :, idx] = 0.0
     return out
-
-
-@torch.no_grad()
-def ablated_induction_loss_drop(model, heads: Sequence[tuple[int, int]] = (), seq_len: int = 50, batch: int = 32,
-                                seed: int = 0, mean: bool = False) -> float:
-    """The induction loss drop (``induction_loss_drop``) on ``repeated_random_tokens`` with the
-    listed (layer, head) pairs ablated through hooks on ``blocks.L.attn.hook_z``.
-
-    With no heads this is ``utils.induction.induction_report(...)["loss_drop"]``; with every head
-    of an attention-only model ablated it is exactly 0 (each prediction then depends on the current
-    token alone, and both halves predict the same tokens from the same tokens).
-    """
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-            raise ValueError(f"no head ({layer}, {head}) in a model with {model.cfg.n_layers} layers of "
-                             f"{model.cfg.n_heads} heads")
-        by_layer.setdefault(int(layer), []).append(int(head))
-
-    def hook_for(layer_heads):
-        return lambda z, hook: ablate_heads(z, layer_heads, mean=mean)
-
-    tokens = repeated_random_tokens(model, seq_len, batch, seed).to(model.W_E.device)
-    hooks = [(f"blocks.{layer}.attn.hook_z", hook_for(hs)) for layer, hs in sorted(by_layer.items())]
-    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-    return induction_loss_drop(per_token_loss(logits, tokens), seq_len)
 
 
 # --------------------------------------------------------------------------- 3. composition
@@ -336,36 +280,3 @@ def composition_scores(
     left = FactoredMatrix(ov.A[:, None], ov.B[:, None])
     right = FactoredMatrix(right.A[None], right.B[None])
     return composition_score(left, right)
-
-
-def attn_weights(model) -> dict:
-    """{W_Q, W_K, W_V, W_O} stacked over layers, detached: ``composition_scores(**attn_weights(m), kind="K")``."""
-    return {name: getattr(model, name).detach() for name in ("W_Q", "W_K", "W_V", "W_O")}
-
-
-def random_composition_scores(d_model: int, d_head: int, n_samples: int = 1000, seed: int = 0,
-                              ) -> Float[torch.Tensor, "n_samples"]:
-    """Composition scores of pairs of independent random rank-d_head matrices, each a Gaussian
-    [d_model, d_head] times a Gaussian [d_head, d_model] (the shape of an OV or QK matrix).
-
-    What "no relation" looks like: such a W_A is invariant in distribution under W_A -> W_A R for
-    any rotation R, and averaging ||W_A R W_B||^2 over rotations gives ||W_A||^2 ||W_B||^2 / d_model,
-    so E[score^2] = 1 / d_model exactly: unrelated heads still score about 1/sqrt(d_model) (0.09
-    for d_model = 128), not 0.
-    """
-    if min(d_model, d_head, n_samples) < 1:
-        raise ValueError("d_model, d_head and n_samples must be positive")
-    g = torch.Generator().manual_seed(seed)
-    factors = [torch.randn(n_samples, *shape, generator=g, dtype=torch.float64)
-               for shape in ((d_model, d_head), (d_head, d_model)) * 2]
-    W_A = FactoredMatrix(factors[0], factors[1])
-    W_B = FactoredMatrix(factors[2], factors[3])
-    return composition_score(W_A, W_B).float()
-
-
-def random_composition_baseline(d_model: int, d_head: int, n_samples: int = 1000, seed: int = 0,
-                                ) -> tuple[float, float]:
-    """(mean, standard deviation) of ``random_composition_scores``: compare a head pair's score
-    with mean + a few std before calling it composition."""
-    scores = random_composition_scores(d_model, d_head, n_samples, seed)
-    return float(scores.mean()), float(scores.std()) if n_samples > 1 else 0.0

@@ -1,4 +1,12 @@
-"""Induction heads, measured on repeated random tokens: ``python -m utils.induction [MODEL]``.
+"""What the LM trainer logs and the shipped-model gate checks: repeated random tokens, head scores,
+held-out losses and the in-context-learning score.
+
+Model-level measurements, kept out of the chapter packages so that ``utils.models.train`` (its
+training log, ``trajectory_point``) and ``tests/test_data.py`` (the gate on the bundled
+attn-only-2l, ``GATE``/``gate_report``/``gate_failures``) import no chapter. Chapter 03's package
+``utils.induction`` re-exports every name here; three of them are graded there as exercises
+(``induction_scores``, ``previous_token_scores``, ``in_context_learning_score``), so this is their
+reference form too.
 
 On a sequence BOS, r_1..r_n, r_1..r_n of uniformly random tokens, nothing predicts the first
 half, but a model with induction heads predicts the second half by finding the previous
@@ -7,17 +15,21 @@ occurrence of the current token and copying the token that followed it. Two numb
 * the loss drop: mean loss on the second half minus mean loss on the first half (nats);
 * the induction score of a head: its mean attention, from each second-half position q, to the key
   position q - (n - 1), the token right after the previous occurrence of the current token.
+
+Contents: ``repeated_random_tokens``; ``induction_scores``, ``previous_token_scores``,
+``induction_report``; ``in_context_learning_score`` (``ICL_EARLY``, ``ICL_LATE``),
+``held_out_losses``, ``second_copy_losses``, ``chunk_means``, ``trajectory_point``; the gate:
+``GATE``, ``gate_report``, ``gate_failures``, ``record_gate``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
+from jaxtyping import Float
 
-from utils.induction_circuit import ICL_EARLY, ICL_LATE, in_context_learning_score
 from utils.models.transformer import HookedTinyTransformer, lm_cross_entropy
-
+from utils.tensors import require_ndim
 
 def repeated_random_tokens(model: HookedTinyTransformer, seq_len: int, batch: int, seed: int = 0) -> torch.Tensor:
     """[batch, 1 + 2 * seq_len]: BOS then a random sequence twice (BOS id excluded from the draw)."""
@@ -59,6 +71,31 @@ def induction_report(model: HookedTinyTransformer, seq_len: int = 50, batch: int
             "previous_token_score": [round(x, 3) for x in previous_token_scores(pattern).tolist()],
         }
     return report
+
+
+# Token positions (0 is BOS) that the in-context-learning score compares, inclusive. The context
+# is 128 tokens, so "late" is its last 28 tokens and "early" the 11 after the first few.
+ICL_EARLY = (5, 15)
+ICL_LATE = (100, 127)
+
+
+def in_context_learning_score(
+    losses: Float[torch.Tensor, "batch pos_minus_1"],
+    early: tuple[int, int] = ICL_EARLY,
+    late: tuple[int, int] = ICL_LATE,
+) -> float:
+    """Mean loss of the tokens at positions late[0]..late[1] minus that at early[0]..early[1]
+    (both inclusive; token positions, so the loss of token t is column t - 1 of ``per_token_loss``).
+
+    Negative when the model predicts a token better the more context precedes it; Olsson et al.
+    (2022) use the loss at token 500 minus that at token 50 of a longer context.
+    """
+    require_ndim(losses, "losses", 2)
+    (e0, e1), (l0, l1) = early, late
+    if not 1 <= e0 <= e1 < l0 <= l1 <= losses.shape[1]:
+        raise ValueError(f"need 1 <= early[0] <= early[1] < late[0] <= late[1] <= {losses.shape[1]} (token positions "
+                         f"of a per-token loss with {losses.shape[1]} columns); got early={early}, late={late}")
+    return float(losses[:, l0 - 1:l1].mean() - losses[:, e0 - 1:e1].mean())
 
 
 def second_copy_losses(model: HookedTinyTransformer, seq_len: int, batch: int = 64, seed: int = 0) -> torch.Tensor:
@@ -167,49 +204,3 @@ def record_gate(name: str, out: dict, failures: list[str]) -> None:
                       "second_copy": {str(n): v for n, v in out["second_copy"].items()}}
     path.write_text(json.dumps(report, indent=1) + "\n")
     write_model_card(MODEL_DIR)
-
-
-def main(argv=None) -> None:
-    from utils.models import load_model
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", default="attn-only-2l")
-    parser.add_argument("--seq-len", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--gate", action="store_true",
-                        help="print the bundled 2-layer model's gate (second-copy losses, best heads, held-out "
-                             "loss and in-context learning against attn-only-1l); exit 1 if it fails")
-    parser.add_argument("--baseline", default="attn-only-1l", help="the model --gate compares against")
-    parser.add_argument("--record", action="store_true",
-                        help="with --gate: store the result in the model's .train.json and regenerate MODEL_CARD.md")
-    args = parser.parse_args(argv)
-    model = load_model(args.model, device="cpu")
-    if args.gate:
-        out = gate_report(model, load_model(args.baseline, device="cpu"))
-        print(f"{args.model}: the gate")
-        for n, second in out["second_copy"].items():
-            print(f"  BOS, r, r at n={n}: second-copy loss {second['mean']:.3f} nats; 10-token chunks {second['chunks']}")
-        print(f"  layer-0 previous-token scores {out['previous_token_scores_layer0']}")
-        print(f"  last-layer induction scores   {out['induction_scores_last_layer']}")
-        for name, held in ((args.model, out["held_out"]), (args.baseline, out["baseline_held_out"])):
-            print(f"  {name}: held-out loss {held['val_loss']:.3f}, in-context learning "
-                  f"(loss at positions {ICL_LATE[0]}-{ICL_LATE[1]} minus {ICL_EARLY[0]}-{ICL_EARLY[1]}) "
-                  f"{held['icl_score']:+.3f}")
-        failures = gate_failures(out)
-        print("  gate: " + ("PASS" if not failures else "FAIL: " + "; ".join(failures)))
-        print(json.dumps(out))
-        if args.record:
-            record_gate(args.model, out, failures)
-        raise SystemExit(1 if failures else 0)
-    report = induction_report(model, args.seq_len, args.batch)
-    print(f"{args.model}: repeated random tokens, seq_len {args.seq_len}, batch {args.batch}")
-    print(f"  loss first half {report['loss_first_half']:.3f}, second half {report['loss_second_half']:.3f}, "
-          f"drop {report['loss_drop']:.3f} nats")
-    for layer, scores in report["layers"].items():
-        print(f"  layer {layer} induction scores     {scores['induction_score']}")
-        print(f"  layer {layer} previous-token scores {scores['previous_token_score']}")
-    print(json.dumps(report))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """The induction circuit read from the weights: positional attention, K-composition, copying.
 
-Reference code for chapter 03, sections on the circuit. Row-vector layout as in ``utils.copying``
-(``x @ W``); the paper's column-vector products are the transposes of the ones written here.
+Chapter 03's graded references, sections on the circuit. Row-vector layout as in
+``utils.induction.copying`` (``x @ W``); the paper's column-vector products are the transposes of the ones written here.
 
 In a shortformer model the positional embedding is added to the input of the queries and keys
 only; it never enters the residual stream. So (a) a layer-0 head's attention pattern can depend on
@@ -11,7 +11,8 @@ LayerNorms, which these circuits leave out; chapter 03 measures how little that 
 
 Contents:
 
-``in_context_learning_score``   late-minus-early loss on text (Olsson et al. 2022)
+``in_context_learning_score``   late-minus-early loss on text (Olsson et al. 2022); defined in
+                                ``utils.models.evaluation`` (the LM trainer logs it), re-exported here
 ``positional_attention_pattern``  a layer's attention pattern from positions alone
 ``k_composition_circuit``       token-level query token x previous-token-of-key circuit, factored
 ``full_ov_circuit``             token-level OV circuit of one head, factored
@@ -25,33 +26,10 @@ import torch
 from jaxtyping import Float
 from transformer_lens import FactoredMatrix
 
+from utils.models.evaluation import ICL_EARLY, ICL_LATE, in_context_learning_score  # noqa: F401  (this section grades it)
 from utils.tensors import require_ndim
 
 DIAGONAL_CHUNK = 512  # rows of a factored vocab x vocab matrix materialised at once
-
-# Token positions (0 is BOS) that the in-context-learning score compares, inclusive. The context
-# is 128 tokens, so "late" is its last 28 tokens and "early" the 11 after the first few.
-ICL_EARLY = (5, 15)
-ICL_LATE = (100, 127)
-
-
-def in_context_learning_score(
-    losses: Float[torch.Tensor, "batch pos_minus_1"],
-    early: tuple[int, int] = ICL_EARLY,
-    late: tuple[int, int] = ICL_LATE,
-) -> float:
-    """Mean loss of the tokens at positions late[0]..late[1] minus that at early[0]..early[1]
-    (both inclusive; token positions, so the loss of token t is column t - 1 of ``per_token_loss``).
-
-    Negative when the model predicts a token better the more context precedes it; Olsson et al.
-    (2022) use the loss at token 500 minus that at token 50 of a longer context.
-    """
-    require_ndim(losses, "losses", 2)
-    (e0, e1), (l0, l1) = early, late
-    if not 1 <= e0 <= e1 < l0 <= l1 <= losses.shape[1]:
-        raise ValueError(f"need 1 <= early[0] <= early[1] < late[0] <= late[1] <= {losses.shape[1]} (token positions "
-                         f"of a per-token loss with {losses.shape[1]} columns); got early={early}, late={late}")
-    return float(losses[:, l0 - 1:l1].mean() - losses[:, e0 - 1:e1].mean())
 
 
 def positional_attention_pattern(

@@ -1,6 +1,6 @@
 """Activation patching and direct logit attribution on repeated random tokens.
 
-Reference code for chapter 03's causal sections. The experiment:
+Chapter 03's graded references for its causal sections. The experiment:
 
     clean       BOS, r_1 .. r_n, r_1 .. r_n     the second copy is predictable by induction
     corrupted   BOS, s_1 .. s_n, r_1 .. r_n     same second copy, but the first copy is fresh tokens
@@ -13,33 +13,19 @@ from the clean first copy". Patching one activation from the clean run into the 
 normalising the metric to 0 (corrupted) .. 1 (clean) says how much of the behaviour that activation
 carries.
 
-The graded functions take and return plain tensors (so they can be graded in a sandbox); the
-``*_table`` helpers run the model with them.
+The graded functions take and return plain tensors (so they can be graded in a sandbox). Making
+the corrupted tokens (``corrupted_first_copy``), folding the final LayerNorm into W_U
+(``folded_unembed``) and the ``*_table`` sweeps that run the model with them are in
+``utils.induction.experiments``.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Mapping
 
 import torch
 from jaxtyping import Float, Int
 
 from utils.tensors import require_ndim
-
-
-def corrupted_first_copy(tokens: Int[torch.Tensor, "batch pos"], seq_len: int, d_vocab: int,
-                         seed: int = 0) -> Int[torch.Tensor, "batch pos"]:
-    """``tokens`` (BOS, r, r) with the first copy replaced by fresh uniformly random tokens s.
-    No s_i is BOS or any token of the row's r, so no r_j occurs twice."""
-    require_ndim(tokens, "tokens", 2)
-    if tokens.shape[1] != 1 + 2 * seq_len:
-        raise ValueError(f"tokens must be BOS + 2 x seq_len = {1 + 2 * seq_len} long; got {tokens.shape[1]}")
-    g = torch.Generator().manual_seed(seed)
-    out = tokens.clone()
-    for b in range(tokens.shape[0]):
-        used = set(tokens[b].tolist())  # BOS included
-        fresh = [t for t in torch.randperm(d_vocab, generator=g).tolist() if t not in used][:seq_len]
-        out[b, 1:seq_len + 1] = torch.tensor(fresh, dtype=tokens.dtype)
-    return out
 
 
 def induction_logit_diff(
@@ -139,49 +125,3 @@ def head_logit_attribution(
     queries = normed[:, n + 1:2 * n]  # positions n+1 .. 2n-1
     directions = W_U.T[tokens[:, n + 2:2 * n + 1]]  # [batch, n-1, d_model]: unembedding of r_2 .. r_n
     return torch.einsum("bqcd,bqd->c", queries, directions) / (queries.shape[0] * queries.shape[1])
-
-
-def folded_unembed(model) -> Float[torch.Tensor, "d_model d_vocab"]:
-    """W_U with the final LayerNorm's weight folded in (diag(w) W_U); W_U itself without one."""
-    ln = getattr(model, "ln_final", None)
-    return model.W_U if ln is None else ln.w[:, None] * model.W_U
-
-
-# --------------------------------------------------------------------------- running the sweeps
-
-
-def _run_patched(model, tokens, hook_name: str, value: torch.Tensor) -> torch.Tensor:
-    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda act, hook: value)])
-
-
-@torch.no_grad()
-def head_patching_table(model, clean_cache, corrupted_cache, corrupted_tokens,
-                        metric: Callable[[torch.Tensor], float]) -> Float[torch.Tensor, "layer head"]:
-    """metric(logits of the corrupted run with one head's output patched from the clean run), for
-    every head; ``metric`` is normalised (0 corrupted, 1 clean)."""
-    table = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    for layer in range(model.cfg.n_layers):
-        patched = patched_head_outputs(clean_cache, corrupted_cache, layer)
-        for h in range(model.cfg.n_heads):
-            table[layer, h] = metric(_run_patched(model, corrupted_tokens, f"blocks.{layer}.attn.hook_z", patched[h]))
-    return table
-
-
-@torch.no_grad()
-def residual_patching_table(model, clean_cache, corrupted_cache, corrupted_tokens, metric,
-                            hook_names: Sequence[str]) -> Float[torch.Tensor, "hook pos"]:
-    """metric(logits with the residual stream at one hook and one position patched from the clean
-    run), for every hook in ``hook_names`` and every position."""
-    n_pos = corrupted_tokens.shape[1]
-    table = torch.zeros(len(hook_names), n_pos)
-    for i, name in enumerate(hook_names):
-        patched = patched_residual_positions(clean_cache, corrupted_cache, name)
-        for p in range(n_pos):
-            table[i, p] = metric(_run_patched(model, corrupted_tokens, name, patched[p]))
-    return table
-
-
-def residual_hook_names(model) -> list[str]:
-    """The residual stream before each layer and after the last: where position patching looks."""
-    last = model.cfg.n_layers - 1
-    return [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)] + [f"blocks.{last}.hook_resid_post"]
