@@ -1,7 +1,7 @@
 """What every chapter's check tests assert, written once: a check passes correct implementations
 quietly, names each catalogued mistake, tells the variants apart, uses seeded inputs, explains
-each wrong multiple-choice option, and records progress. Chapters 05 and 06 use it; the older
-chapters' test files still spell the same assertions out."""
+each wrong multiple-choice option, and records progress. Every chapter's test_checks_chNN.py uses
+it (chapters 01-03 keep their own deterministic-input tests, which pin the default-case seeds)."""
 import pytest
 import torch
 
@@ -50,6 +50,24 @@ def assert_named(check_fn, wrong, capsys) -> None:
     with pytest.raises(CheckFailure) as info:
         check_fn(wrong.implementation)
     assert wrong.explanation in str(info.value)
+    assert capsys.readouterr().err == ""
+
+
+def assert_fails_clearly(check_fn, capsys) -> None:
+    """A stub (NotImplementedError), a crashing function and a non-function each fail with a
+    message that says which, and nothing reaches stderr."""
+    def stub(*args, **kwargs):
+        raise NotImplementedError()
+
+    def crashes(*args, **kwargs):
+        return torch.zeros(2, 3) @ torch.zeros(4, 5)
+
+    with pytest.raises(CheckFailure, match="not implemented yet"):
+        check_fn(stub)
+    with pytest.raises(CheckFailure, match="raised RuntimeError"):
+        check_fn(crashes)
+    with pytest.raises(CheckFailure, match="pass your function"):
+        check_fn(None)
     assert capsys.readouterr().err == ""
 
 

@@ -338,20 +338,7 @@ def test_real_model_cases_are_the_models_own_pieces():
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
 def test_stub_crash_and_non_function_fail_clearly(name, capsys):
-    def stub(*args, **kwargs):
-        raise NotImplementedError()
-
-    with pytest.raises(CheckFailure, match="not implemented yet"):
-        getattr(check, name)(stub)
-
-    def crashes(*args, **kwargs):
-        return torch.zeros(2, 3) @ torch.zeros(4, 5)
-
-    with pytest.raises(CheckFailure, match="raised RuntimeError"):
-        getattr(check, name)(crashes)
-    with pytest.raises(CheckFailure, match="pass your function"):
-        getattr(check, name)(None)
-    assert capsys.readouterr().err == ""
+    harness.assert_fails_clearly(getattr(check, name), capsys)
 
 
 def test_unknown_wrong_answers_report_the_difference():
