@@ -71,6 +71,35 @@ def assert_fails_clearly(check_fn, capsys) -> None:
     assert capsys.readouterr().err == ""
 
 
+def explanation(ex, name: str) -> str:
+    """The explanation of the misconception called ``name`` in exercise ``ex``'s catalogue."""
+    return {m.name: m.explanation for m in ex.misconceptions}[name]
+
+
+def assert_student_mistake_named(check_fn, fn, explanation_text: str, capsys) -> None:
+    """A mistake written as a student would write it (not the catalogued implementation itself)
+    fails with the catalogue's explanation, and nothing on stderr."""
+    with pytest.raises(CheckFailure) as info:
+        check_fn(fn)
+    assert explanation_text in str(info.value), str(info.value)
+    assert capsys.readouterr().err == ""
+
+
+def assert_differs_on_first_case(ex, wrong) -> None:
+    """A catalogued mistake differs from the truth on the first default case, so it fails, and is
+    named, at once."""
+    inputs = ex.make_inputs(seed_for(ex.name, ex.default_cases[0]))
+    assert not outputs_match(wrong.implementation(**inputs), ex.reference(**inputs), ex.rtol, ex.atol)
+
+
+def assert_explanations_distinct(exercises) -> None:
+    """No two misconceptions of one exercise share a name or an explanation."""
+    for ex in exercises:
+        texts = [m.explanation for m in ex.misconceptions]
+        names = [m.name for m in ex.misconceptions]
+        assert len(set(texts)) == len(texts) and len(set(names)) == len(names), ex.name
+
+
 def assert_distinct(ex, cases) -> None:
     """On each case, every variant differs from the truth and from every other variant."""
     for case in cases:

@@ -198,17 +198,11 @@ def test_each_misconception_is_named(name, wrong, capsys):
 @pytest.mark.parametrize("name,wrong", MISTAKES, ids=lambda v: v if isinstance(v, str) else v.name)
 def test_misconceptions_differ_from_the_truth_on_the_first_case(name, wrong):
     """So every catalogued mistake fails on the very first case, and is named there."""
-    from utils.checks.core import outputs_match, seed_for
-
-    ex = EXERCISES[name]
-    inputs = ex.make_inputs(seed_for(ex.name, ex.default_cases[0]))
-    assert not outputs_match(wrong.implementation(**inputs), ex.reference(**inputs), ex.rtol, ex.atol)
+    harness.assert_differs_on_first_case(EXERCISES[name], wrong)
 
 
 def test_misconception_explanations_are_distinct():
-    for ex in EXERCISES.values():
-        texts = [m.explanation for m in ex.misconceptions]
-        assert len(set(texts)) == len(texts), ex.name
+    harness.assert_explanations_distinct(EXERCISES.values())
 
 
 # --------------------------------------------------------------------------- the listed mistakes, as a student writes them

@@ -13,7 +13,7 @@ from utils import circuits as C
 from utils import progress
 from utils.checks import CheckFailure
 from utils.checks import ch02 as check
-from utils.checks.core import outputs_match, seed_for
+from utils.checks.core import seed_for
 
 EXERCISES = {
     "full_ov_circuit": check.FULL_OV,
@@ -207,15 +207,11 @@ def test_each_misconception_is_named(name, wrong, capsys):
 @pytest.mark.parametrize("name,wrong", MISTAKES, ids=_id)
 def test_misconceptions_differ_from_the_truth_on_the_first_case(name, wrong):
     """So every catalogued mistake fails on the very first case, and is named there."""
-    ex = EXERCISES[name]
-    inputs = ex.make_inputs(seed_for(ex.name, ex.default_cases[0]))
-    assert not outputs_match(wrong.implementation(**inputs), ex.reference(**inputs), ex.rtol, ex.atol)
+    harness.assert_differs_on_first_case(EXERCISES[name], wrong)
 
 
 def test_misconception_explanations_are_distinct():
-    for ex in EXERCISES.values():
-        texts = [m.explanation for m in ex.misconceptions]
-        assert len(set(texts)) == len(texts), ex.name
+    harness.assert_explanations_distinct(EXERCISES.values())
 
 
 def test_the_issues_mistakes_are_all_catalogued():
@@ -230,10 +226,6 @@ def test_the_issues_mistakes_are_all_catalogued():
 
 
 # --------------------------------------------------------------------------- mistakes as a student writes them
-
-
-def _explanation(name, key):
-    return {m.name: m.explanation for m in EXERCISES[name].misconceptions}[key]
 
 
 def student_ov_transposed_embedding(W_E, W_V, W_O, W_U):
@@ -283,10 +275,7 @@ def student_no_baseline(logits_with, logits_without, out_tokens):
     ("confirmation_effect", student_no_baseline, "no baseline subtracted"),
 ], ids=lambda v: v if isinstance(v, str) else v.__name__)
 def test_student_written_mistakes_are_named(name, fn, key, capsys):
-    with pytest.raises(CheckFailure) as info:
-        getattr(check, name)(fn)
-    assert _explanation(name, key) in str(info.value), str(info.value)
-    assert capsys.readouterr().err == ""
+    harness.assert_student_mistake_named(getattr(check, name), fn, harness.explanation(EXERCISES[name], key), capsys)
 
 
 # --------------------------------------------------------------------------- factored outputs

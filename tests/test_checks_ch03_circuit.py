@@ -208,10 +208,7 @@ def test_variants_differ_from_the_truth_and_each_other_on_every_default_case(nam
 
 
 def test_misconception_explanations_are_distinct():
-    for ex in EXERCISES.values():
-        texts = [m.explanation for m in ex.misconceptions]
-        names = [m.name for m in ex.misconceptions]
-        assert len(set(texts)) == len(texts) and len(set(names)) == len(names), ex.name
+    harness.assert_explanations_distinct(EXERCISES.values())
 
 
 def test_the_briefs_mistakes_are_all_catalogued():
@@ -309,10 +306,7 @@ def student_top1_count(M):
     ("top_1_diagonal_accuracy", student_top1_count, "count instead of fraction"),
 ], ids=lambda v: v if isinstance(v, str) else v.__name__)
 def test_student_written_mistakes_are_named(name, fn, key, capsys):
-    with pytest.raises(CheckFailure) as info:
-        getattr(check, name)(fn)
-    assert _explanation(name, key) in str(info.value), str(info.value)
-    assert capsys.readouterr().err == ""
+    harness.assert_student_mistake_named(getattr(check, name), fn, harness.explanation(EXERCISES[name], key), capsys)
 
 
 # --------------------------------------------------------------------------- output forms

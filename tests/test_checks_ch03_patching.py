@@ -322,10 +322,7 @@ def student_dla_rows(results, final_scale, W_U, tokens, seq_len):
     (check.head_logit_attribution, student_dla_rows, "rows of W_U"),
 ], ids=_id)
 def test_student_written_mistakes_are_named(check_fn, fn, name, capsys):
-    with pytest.raises(CheckFailure) as info:
-        check_fn(fn)
-    assert _explanation(check_fn, name) in str(info.value), str(info.value)
-    assert capsys.readouterr().err == ""
+    harness.assert_student_mistake_named(check_fn, fn, harness.explanation(EXERCISE_OF[check_fn], name), capsys)
 
 
 def test_log_probabilities_are_accepted():
