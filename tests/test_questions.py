@@ -50,6 +50,8 @@ def test_every_chapter_with_questions_has_a_valid_bank_and_every_question_is_in_
         module = __import__(f"utils.checks.ch{slug[:2]}", fromlist=["x"])
         asked = {n for n in module.EXERCISES if n.endswith("_question")}
         assert asked == set(found.get(slug, {})), slug
+        for name, q in found.get(slug, {}).items():  # the check is built from the bank: one prompt, not two
+            assert getattr(module, name).__doc__ == q.prompt, (slug, name)
 
 
 @pytest.mark.parametrize("slug", sorted(banks()))

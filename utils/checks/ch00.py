@@ -73,5 +73,4 @@ def per_token_loss(fn, cases: Cases = None) -> None:
     run_check(PER_TOKEN_LOSS, fn, cases)
 
 
-hook_question = question(CHAPTER, "hook_question",
-                         "Which hook holds attention probabilities that sum to 1 over key positions?")
+hook_question = question(CHAPTER, "hook_question")

@@ -519,7 +519,6 @@ def compose_heads(fn, cases: Cases = None) -> None:
 # Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
 
 
-factor_question = question(CHAPTER, "factor_question",
-                           "Which sentence describes the two factors of h(x) = (A ⊗ W_O W_V) x?")
-bias_question = question(CHAPTER, "bias_question", "Why does b_V contribute the same vector b_V W_O at every position?")
-exactness_question = question(CHAPTER, "exactness_question", "Why is the path expansion exact for attn-only-1l?")
+factor_question = question(CHAPTER, "factor_question")
+bias_question = question(CHAPTER, "bias_question")
+exactness_question = question(CHAPTER, "exactness_question")

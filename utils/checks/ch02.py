@@ -680,8 +680,6 @@ def spearman(fn, cases: Cases = None) -> None:
 # Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
 
 
-axis_question = question(CHAPTER, "axis_question",
-                         "Which part of the [dest, src] QK circuit lists the destinations that attend most to source s?")
-baseline_question = question(CHAPTER, "baseline_question", "Why subtract the run with the source s replaced by a neutral token?")
-shortformer_question = question(CHAPTER, "shortformer_question",
-                                "Why does attn-only-1l's OV circuit have no positional term?")
+axis_question = question(CHAPTER, "axis_question")
+baseline_question = question(CHAPTER, "baseline_question")
+shortformer_question = question(CHAPTER, "shortformer_question")

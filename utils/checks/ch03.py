@@ -54,11 +54,7 @@ EXERCISES = (_copying.EXERCISES + _induction.EXERCISES + _composition.EXERCISES
 # Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
 
 
-copying_question = question(CHAPTER, "copying_question",
-                            "Why can a head have a high eigenvalue copying score but a low self-top-5 fraction?")
-k_composition_question = question(CHAPTER, "k_composition_question",
-                                  "Which part of the layer-1 induction head reads the previous-token head's output?")
-baseline_question = question(CHAPTER, "baseline_question",
-                             "Why compare composition scores with random matrices of the same shapes?")
-patching_question = question(CHAPTER, "patching_question",
-                             "Why does patching the previous-token head alone score below zero?")
+copying_question = question(CHAPTER, "copying_question")
+k_composition_question = question(CHAPTER, "k_composition_question")
+baseline_question = question(CHAPTER, "baseline_question")
+patching_question = question(CHAPTER, "patching_question")

@@ -706,8 +706,6 @@ def anticorrelated_batch(fn, cases: Cases = None) -> None:
 # Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
 
 
-dense_regime_question = question(CHAPTER, "dense_regime_question",
-                                 "Dense regime of the n=20, m=5 ReLU model: what is represented?")
-antipodal_question = question(CHAPTER, "antipodal_question", "Why can a ReLU model afford an antipodal pair?")
-privileged_basis_question = question(CHAPTER, "privileged_basis_question",
-                                     "Why do features align with hidden units only in the ReLU-hidden model?")
+dense_regime_question = question(CHAPTER, "dense_regime_question")
+antipodal_question = question(CHAPTER, "antipodal_question")
+privileged_basis_question = question(CHAPTER, "privileged_basis_question")

@@ -994,7 +994,6 @@ def topk_activation(fn, cases: Cases = None) -> None:
 # Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
 
 
-l0_question = question(CHAPTER, "l0_question", "What does L0 = 25 mean?")
-shrinkage_question = question(CHAPTER, "shrinkage_question",
-                              "Why do L1 SAEs shrink activations, and what does TopK change?")
-resampling_question = question(CHAPTER, "resampling_question", "Why does a dead feature not come back by itself?")
+l0_question = question(CHAPTER, "l0_question")
+shrinkage_question = question(CHAPTER, "shrinkage_question")
+resampling_question = question(CHAPTER, "resampling_question")

@@ -621,8 +621,6 @@ def feature_logit_attribution(fn, cases: Cases = None) -> None:
 # Options, keys and explanations live in the solutions' questions.json (see utils/checks/questions.py).
 
 
-neuron_question = question(CHAPTER, "neuron_question", "What would show that a feature is just a neuron in disguise?")
-specificity_question = question(CHAPTER, "specificity_question",
-                                "A feature fires on every '.' and every ',': its specificity and sensitivity for '.'?")
-universality_question = question(CHAPTER, "universality_question",
-                                 "How should features of two independently trained SAEs be matched?")
+neuron_question = question(CHAPTER, "neuron_question")
+specificity_question = question(CHAPTER, "specificity_question")
+universality_question = question(CHAPTER, "universality_question")

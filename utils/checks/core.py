@@ -370,14 +370,17 @@ def check_choice(chapter: str, name: str, answer: Any, key: Optional[str] = None
     progress.record(chapter, name)
 
 
-def question(chapter: str, name: str, prompt: str) -> Callable[..., None]:
+def question(chapter: str, name: str) -> Callable[..., None]:
     """The check of one multiple-choice question: ``NAME(answer, key=None)`` calls check_choice.
-    Only the name and the prompt live here; options and key are the bank's (utils/checks/questions.py)."""
+    The question itself (prompt, options, key, explanations) is data, in the chapter's bank
+    (solutions/NN_slug/questions.json, see utils/checks/questions.py); its prompt becomes the
+    docstring where the bank is present (an exam build ships none)."""
     def ask(answer: Any, key: Optional[str] = None) -> None:
         check_choice(chapter, name, answer, key)
 
     ask.__name__ = ask.__qualname__ = name
-    ask.__doc__ = prompt
+    found = questions.find_question(chapter, name)
+    ask.__doc__ = found.prompt if found is not None else f"Multiple-choice question {chapter}/{name}: see the notebook."
     return ask
 
 
