@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from utils import progress
-from utils import superposition as sp
+from utils.superposition import exercises as ex
 from utils.checks import CheckFailure
 from utils.checks import ch04 as check
 from utils.checks.core import outputs_match, seed_for
@@ -23,7 +23,7 @@ def forward_loops(W, b, x):
 
 
 def forward_float64(W, b, x):
-    return sp.toy_forward(W.double(), b.double(), x.double())
+    return ex.toy_forward(W.double(), b.double(), x.double())
 
 
 def generate_two_draws(batch_size, feature_probability):
@@ -37,7 +37,7 @@ def generate_bernoulli(batch_size, feature_probability):
 
 
 def generate_one_draw(batch_size, feature_probability):
-    return sp.generate_batch(batch_size, feature_probability)  # draws from the (seeded) global RNG
+    return ex.generate_batch(batch_size, feature_probability)  # draws from the (seeded) global RNG
 
 
 def loss_einsum(out, x, importance):
@@ -79,11 +79,11 @@ def dimensionality_gram(W):
 
 
 CORRECT = [
-    (check.toy_forward, [sp.toy_forward, forward_einsum, forward_loops, forward_float64], "toy_forward"),
+    (check.toy_forward, [ex.toy_forward, forward_einsum, forward_loops, forward_float64], "toy_forward"),
     (check.generate_batch, [generate_two_draws, generate_bernoulli, generate_one_draw], "generate_batch"),
-    (check.weighted_loss, [sp.importance_weighted_loss, loss_einsum, loss_loops], "weighted_loss"),
-    (check.superposition, [sp.superposition, superposition_normalize, superposition_loops], "superposition"),
-    (check.dimensionality, [sp.dimensionality, dimensionality_gram], "dimensionality"),
+    (check.weighted_loss, [ex.importance_weighted_loss, loss_einsum, loss_loops], "weighted_loss"),
+    (check.superposition, [ex.superposition, superposition_normalize, superposition_loops], "superposition"),
+    (check.dimensionality, [ex.dimensionality, dimensionality_gram], "dimensionality"),
 ]
 
 
@@ -168,7 +168,7 @@ def test_stub_and_crash_fail_clearly(capsys):
     with pytest.raises(CheckFailure, match="torch.Tensor|shape"):
         check.weighted_loss(lambda out, x, importance: 0.0)
     with pytest.raises(CheckFailure, match="shape"):
-        check.weighted_loss(lambda out, x, importance: sp.per_instance_loss(out, x, importance))
+        check.weighted_loss(lambda out, x, importance: ex.per_instance_loss(out, x, importance))
     with pytest.raises(CheckFailure, match="pass your function"):
         check.superposition(3)
     with pytest.raises(CheckFailure, match="pass your function"):
@@ -178,7 +178,7 @@ def test_stub_and_crash_fail_clearly(capsys):
 
 def test_generator_shape_and_range_are_explained():
     with pytest.raises(CheckFailure, match=r"instances first, then the batch"):
-        check.generate_batch(lambda batch, p: sp.generate_batch(batch, p).transpose(0, 1))
+        check.generate_batch(lambda batch, p: ex.generate_batch(batch, p).transpose(0, 1))
     with pytest.raises(CheckFailure, match=r"lie in \[0, 1\]"):
         check.generate_batch(lambda batch, p: 2 * generate_two_draws(batch, p))
     with pytest.raises(CheckFailure, match="torch.Tensor"):
@@ -212,14 +212,14 @@ def test_unguarded_division_by_a_dropped_feature_is_explained():
 
 def test_unknown_wrong_answer_reports_location():
     with pytest.raises(CheckFailure, match="max abs error"):
-        check.dimensionality(lambda W: sp.dimensionality(W) + 0.01)
+        check.dimensionality(lambda W: ex.dimensionality(W) + 0.01)
     with pytest.raises(CheckFailure, match="values have mean 0.6"):  # a generator whose values skew high
         check.generate_batch(lambda batch, p: generate_two_draws(batch, p) ** 0.5)
 
 
 def test_in_place_edits_cannot_corrupt_the_reference():
     def mutating(W, b, x):
-        result = sp.toy_forward(W, b, x)
+        result = ex.toy_forward(W, b, x)
         W.zero_()
         x.zero_()
         return result
@@ -244,11 +244,11 @@ def test_multiple_choice():
 def test_progress_is_recorded_and_shown(capsys):
     progress.show_progress("04")
     assert f"0/{len(check.EXERCISES)}" in capsys.readouterr().out
-    check.toy_forward(sp.toy_forward)
+    check.toy_forward(ex.toy_forward)
     check.generate_batch(generate_two_draws)
-    check.weighted_loss(sp.importance_weighted_loss)
-    check.superposition(sp.superposition)
-    check.dimensionality(sp.dimensionality)
+    check.weighted_loss(ex.importance_weighted_loss)
+    check.superposition(ex.superposition)
+    check.dimensionality(ex.dimensionality)
     check.dense_regime_question(harness.right("04", "dense_regime_question"))
     check.antipodal_question(harness.right("04", "antipodal_question"))
     check.privileged_basis_question(harness.right("04", "privileged_basis_question"))
@@ -318,7 +318,7 @@ def anti_loops(batch_size, group_probability, group_size):
     return x
 
 
-ANTI_CORRECT = [sp.generate_anticorrelated_batch, anti_scatter, anti_one_hot, anti_multinomial, anti_single_draw,
+ANTI_CORRECT = [ex.generate_anticorrelated_batch, anti_scatter, anti_one_hot, anti_multinomial, anti_single_draw,
                 anti_loops]
 
 

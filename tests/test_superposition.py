@@ -1,5 +1,6 @@
 """utils.superposition against independent computations (loops over instances and features, closed
-forms), and the paper's phase-change facts on small models trained here, seeded."""
+forms), its opt-in fast path (utils.superposition.fast) against autograd, and the paper's
+phase-change facts on small models trained here, seeded."""
 import math
 
 import matplotlib
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from utils import superposition as sp
+from utils.superposition import fast
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -135,19 +137,21 @@ def test_hand_written_gradients_match_autograd(relu_output):
     importance = torch.rand(3, 7, generator=g, dtype=torch.float64)
     loss = sp.per_instance_loss(sp.toy_forward(W, b, x, relu_output), x, importance)
     loss.sum().backward()
-    got_loss, grad_W, grad_b = sp.loss_and_grads(W.detach(), b.detach(), x, importance, relu_output)
+    got_loss, grad_W, grad_b = fast.loss_and_grads(W.detach(), b.detach(), x, importance, relu_output)
     assert torch.allclose(got_loss, loss, atol=1e-12)
     assert torch.allclose(grad_W, W.grad, atol=1e-12) and torch.allclose(grad_b, b.grad, atol=1e-12)
 
 
 @pytest.mark.parametrize("cfg", [sp.ToyConfig(6, 2, 3), sp.ToyConfig(6, 2, 3, relu_output=False),
                                  sp.ToyConfig(6, 3, 2, relu_hidden=True)], ids=["relu", "linear", "relu-hidden"])
-def test_train_equals_a_plain_autograd_loop(cfg):
-    """train() is Adam on importance_weighted_loss with generate_batch data, nothing more."""
+@pytest.mark.parametrize("use_fast", [False, True], ids=["autograd", "fast"])
+def test_train_equals_a_plain_autograd_loop(cfg, use_fast):
+    """train() is Adam on importance_weighted_loss with generate_batch data, nothing more; and so is
+    train(fast=True) (for the ReLU-hidden model it falls back to autograd)."""
     p, imp = torch.tensor([[0.9], [0.3], [0.05]])[:cfg.n_instances], sp.decaying_importance(6, 0.8)
     model = sp.ToyModel(cfg, p, imp, seed=4)
     twin = sp.ToyModel(cfg, p, imp, seed=4)
-    history = sp.train(model, steps=30, batch_size=64, lr=1e-2, seed=9, log_every=10)
+    history = sp.train(model, steps=30, batch_size=64, lr=1e-2, seed=9, log_every=10, fast=use_fast)
     g = torch.Generator().manual_seed(9)
     opt = torch.optim.Adam(twin.parameters(), lr=1e-2)
     losses = []
@@ -161,6 +165,24 @@ def test_train_equals_a_plain_autograd_loop(cfg):
     assert torch.allclose(model.W, twin.W, atol=1e-5) and torch.allclose(model.b, twin.b, atol=1e-5)
     assert history.shape == (4, cfg.n_instances)  # steps 0, 10, 20 and the last
     assert torch.allclose(history, torch.stack([losses[i] for i in (0, 10, 20, 29)]), atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [sp.ToyConfig(20, 5, 4), sp.ToyConfig(6, 2, 3, relu_output=False)],
+                         ids=["relu", "linear"])
+def test_fast_path_trains_like_autograd(cfg):
+    """The opt-in fast path: the same data from the same seed, and after 200 steps the same weights
+    and loss history as the autograd reference, to float32 rounding."""
+    p = sp.sweep_probabilities(cfg.n_instances, 0.01)[:, None]
+    imp = sp.decaying_importance(cfg.n_features, 0.7)
+    sample = fast.sampler(sp.as_instance_feature(p, cfg.n_instances, cfg.n_features, "p"))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(sample(256, g1), sp.generate_batch(256, sp.as_instance_feature(p, cfg.n_instances,
+                                                                                      cfg.n_features, "p"), g2))
+    reference, quick = sp.ToyModel(cfg, p, imp, seed=1), sp.ToyModel(cfg, p, imp, seed=1)
+    h_ref = sp.train(reference, steps=200, batch_size=256, lr=3e-3, seed=2, log_every=50)
+    h_fast = sp.train(quick, steps=200, batch_size=256, lr=3e-3, seed=2, log_every=50, fast=True)
+    assert torch.allclose(quick.W, reference.W, atol=1e-5) and torch.allclose(quick.b, reference.b, atol=1e-5)
+    assert torch.allclose(h_fast, h_ref, rtol=1e-5, atol=1e-7)
 
 
 def test_training_is_deterministic_and_seed_dependent():

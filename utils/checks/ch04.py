@@ -7,6 +7,11 @@ The data generator is random, so its check compares STATISTICS of the student's 
 often each feature is on, the mean and spread of its values when on, how often neighbouring
 features are on together) with their exact expected values; the misconceptions are described by
 their own exact statistics.
+
+The reference answers are utils/superposition/exercises.py. One section per exercise (its inputs,
+its reference, its catalogue of mistakes with their exact statistics), in the notebook's order:
+longer than 400 lines because the catalogues are, and splitting them would separate an exercise
+from its mistakes.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import re
 
 import torch
 
-from utils import superposition as ref
+from utils.superposition import exercises as ref
 from utils.checks.core import Cases, CheckFailure, Exercise, Misconception, diagnose, question, run_check
 
 CHAPTER = "04"
