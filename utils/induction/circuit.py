@@ -20,13 +20,13 @@ Contents:
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from jaxtyping import Float
 from transformer_lens import FactoredMatrix
 
 from utils.models.evaluation import ICL_EARLY, ICL_LATE, in_context_learning_score  # noqa: F401  (this section grades it)
+from utils.circuits.exercises import positional_qk_pattern
 from utils.tensors import require_ndim
 
 DIAGONAL_CHUNK = 512  # rows of a factored vocab x vocab matrix materialised at once
@@ -43,15 +43,7 @@ def positional_attention_pattern(
     In a shortformer model this is the part of the attention score that no token can change; a
     previous-token head puts almost all its weight on the diagonal just below the main one.
     """
-    require_ndim(W_pos, "W_pos", 2)
-    require_ndim(W_Q, "W_Q", 3)
-    require_ndim(W_K, "W_K", 3)
-    q = W_pos @ W_Q  # [head, query, d_head]
-    k = W_pos @ W_K
-    scores = q @ k.transpose(-1, -2) / math.sqrt(W_Q.shape[-1])
-    n = W_pos.shape[0]
-    future = torch.ones(n, n, dtype=torch.bool, device=W_pos.device).triu(1)
-    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    return positional_qk_pattern(W_pos, W_Q, W_K)  # chapter 02's computation, met again in layer 0
 
 
 def k_composition_circuit(
