@@ -42,7 +42,8 @@ gelu-1l-mlp-topk-k24 SAEs were made that way) and were ALL CONTENDED: another jo
 
 The step is matmul-bound (5 matmuls of 2·B·512·2048 FLOP; ~80% of a step's time in a profile),
 8.8e12 FLOP for the 819k-token preset (1.26e13 at 1.2M) if every step were dense. Through
-utils/sae/cpu_step.py one core runs the dense step at ~0.9 of torch.mm's rate, and once fewer than
+utils/sae/cpu_step.py (an opt-in, ``fast_cpu=True``, which this script sets; ``--set fast_cpu=False``
+times the plain autograd step) one core runs the dense step at ~0.9 of torch.mm's rate, and once fewer than
 10% of f's entries are non-zero (after about 120 steps) it skips f's zeros in 4 of the 5 matmuls.
 """
 from __future__ import annotations
@@ -82,7 +83,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    cfg = preset(args.preset, device="cpu", **parse_overrides(args.set))
+    # The course's hand-written CPU step (utils/sae/cpu_step.py) is an opt-in; these runs use it.
+    cfg = preset(args.preset, device="cpu", **{"fast_cpu": True, **parse_overrides(args.set)})
     load_before = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {platform.machine()}, {args.threads} threads, "
           f"1-min load average before: {load_before:.2f}")

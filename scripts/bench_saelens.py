@@ -38,11 +38,11 @@ What runs:
 Same in both: data and order, d_in 512, d_sae 2048, batch 1024, Adam lr 1e-3 betas (0.9, 0.999),
 50-step linear lr warm-up then constant, no lr decay; gradient norm clipped to 1.0; L1: lambda 2.0
 with a 150-step linear warm-up, squared error summed over d_in and averaged over the batch; TopK:
-k = 32; encoder initialised as the decoder's transpose with rows of norm 0.1; no activation
+k = 32; encoder initialised as the decoder's transpose with columns of norm 0.1; no activation
 normalisation; fp32; same threads; no resampling of dead features.
 Differences left as each library's standard (not removed, not tuned):
-- sparsity penalty: ours lambda·Σ f_i with decoder columns held at unit norm (gradient projected,
-  columns renormalised every step); SAELens lambda·Σ f_i·||W_dec,i|| with the decoder norms free.
+- sparsity penalty: ours lambda·Σ f_i with decoder rows held at unit norm (gradient projected,
+  rows renormalised every step); SAELens lambda·Σ f_i·||W_dec,i|| with the decoder norms free.
   The two are the same penalty up to how the norm constraint is imposed.
 - b_dec: ours starts at the geometric median of 8192 training activations; SAELens's at zero.
 - initial decoder: ours Gaussian directions at unit norm; SAELens kaiming-uniform directions at
@@ -237,7 +237,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     # SAELens's trainer clips the gradient norm to 1.0 and has no resampling: ours does the same here.
     cfg = preset("cpu" if args.architecture == "l1" else "cpu-topk", device="cpu", resample_steps=(),
-                 grad_clip_norm=1.0)
+                 grad_clip_norm=1.0, fast_cpu=True)  # fast_cpu: the hand-written CPU step, an opt-in
     n = args.tokens // cfg.batch_size * cfg.batch_size
     cfg = cfg.replace(training_tokens=n)
     load_before = os.getloadavg()[0]

@@ -18,13 +18,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def recovery_einsum(true_directions, W_enc, W_dec):
     t = true_directions / torch.linalg.vector_norm(true_directions, dim=0)
-    d = W_dec / torch.linalg.vector_norm(W_dec, dim=0)
-    return torch.einsum("di,dj->ij", t, d).amax(dim=-1)
+    d = W_dec / torch.linalg.vector_norm(W_dec, dim=1, keepdim=True)
+    return torch.einsum("di,jd->ij", t, d).amax(dim=-1)
 
 
 def recovery_cosine_similarity(true_directions, W_enc, W_dec):
     """F.cosine_similarity on every (true, SAE) pair by broadcasting, in float64."""
-    cos = F.cosine_similarity(true_directions.double().T[:, None, :], W_dec.double().T[None, :, :], dim=-1)
+    cos = F.cosine_similarity(true_directions.double().T[:, None, :], W_dec.double()[None, :, :], dim=-1)
     return cos.max(dim=1).values
 
 
@@ -32,18 +32,18 @@ def recovery_loops(true_directions, W_enc, W_dec):
     best = []
     for i in range(true_directions.shape[1]):
         t = true_directions[:, i] / true_directions[:, i].norm()
-        best.append(max(float(t @ W_dec[:, j] / W_dec[:, j].norm()) for j in range(W_dec.shape[1])))
+        best.append(max(float(t @ W_dec[j] / W_dec[j].norm()) for j in range(W_dec.shape[0])))
     return torch.tensor(best)
 
 
 def forward_einsum(x, W_enc, b_enc, W_dec, b_dec):
-    f = torch.relu(torch.einsum("sd,bd->bs", W_enc, x - b_dec) + b_enc)
-    return f, torch.einsum("ds,bs->bd", W_dec, f) + b_dec
+    f = torch.relu(torch.einsum("ds,bd->bs", W_enc, x - b_dec) + b_enc)
+    return f, torch.einsum("sd,bs->bd", W_dec, f) + b_dec
 
 
 def forward_folded_bias(x, W_enc, b_enc, W_dec, b_dec):
-    f = F.linear(x, W_enc, b_enc - W_enc @ b_dec).relu()  # the trainer's form
-    return f, F.linear(f, W_dec, b_dec)
+    f = F.linear(x, W_enc.T, b_enc - b_dec @ W_enc).relu()  # the trainer's form
+    return f, F.linear(f, W_dec.T, b_dec)
 
 
 def forward_float64_list(x, W_enc, b_enc, W_dec, b_dec):
@@ -60,26 +60,26 @@ def loss_mse_sum(x, x_hat, f, W_dec, l1_coeff):
 
 
 def loss_decoder_weighted(x, x_hat, f, W_dec, l1_coeff):
-    """Anthropic's later form, λ Σ f_i ||d_i||: the same number for unit-norm columns."""
-    return (x - x_hat).pow(2).sum(-1).mean() + l1_coeff * (f * W_dec.norm(dim=0)).sum(-1).mean()
+    """Anthropic's later form, λ Σ f_i ||d_i||: the same number for unit-norm rows."""
+    return (x - x_hat).pow(2).sum(-1).mean() + l1_coeff * (f * W_dec.norm(dim=1)).sum(-1).mean()
 
 
 def normalize_functional(W_dec):
-    return F.normalize(W_dec, dim=0)
+    return F.normalize(W_dec, dim=1)
 
 
 def normalize_linalg(W_dec):
-    return W_dec / torch.linalg.vector_norm(W_dec, dim=0)
+    return W_dec / torch.linalg.vector_norm(W_dec, dim=1, keepdim=True)
 
 
 def project_unit(W_dec, grad):
-    d = W_dec / W_dec.norm(dim=0, keepdim=True)
-    return grad - (grad * d).sum(0) * d
+    d = W_dec / W_dec.norm(dim=1, keepdim=True)
+    return grad - (grad * d).sum(1, keepdim=True) * d
 
 
 def project_einsum(W_dec, grad):
-    coeff = torch.einsum("ds,ds->s", grad, W_dec) / torch.einsum("ds,ds->s", W_dec, W_dec)
-    return grad - torch.einsum("s,ds->ds", coeff, W_dec)
+    coeff = torch.einsum("sd,sd->s", grad, W_dec) / torch.einsum("sd,sd->s", W_dec, W_dec)
+    return grad - torch.einsum("s,sd->sd", coeff, W_dec)
 
 
 def median_float32_tol(points):
@@ -138,28 +138,28 @@ def dead_dense_counts_over_n(density, dense_threshold):
 
 def resample_in_place(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg, exp_avg_sq):
     """Edits the arguments in place, loops over the dead features, and returns them."""
-    live_norm = W_enc[~dead].norm(dim=1).mean()
+    live_norm = W_enc[:, ~dead].norm(dim=0).mean()
     for j, i in enumerate(dead.nonzero().flatten().tolist()):
         direction = replacement_inputs[j] - b_dec
         direction = direction / direction.norm()
-        W_dec[:, i] = direction
-        W_enc[i] = 0.2 * live_norm * direction
+        W_dec[i] = direction
+        W_enc[:, i] = 0.2 * live_norm * direction
         b_enc[i] = 0
         for state in (exp_avg, exp_avg_sq):
-            state["W_enc"][i] = 0
+            state["W_enc"][:, i] = 0
             state["b_enc"][i] = 0
-            state["W_dec"][:, i] = 0
+            state["W_dec"][i] = 0
     return W_enc, b_enc, W_dec, exp_avg, exp_avg_sq
 
 
 def resample_masks(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg, exp_avg_sq):
     keep = (~dead).float()
     directions = F.normalize(replacement_inputs - b_dec, dim=-1)
-    new_W_enc = W_enc * keep[:, None]
-    new_W_enc[dead] = directions * 0.2 * W_enc[~dead].norm(dim=1).mean()
-    new_W_dec = W_dec * keep
-    new_W_dec[:, dead] = directions.T
-    masks = {"W_enc": keep[:, None], "b_enc": keep, "W_dec": keep[None, :]}
+    new_W_enc = W_enc * keep
+    new_W_enc[:, dead] = directions.T * 0.2 * W_enc[:, ~dead].norm(dim=0).mean()
+    new_W_dec = W_dec * keep[:, None]
+    new_W_dec[dead] = directions
+    masks = {"W_enc": keep[None, :], "b_enc": keep, "W_dec": keep[:, None]}
     return (new_W_enc, b_enc * keep, new_W_dec, {k: v * masks[k] for k, v in exp_avg.items()},
             {k: v * masks[k] for k, v in exp_avg_sq.items()})
 
@@ -300,7 +300,7 @@ def test_stub_and_crash_fail_clearly(capsys):
         with pytest.raises(CheckFailure, match="not implemented yet"):
             check_fn(stub)
     with pytest.raises(CheckFailure, match="raised RuntimeError"):
-        check.sae_forward(lambda x, W_enc, b_enc, W_dec, b_dec: (x @ W_enc, x))
+        check.sae_forward(lambda x, W_enc, b_enc, W_dec, b_dec: (x @ W_enc.T, x))  # the old layout's transpose
     with pytest.raises(CheckFailure, match="pass your function"):
         check.resample_dead_features(None)
     with pytest.raises(CheckFailure, match="pass your function"):
@@ -336,13 +336,14 @@ def test_recovery_real_case_is_the_chapters_toy_run():
     """The check's real case: chapter 04's toy model and the SAE trained on its hidden layer, in which
     every true feature is found (so a correct answer there is all cosines near 1)."""
     inputs = check._real_recovery_inputs()
-    assert inputs["true_directions"].shape == (10, 40) and inputs["W_dec"].shape == (10, 80)
+    assert inputs["true_directions"].shape == (10, 40) and inputs["W_dec"].shape == (80, 10)
+    assert inputs["W_enc"].shape == (10, 80)
     assert ref.feature_recovery(**inputs).min() > 0.9
 
 
 def test_recovery_wrong_axis_is_named_by_its_shape():
     with pytest.raises(CheckFailure, match="one score per TRUE feature"):
-        check.feature_recovery(lambda true_directions, W_enc, W_dec: recovery_einsum(W_dec, W_enc, true_directions))
+        check.feature_recovery(lambda true_directions, W_enc, W_dec: recovery_einsum(W_dec.T, W_enc, true_directions.T))
 
 
 def test_unconverged_median_is_explained():

@@ -30,11 +30,11 @@ def top_loops(acts, k):
 
 
 def logits_einsum(W_dec, W_out, W_U, feature):
-    return torch.einsum("m,md,dv->v", W_dec[:, feature], W_out, W_U)
+    return torch.einsum("m,md,dv->v", W_dec[feature], W_out, W_U)
 
 
 def logits_virtual_weights(W_dec, W_out, W_U, feature):
-    return (W_out @ W_U).T @ W_dec[:, feature]  # the MLP->logit "virtual weight" first
+    return (W_out @ W_U).T @ W_dec[feature]  # the MLP->logit "virtual weight" first
 
 
 def pearson_numpy(a, b):
@@ -63,26 +63,26 @@ def spec_tensors(acts, hypothesis, threshold):
 
 def ablate_via_reconstruction(x, W_enc, b_enc, W_dec, b_dec, feature):
     """Anthropic's form: reconstruction with the feature zeroed, plus the SAE's error term."""
-    f = torch.relu((x - b_dec) @ W_enc.T + b_enc)
-    error = x - (f @ W_dec.T + b_dec)
+    f = torch.relu((x - b_dec) @ W_enc + b_enc)
+    error = x - (f @ W_dec + b_dec)
     f[:, feature] = 0
-    return f @ W_dec.T + b_dec + error
+    return f @ W_dec + b_dec + error
 
 
 def ablate_einsum(x, W_enc, b_enc, W_dec, b_dec, feature):
-    f = torch.relu(torch.einsum("bd,d->b", x - b_dec, W_enc[feature]) + b_enc[feature])
-    return x - torch.einsum("b,d->bd", f, W_dec[:, feature])
+    f = torch.relu(torch.einsum("bd,d->b", x - b_dec, W_enc[:, feature]) + b_enc[feature])
+    return x - torch.einsum("b,d->bd", f, W_dec[feature])
 
 
 def steer_via_reconstruction(x, W_enc, b_enc, W_dec, b_dec, feature, value):
-    f = torch.relu((x - b_dec) @ W_enc.T + b_enc)
-    error = x - (f @ W_dec.T + b_dec)
+    f = torch.relu((x - b_dec) @ W_enc + b_enc)
+    error = x - (f @ W_dec + b_dec)
     f[:, feature] = value
-    return f @ W_dec.T + b_dec + error
+    return f @ W_dec + b_dec + error
 
 
 def steer_ablate_then_add(x, W_enc, b_enc, W_dec, b_dec, feature, value):
-    return ref.ablate_feature(x, W_enc, b_enc, W_dec, b_dec, feature) + value * W_dec[:, feature]
+    return ref.ablate_feature(x, W_enc, b_enc, W_dec, b_dec, feature) + value * W_dec[feature]
 
 
 def match_loops(corr):
@@ -117,10 +117,10 @@ def rubric_tensors(ratings, rated, auto_features, auto_scores, threshold):
 
 def attribution_loops(f, W_dec, W_out, W_U, scale, tokens, position):
     """Only the active features, one at a time: the inactive ones stay 0."""
-    out = torch.zeros(W_dec.shape[1])
+    out = torch.zeros(W_dec.shape[0])
     target = int(tokens[position + 1])
     for i in (f[position] > 0).nonzero()[:, 0].tolist():
-        write = f[position, i] * W_dec[:, i] @ W_out
+        write = f[position, i] * W_dec[i] @ W_out
         out[i] = ((write - write.mean()) / scale[position]) @ W_U[:, target]
     return out
 
@@ -128,11 +128,11 @@ def attribution_loops(f, W_dec, W_out, W_U, scale, tokens, position):
 def attribution_centred_unembed(f, W_dec, W_out, W_U, scale, tokens, position):
     """centre(v) . u = v . centre(u): centre the unembedding column instead of every write."""
     u = W_U[:, tokens[position + 1]]
-    return f[position] / scale[position] * (W_dec.T @ (W_out @ (u - u.mean())))
+    return f[position] / scale[position] * (W_dec @ (W_out @ (u - u.mean())))
 
 
 def attribution_einsum(f, W_dec, W_out, W_U, scale, tokens, position):
-    writes = torch.einsum("ms,md->sd", W_dec, W_out)
+    writes = torch.einsum("sm,md->sd", W_dec, W_out)
     writes = writes - writes.mean(1, keepdim=True)
     return torch.einsum("s,sd,d->s", f[position], writes, W_U[:, tokens[position + 1]]) / scale[position]
 
@@ -195,8 +195,8 @@ def test_rectangular_cases_catch_what_square_ones_cannot():
                   for v in ex.make_inputs(seed_for(ex.name, c)).values() if isinstance(v, torch.Tensor)]
         assert any(len(set(s)) > 1 for s in shapes if len(s) == 2)
     with pytest.raises(CheckFailure):
-        check.logit_weights(lambda W_dec, W_out, W_U, feature: (W_U.T @ (W_out.T @ W_dec[:, feature]))
-                            if W_U.shape[0] == W_U.shape[1] else W_dec[:, feature] @ W_out @ W_U.T)
+        check.logit_weights(lambda W_dec, W_out, W_U, feature: (W_U.T @ (W_out.T @ W_dec[feature]))
+                            if W_U.shape[0] == W_U.shape[1] else W_dec[feature] @ W_out @ W_U.T)
 
 
 def test_rubric_cases_hold_a_rating_at_the_threshold_and_a_tie():
@@ -211,7 +211,7 @@ def test_rubric_cases_hold_a_rating_at_the_threshold_and_a_tie():
 
 
 def test_attribution_cases_catch_the_transposed_decoder_by_shape_too():
-    """The first case is square (d_sae = d_mlp) so a decoder row runs and is named; the others are
+    """The first case is square (d_sae = d_mlp) so a decoder column runs and is named; the others are
     rectangular, where it fails on shape."""
     shapes = [tuple(check._attribution_inputs(seed_for("feature_logit_attribution", c))["W_dec"].shape)
               for c in check.ATTRIBUTION.default_cases]
@@ -241,7 +241,7 @@ def test_stub_and_crash_fail_clearly(capsys):
         with pytest.raises(CheckFailure, match="not implemented yet"):
             check_fn(stub)
     with pytest.raises(CheckFailure, match="raised RuntimeError"):
-        check.logit_weights(lambda W_dec, W_out, W_U, feature: W_dec[:, feature] @ torch.ones(3, 2))  # shapes clash
+        check.logit_weights(lambda W_dec, W_out, W_U, feature: W_dec[feature] @ torch.ones(3, 2))  # shapes clash
     with pytest.raises(CheckFailure, match="pass your function"):
         check.match_features("max")
     assert capsys.readouterr().err == ""

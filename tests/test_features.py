@@ -106,10 +106,10 @@ def test_top_activating_matches_brute_force_sort_over_seq_and_pos(k):
 
 
 def test_logit_weights_match_a_triple_loop():
-    W_dec, W_out, W_U = randn(6, 9, seed=1), randn(6, 4, seed=2), randn(4, 11, seed=3)
+    W_dec, W_out, W_U = randn(9, 6, seed=1), randn(6, 4, seed=2), randn(4, 11, seed=3)  # W_dec [d_sae, d_mlp]
     dec, out, unembed = W_dec.tolist(), W_out.tolist(), W_U.tolist()
     for f in (0, 4, 8):
-        loop = [sum(dec[m][f] * out[m][d] * unembed[d][v] for m in range(6) for d in range(4)) for v in range(11)]
+        loop = [sum(dec[f][m] * out[m][d] * unembed[d][v] for m in range(6) for d in range(4)) for v in range(11)]
         torch.testing.assert_close(ex.logit_weights(W_dec, W_out, W_U, f), torch.tensor(loop, dtype=torch.float64),
                                    rtol=1e-12, atol=1e-12)
 
@@ -183,8 +183,8 @@ def test_ablate_feature_subtracts_its_term_row_by_row():
     for i in range(sae.d_sae):
         want = torch.empty_like(x)
         for t in range(len(x)):
-            z = sum(W_enc[i, j] * (x[t, j] - b_dec[j]) for j in range(6)) + b_enc[i]
-            want[t] = x[t] - max(z.item(), 0.0) * W_dec[:, i]
+            z = sum((x[t, j] - b_dec[j]) * W_enc[j, i] for j in range(6)) + b_enc[i]
+            want[t] = x[t] - max(z.item(), 0.0) * W_dec[i]
         torch.testing.assert_close(ex.ablate_feature(x, W_enc, b_enc, W_dec, b_dec, i), want,
                                    rtol=1e-12, atol=1e-12)
 
@@ -203,7 +203,7 @@ def test_steer_feature_identity_ablation_and_linearity():
             assert torch.equal(ex.steer_feature(row, *args, value=own), row)
         assert torch.equal(ex.steer_feature(x, *args, value=0.0), ex.ablate_feature(x, *args))
         s0, s1, s2 = (ex.steer_feature(x, *args, value=v) for v in (0.0, 1.5, -4.0))
-        torch.testing.assert_close(s1 - s0, (1.5 * W_dec[:, i]).expand_as(x), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(s1 - s0, (1.5 * W_dec[i]).expand_as(x), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(s1 + s2 - s0, ex.steer_feature(x, *args, value=-2.5), rtol=1e-12, atol=1e-12)
         # The change is what the SAE's decoder says clamping f_i to 3 does to the reconstruction.
         g = f.clone()
@@ -284,7 +284,7 @@ def test_feature_acts_runs_the_full_encoder_for_topk(topk_sae, corpus):
         torch.testing.assert_close(acts[:, 1:], full[:, 1:, f], rtol=1e-5, atol=1e-5)
         relu_only = ex.feature_activation(corpus.mlp[:, 1:].reshape(-1, 512), W_enc, b_enc, b_dec, f)
         gated_somewhere |= bool(((relu_only > 0) & (acts[:, 1:].reshape(-1) == 0)).any())
-    assert gated_somewhere  # one encoder row alone would have been wrong
+    assert gated_somewhere  # one encoder column alone would have been wrong
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0])
@@ -355,7 +355,7 @@ def test_decoder_cosine_diagonal_is_one_and_entries_are_cosines(sae, topk_sae):
     cross = decoder_cosine(sae, topk_sae)
     assert cross.shape == (sae.d_sae, topk_sae.d_sae)
     for i, j in [(0, 0), (5, 63), (2047, 17)]:
-        u, v = sae.W_dec[:, i].detach().double(), topk_sae.W_dec[:, j].detach().double()
+        u, v = sae.W_dec[i].detach().double(), topk_sae.W_dec[j].detach().double()
         assert cross[i, j].item() == pytest.approx((u @ v / (u.norm() * v.norm())).item(), abs=1e-5)
 
 
@@ -365,13 +365,13 @@ def test_decoder_cosine_diagonal_is_one_and_entries_are_cosines(sae, topk_sae):
 def test_logit_weights_on_the_model_are_the_direct_path(model, sae, corpus, f_all):
     feature = live_feature(f_all)
     W_dec, W_out, W_U = sae.W_dec.detach().double(), model.W_out[0].detach().double(), model.W_U.detach().double()
-    want = torch.einsum("m,md,dv->v", W_dec[:, feature], W_out, W_U).float()
+    want = torch.einsum("m,md,dv->v", W_dec[feature], W_out, W_U).float()
     got = ex.logit_weights(sae.W_dec.detach(), model.W_out[0].detach(), model.W_U.detach(), feature)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(feature_logit_weights(sae, model, feature), got, rtol=0, atol=0)
     # Run the model with one unit of the feature added to the MLP's hidden layer: the MLP's output
-    # moves by W_dec[:, f] @ W_out, which the unembedding turns into the logit weights.
-    direction = sae.W_dec[:, feature].detach()
+    # moves by W_dec[f] @ W_out, which the unembedding turns into the logit weights.
+    direction = sae.W_dec[feature].detach()
     tokens = corpus.tokens[:1, :16]
     _, clean = model.run_with_cache(tokens, names_filter="blocks.0.hook_mlp_out")
     with model.hooks(fwd_hooks=[(HOOK, lambda act, hook: act + direction)]):
@@ -392,7 +392,7 @@ def test_top_tokens_are_the_largest_and_smallest_weights(model, sae):
 
 
 def manual_ablation_hook(sae, feature):
-    """Positions 1..: x - f_i(x) W_dec[:, i] via the exercise; BOS left alone."""
+    """Positions 1..: x - f_i(x) W_dec[i] via the exercise; BOS left alone."""
     W_enc, b_enc, W_dec, b_dec = weights(sae)
 
     def hook(act, hook):
@@ -446,7 +446,7 @@ def test_steering_hook_replaces_the_feature_term_and_leaves_bos(sae, corpus, f_a
     W_enc, b_enc, W_dec, b_dec = weights(sae)
     want = ex.steer_feature(act[:, 1:].reshape(-1, 512), W_enc, b_enc, W_dec, b_dec, feature, value)
     torch.testing.assert_close(out[:, 1:], want.view(act[:, 1:].shape), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out[:, 1:] - act[:, 1:], (value - f)[..., None] * W_dec[:, feature],
+    torch.testing.assert_close(out[:, 1:] - act[:, 1:], (value - f)[..., None] * W_dec[feature],
                                rtol=1e-4, atol=1e-4)
     if value == 0.0:
         with torch.no_grad():
@@ -569,13 +569,13 @@ def test_feature_logit_attribution_matches_a_loop_with_an_explicit_layernorm():
     g = torch.Generator().manual_seed(3)
     seq, d_sae, d_mlp, d_model, d_vocab = 5, 9, 6, 4, 11
     f = torch.relu(torch.randn(seq, d_sae, generator=g))
-    W_dec, W_out = torch.randn(d_mlp, d_sae, generator=g), torch.randn(d_mlp, d_model, generator=g) + 1
+    W_dec, W_out = torch.randn(d_sae, d_mlp, generator=g), torch.randn(d_mlp, d_model, generator=g) + 1
     W_U, scale = torch.randn(d_model, d_vocab, generator=g), 1 + torch.rand(seq, generator=g)
     tokens, position = torch.randint(0, d_vocab, (seq,), generator=g), 2
     got = ex.feature_logit_attribution(f, W_dec, W_out, W_U, scale, tokens, position)
     target = int(tokens[position + 1])
     for i in range(d_sae):
-        write = [sum(f[position, i] * W_dec[m, i] * W_out[m, d] for m in range(d_mlp)) for d in range(d_model)]
+        write = [sum(f[position, i] * W_dec[i, m] * W_out[m, d] for m in range(d_mlp)) for d in range(d_model)]
         mean = sum(write) / d_model
         want = sum((write[d] - mean) / scale[position] * W_U[d, target] for d in range(d_model))
         assert float(got[i]) == pytest.approx(float(want), abs=1e-5)

@@ -1,6 +1,7 @@
 """utils.sae against independent computations: per-feature loops, closed forms, brute-force
 minimisation, direct model runs; and one small SAE trained on synthetic features in superposition,
 which must find them (the end-to-end test of the training loop)."""
+import json
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from utils.sae import (PRESETS, ActivationStore, JumpReLUFunction, SAEConfig, Sp
                        ce_losses, dead_fraction, dense_fraction, density_histogram, evaluate_sae, feature_density,
                        fraction_variance_explained, geometric_median, l0, load_sae, log10_density, lr_at,
                        per_input_loss, preset, resample_dead_features_, save_sae, sparsity_coeff_at, train_sae)
+from utils.sae.saving import SAE_DIR
 
 HOOK = "blocks.0.mlp.hook_post"
 
@@ -50,12 +52,12 @@ def randn(*shape, seed=0):
 
 
 def encode_loop(sae, x):
-    """f_i = act(sum_j W_enc[i, j] (x_j - b_dec[j]) + b_enc[i]), one token and one feature at a time."""
+    """f_i = act(sum_j (x_j - b_dec[j]) W_enc[j, i] + b_enc[i]), one token and one feature at a time."""
     f = torch.zeros(len(x), sae.d_sae)
     for t in range(len(x)):
         z = torch.zeros(sae.d_sae)
         for i in range(sae.d_sae):
-            z[i] = sum(sae.W_enc[i, j] * (x[t, j] - sae.b_dec[j]) for j in range(sae.d_in)) + sae.b_enc[i]
+            z[i] = sum((x[t, j] - sae.b_dec[j]) * sae.W_enc[j, i] for j in range(sae.d_in)) + sae.b_enc[i]
         arch = sae.cfg.architecture
         if arch == "l1":
             f[t] = z.clamp_min(0)
@@ -70,12 +72,12 @@ def encode_loop(sae, x):
 
 
 def decode_loop(sae, f):
-    """x_hat = b_dec + sum_i f_i W_dec[:, i]."""
+    """x_hat = b_dec + sum_i f_i W_dec[i]."""
     out = torch.zeros(len(f), sae.d_in)
     for t in range(len(f)):
         out[t] = sae.b_dec.clone()
         for i in range(sae.d_sae):
-            out[t] += f[t, i] * sae.W_dec[:, i]
+            out[t] += f[t, i] * sae.W_dec[i]
     return out
 
 
@@ -167,15 +169,15 @@ def test_wrong_input_width_raises_a_clear_error():
 # --------------------------------------------------------------------------- decoder constraints
 
 
-def test_normalize_decoder_gives_unit_columns_with_unchanged_directions():
+def test_normalize_decoder_gives_unit_rows_with_unchanged_directions():
     sae = random_sae()
     with torch.no_grad():
-        sae.W_dec *= torch.linspace(0.1, 5, 10)
+        sae.W_dec *= torch.linspace(0.1, 5, 10)[:, None]
     before = sae.W_dec.detach().clone()
     sae.normalize_decoder_()
     for i in range(sae.d_sae):
-        assert sae.W_dec[:, i].norm().item() == pytest.approx(1.0, abs=1e-6)
-        assert torch.dot(sae.W_dec[:, i], before[:, i] / before[:, i].norm()).item() == pytest.approx(1.0, abs=1e-6)
+        assert sae.W_dec[i].norm().item() == pytest.approx(1.0, abs=1e-6)
+        assert torch.dot(sae.W_dec[i], before[i] / before[i].norm()).item() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_parallel_gradient_removal_is_tangent_and_keeps_norms_to_first_order():
@@ -186,16 +188,16 @@ def test_parallel_gradient_removal_is_tangent_and_keeps_norms_to_first_order():
     projected = sae.W_dec.grad
     W = sae.W_dec.detach()
     for i in range(sae.d_sae):
-        w, g = W[:, i], grad[:, i]
+        w, g = W[i], grad[i]
         expected = g - torch.dot(g, w) / torch.dot(w, w) * w  # loop oracle
-        torch.testing.assert_close(projected[:, i], expected, atol=1e-6, rtol=1e-5)
-        assert abs(torch.dot(projected[:, i], w).item()) < 1e-5
+        torch.testing.assert_close(projected[i], expected, atol=1e-6, rtol=1e-5)
+        assert abs(torch.dot(projected[i], w).item()) < 1e-5
     # A small step along the projected gradient changes the norms only at second order.
     for eta in (1e-2, 1e-3):
-        change = ((W - eta * projected).norm(dim=0) - W.norm(dim=0)).abs().max().item()
-        assert change <= eta ** 2 * projected.norm(dim=0).max().item() ** 2
+        change = ((W - eta * projected).norm(dim=1) - W.norm(dim=1)).abs().max().item()
+        assert change <= eta ** 2 * projected.norm(dim=1).max().item() ** 2
     # ... while the raw gradient changes them at first order.
-    assert ((W - 1e-3 * grad).norm(dim=0) - W.norm(dim=0)).abs().max().item() > 1e-5
+    assert ((W - 1e-3 * grad).norm(dim=1) - W.norm(dim=1)).abs().max().item() > 1e-5
 
 
 # --------------------------------------------------------------------------- geometric median
@@ -262,7 +264,7 @@ def test_resampling_changes_exactly_the_dead_features_and_zeroes_exactly_their_a
     dead = torch.zeros(12, dtype=torch.bool)
     dead[[1, 4, 5, 11]] = True
     inputs = randn(200, 6, seed=9)
-    alive_norm = before["W_enc"][~dead].norm(dim=1).mean()
+    alive_norm = before["W_enc"][:, ~dead].norm(dim=0).mean()
 
     n = resample_dead_features_(sae, dead, inputs, optimizer, generator=torch.Generator().manual_seed(0))
     assert n == 4
@@ -271,21 +273,21 @@ def test_resampling_changes_exactly_the_dead_features_and_zeroes_exactly_their_a
     chosen = []
     for i in range(12):
         if dead[i]:
-            col = sae.W_dec[:, i].detach()
-            assert col.norm().item() == pytest.approx(1.0, abs=1e-5)
-            match = (candidates @ col).argmax()
-            assert (candidates[match] @ col).item() == pytest.approx(1.0, abs=1e-5)  # an input, minus b_dec
+            row = sae.W_dec[i].detach()
+            assert row.norm().item() == pytest.approx(1.0, abs=1e-5)
+            match = (candidates @ row).argmax()
+            assert (candidates[match] @ row).item() == pytest.approx(1.0, abs=1e-5)  # an input, minus b_dec
             chosen.append(match.item())
-            torch.testing.assert_close(sae.W_enc[i].detach(), 0.2 * alive_norm * col, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(sae.W_enc[:, i].detach(), 0.2 * alive_norm * row, atol=1e-5, rtol=1e-5)
             assert sae.b_enc[i].item() == 0
         else:
-            assert torch.equal(sae.W_dec[:, i], before["W_dec"][:, i])
-            assert torch.equal(sae.W_enc[i], before["W_enc"][i])
+            assert torch.equal(sae.W_dec[i], before["W_dec"][i])
+            assert torch.equal(sae.W_enc[:, i], before["W_enc"][:, i])
             assert sae.b_enc[i] == before["b_enc"][i]
     assert len(set(chosen)) == 4  # no two dead features sent to the same input
     assert torch.equal(sae.b_dec, before["b_dec"])
 
-    where = {"W_dec": lambda t: t.T, "W_enc": lambda t: t, "b_enc": lambda t: t}  # feature on the first axis
+    where = {"W_dec": lambda t: t, "W_enc": lambda t: t.T, "b_enc": lambda t: t}  # feature on the first axis
     for name, p in sae.named_parameters():
         for key, old in state_before[name].items():
             new = optimizer.state[p][key]
@@ -314,7 +316,7 @@ def test_resampling_draws_inputs_with_probability_proportional_to_squared_loss()
     for _ in range(400):
         sae.load_state_dict(start)  # a resampled feature fires, which would change the next draw's losses
         resample_dead_features_(sae, dead, inputs, generator=g)
-        counts[(inputs - b).matmul(sae.W_dec[:, 0].detach()).argmax()] += 1
+        counts[(inputs - b).matmul(sae.W_dec[0].detach()).argmax()] += 1
     assert counts[[0, 1, 3]].sum() == 0
     # p(third) = 1^2 / (1^2 + 2^2) = 0.2; 400 draws: sd 0.02.
     assert counts[2] / 400 == pytest.approx(0.2, abs=0.07)
@@ -352,8 +354,8 @@ def identity_sae(d_in=512):
     sae = SparseAutoencoder(SAEConfig(d_in=d_in, d_sae=2 * d_in, device="cpu"))
     eye = torch.eye(d_in)
     with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye]))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye]))
         sae.b_enc.zero_()
         sae.b_dec.zero_()
     return sae
@@ -494,6 +496,7 @@ def test_config_round_trip_and_presets():
     assert tiny_cfg(architecture="jumprelu").initial_encoder_norm == 1.0
     sae = SparseAutoencoder(tiny_cfg())
     torch.testing.assert_close(sae.W_enc.detach(), 0.1 * sae.W_dec.detach().T)
+    assert sae.W_enc.shape == (sae.d_in, sae.d_sae) and sae.W_dec.shape == (sae.d_sae, sae.d_in)
     assert preset("cpu", d_sae=1024).d_sae == 1024
     with pytest.raises(ValueError, match="unknown"):
         SAEConfig.from_dict({"d_sea": 3})
@@ -527,6 +530,102 @@ def test_save_load_round_trip(tmp_path, arch):
     half = load_sae(tmp_path / "half")
     assert half.W_dec.dtype == torch.float32
     assert torch.equal(half.W_dec, sae.W_dec.detach().half().float())
+
+
+def write_legacy_file(sae, stem, metadata=None):
+    """``sae`` saved in the course's old layout (W_enc [d_sae, d_in], W_dec [d_in, d_sae], no
+    ``layout`` metadata unless given), as every SAE file was before the switch to SAELens's."""
+    from safetensors.torch import save_file
+
+    save_sae(sae, stem)
+    state = {k: v.detach().clone().contiguous() for k, v in sae.state_dict().items()}
+    state["W_enc"], state["W_dec"] = state["W_enc"].T.contiguous(), state["W_dec"].T.contiguous()
+    save_file(state, str(stem) + ".safetensors", metadata=metadata or {"format": "pt"})
+
+
+@pytest.mark.parametrize("d_sae", [10, 6])  # 6 = d_in: the shapes cannot tell the layouts apart
+def test_load_sae_reads_both_layouts(tmp_path, d_sae):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from utils.sae.saving import LAYOUT, LEGACY_LAYOUT, state_dict_layout
+
+    sae = random_sae(d_sae=d_sae)
+    save_sae(sae, tmp_path / "new")
+    with safe_open(str(tmp_path / "new.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["layout"] == LAYOUT
+    stored = load_file(str(tmp_path / "new.safetensors"))
+    assert stored["W_enc"].shape == (6, d_sae) and stored["W_dec"].shape == (d_sae, 6)
+    assert "layout" in json.loads((tmp_path / "new.json").read_text())
+    write_legacy_file(sae, tmp_path / "old")
+    legacy = load_file(str(tmp_path / "old.safetensors"))
+    assert state_dict_layout(legacy, sae.cfg, {}) == LEGACY_LAYOUT
+    assert state_dict_layout(stored, sae.cfg, {"layout": LAYOUT}) == LAYOUT
+    for stem in ("new", "old"):
+        loaded = load_sae(tmp_path / stem)
+        for (name, p), q in zip(sae.named_parameters(), loaded.parameters()):
+            assert torch.equal(p, q), (stem, name)
+        assert loaded.W_enc.stride() == sae.W_enc.stride() and loaded.W_dec.stride() == sae.W_dec.stride()
+    if d_sae == 6:  # ambiguous shapes: the metadata decides, and a wrong key is an error
+        write_legacy_file(sae, tmp_path / "bad", metadata={"format": "pt", "layout": "sideways"})
+        with pytest.raises(ValueError, match="layout"):
+            load_sae(tmp_path / "bad")
+    else:
+        bad = dict(stored, W_dec=stored["W_dec"][:, :5])
+        with pytest.raises(ValueError, match="neither SAE layout"):
+            state_dict_layout(bad, sae.cfg)
+
+
+def test_convert_script_converts_old_files_once_and_refuses_converted_ones(tmp_path, capsys):
+    """scripts/convert_sae_layout.py: an old-layout file becomes a new-layout one holding the same SAE;
+    a second run (and a file saved by save_sae) is refused and left byte for byte as it was."""
+    import importlib.util
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_sae_layout.py"
+    spec = importlib.util.spec_from_file_location("convert_sae_layout", path)
+    convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert)
+    sae = random_sae(d_sae=6)
+    write_legacy_file(sae, tmp_path / "old")
+    save_sae(sae, tmp_path / "new")
+    assert convert.convert(tmp_path / "old") is True
+    converted = load_file(str(tmp_path / "old.safetensors"))
+    assert torch.equal(converted["W_enc"], sae.W_enc.detach()) and torch.equal(converted["W_dec"], sae.W_dec.detach())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert convert.main([str(tmp_path / "old"), str(tmp_path / "new.safetensors")]) == 0
+    assert "refused" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    for (name, p), q in zip(sae.named_parameters(), load_sae(tmp_path / "old").parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_bundled_sae_files_are_in_the_saelens_layout():
+    from safetensors import safe_open
+
+    from utils.sae.saving import LAYOUT
+
+    for name, (_, d_sae) in BUNDLED.items():
+        with safe_open(str(SAE_DIR / f"{name}.safetensors"), framework="pt") as handle:
+            assert handle.metadata().get("layout") == LAYOUT, name
+            assert handle.get_slice("W_enc").get_shape() == [512, d_sae]
+            assert handle.get_slice("W_dec").get_shape() == [d_sae, 512]
+        assert "W_dec [d_sae, d_in]" in json.loads((SAE_DIR / f"{name}.json").read_text())["layout"]
+
+
+def test_initialisation_is_the_old_layouts_transposed():
+    """The seeded initialisation is the course's earlier one, transposed, in the same memory: so a
+    seeded training run reproduces the numbers it gave before the switch to SAELens's layout."""
+    cfg = tiny_cfg(d_sae=10)
+    sae = SparseAutoencoder(cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    old_dec = torch.randn(cfg.d_in, cfg.d_sae, generator=g)
+    old_dec /= old_dec.norm(dim=0, keepdim=True)
+    old_enc = (0.1 * old_dec.T).contiguous()
+    assert torch.equal(sae.W_dec.detach(), old_dec.T) and torch.equal(sae.W_enc.detach(), old_enc.T)
+    assert sae.W_dec.T.is_contiguous() and sae.W_enc.T.is_contiguous()
 
 
 # --------------------------------------------------------------------------- training, end to end
@@ -563,10 +662,10 @@ def test_training_recovers_features_in_superposition(arch, extra):
                     training_tokens=256 * 600, buffer_size=4096, b_dec_init_samples=1024, resample_inputs=2048,
                     resample_steps=(200, 350), resample_window=100, device="cpu", log_every=100, **extra)
     sae, log = train_sae(cfg, store=store, progress=False)
-    cos = directions @ sae.W_dec.detach()  # [n_true, d_sae], decoder columns are unit norm
+    cos = directions @ sae.W_dec.detach().T  # [n_true, d_sae], decoder rows are unit norm
     recovered = (cos.max(1).values > 0.9).float().mean().item()
     assert recovered >= 0.9, f"only {recovered:.0%} of the true features found (max cos > 0.9)"
-    torch.testing.assert_close(sae.W_dec.norm(dim=0), torch.ones(96), atol=1e-5, rtol=0)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(96), atol=1e-5, rtol=0)
     assert len(log["history"]) == 6 and log["history"][-1]["fve"] > 0.8
     assert [r["step"] for r in log["resampled"]] == [200, 350]
 
@@ -759,9 +858,13 @@ def test_fused_adam_gets_gradients_in_its_parameters_layout():
 @pytest.mark.parametrize("architecture", ["l1", "topk"])
 def test_training_through_the_cpu_step_matches_autograd(architecture, monkeypatch):
     """Thirty steps of train_sae (lr and λ warm-ups, resampling at step 20) through the CPU step
-    and through autograd end at the same SAE, to float32 rounding."""
+    and through autograd end at the same SAE, to float32 rounding. The CPU step is the opt-in
+    ``fast_cpu=True``; the default is autograd's."""
     from utils.sae import cpu_step
 
+    used = []
+    step_gradients = cpu_step.step_gradients_
+    monkeypatch.setattr(cpu_step, "step_gradients_", lambda *a, **k: used.append(1) or step_gradients(*a, **k))
     g = torch.Generator().manual_seed(0)
     directions = torch.randn(32, 16, generator=g)
     cfg = SAEConfig(d_in=16, d_sae=64, architecture=architecture, k=4, l1_coeff=0.3, lr=3e-3, lr_warmup_steps=5,
@@ -769,10 +872,13 @@ def test_training_through_the_cpu_step_matches_autograd(architecture, monkeypatc
                     b_dec_init_samples=256, resample_inputs=256, resample_steps=(20,), resample_window=10,
                     device="cpu", log_every=10)
     trained, histories = [], []
+    assert SAEConfig().fast_cpu is False
     for use_cpu_step in (True, False):
-        monkeypatch.setattr(cpu_step, "applies", lambda sae, device, _use=use_cpu_step: _use)
-        sae, log = train_sae(cfg, store=SyntheticStore(directions / directions.norm(dim=1, keepdim=True),
-                                                       p=0.1, batch_size=64), progress=False)
+        used.clear()
+        sae, log = train_sae(cfg.replace(fast_cpu=use_cpu_step),
+                             store=SyntheticStore(directions / directions.norm(dim=1, keepdim=True), p=0.1,
+                                                  batch_size=64), progress=False)
+        assert len(used) == (30 if use_cpu_step else 0)
         trained.append(sae)
         histories.append(log["history"])
     for (name, p), q in zip(trained[0].named_parameters(), trained[1].parameters()):
@@ -815,8 +921,8 @@ def test_auxk_loss_reaches_only_the_dead_latents():
     assert aux.item() > 0
     aux.backward()
     live = ~dead
-    assert sae.W_enc.grad[dead].abs().sum() > 0 and sae.W_dec.grad[:, dead].abs().sum() > 0
-    assert torch.all(sae.W_enc.grad[live] == 0) and torch.all(sae.W_dec.grad[:, live] == 0)
+    assert sae.W_enc.grad[:, dead].abs().sum() > 0 and sae.W_dec.grad[dead].abs().sum() > 0
+    assert torch.all(sae.W_enc.grad[:, live] == 0) and torch.all(sae.W_dec.grad[live] == 0)
     assert torch.all(sae.b_enc.grad[live] == 0)
     # by hand: the 3 largest dead pre-activations of each row, ReLU'd, decoded without b_dec, vs x - x_hat
     with torch.no_grad():
@@ -825,12 +931,19 @@ def test_auxk_loss_reaches_only_the_dead_latents():
         for row in range(len(x)):
             for i in z_dead[row].topk(3).indices.tolist():
                 f_aux[row, i] = max(z[row, i].item(), 0.0)
-        expected = ((x - x_hat) - f_aux @ sae.W_dec.T).pow(2).sum() / len(x)
+        expected = ((x - x_hat) - f_aux @ sae.W_dec).pow(2).sum() / len(x)
     assert aux.item() == pytest.approx(expected.item(), rel=1e-5)
     # in the forward pass: "loss" includes aux_coeff * aux; no dead latent, no aux loss
     _, _, losses = sae(x, dead=dead)
     assert losses["loss"].item() == pytest.approx((losses["mse"] + sae.cfg.aux_coeff * losses["aux"]).item(), rel=1e-6)
     assert sae(x, dead=torch.zeros(10, dtype=torch.bool))[2]["aux"].item() == 0
+
+
+def test_fast_cpu_is_an_opt_in_and_validated():
+    assert SAEConfig().fast_cpu is False and all(not cfg.fast_cpu for cfg in PRESETS.values())
+    assert tiny_cfg(fast_cpu=True).fast_cpu is True
+    with pytest.raises(ValueError, match="fast_cpu"):
+        tiny_cfg(fast_cpu=1)
 
 
 def test_auxk_config_is_validated():

@@ -35,9 +35,9 @@ def test_forward_matches_the_module_and_a_loop():
         assert torch.allclose(x_hat, sae.decode(sae.encode(x)), atol=1e-6)
     for t in range(len(x)):
         for i in range(sae.d_sae):
-            z = sum(sae.W_enc[i, j] * (x[t, j] - sae.b_dec[j]) for j in range(sae.d_in)) + sae.b_enc[i]
+            z = sum((x[t, j] - sae.b_dec[j]) * sae.W_enc[j, i] for j in range(sae.d_in)) + sae.b_enc[i]
             assert f[t, i].item() == pytest.approx(max(z.item(), 0.0), abs=1e-5)
-        rebuilt = sae.b_dec + sum(f[t, i] * sae.W_dec[:, i] for i in range(sae.d_sae))
+        rebuilt = sae.b_dec + sum(f[t, i] * sae.W_dec[i] for i in range(sae.d_sae))
         assert torch.allclose(x_hat[t], rebuilt, atol=1e-5)
 
 
@@ -54,19 +54,20 @@ def test_loss_matches_the_module():
 def test_decoder_constraint_matches_the_module():
     sae = random_sae()
     with torch.no_grad():
-        sae.W_dec.mul_(randn(1, 10, seed=3).abs() + 0.5)  # columns of many lengths
+        sae.W_dec.mul_(randn(10, 1, seed=3).abs() + 0.5)  # rows of many lengths
     W = sae.W_dec.detach().clone()
-    grad = randn(6, 10, seed=4)
+    grad = randn(10, 6, seed=4)
     sae.W_dec.grad = grad.clone()
     sae.remove_parallel_decoder_grad_()
     projected = ex.remove_parallel_grad(W, grad)
     assert torch.allclose(projected, sae.W_dec.grad, atol=1e-6)
-    assert torch.allclose((projected * W).sum(0), torch.zeros(10), atol=1e-5)  # orthogonal to each column
-    removed = grad - projected  # parallel to each column: removing its own projection leaves nothing
-    assert torch.allclose(removed - (removed * W).sum(0) / (W * W).sum(0) * W, torch.zeros(6, 10), atol=1e-5)
+    assert torch.allclose((projected * W).sum(1), torch.zeros(10), atol=1e-5)  # orthogonal to each row
+    removed = grad - projected  # parallel to each row: removing its own projection leaves nothing
+    assert torch.allclose(removed - ((removed * W).sum(1) / (W * W).sum(1))[:, None] * W, torch.zeros(10, 6),
+                          atol=1e-5)
     sae.normalize_decoder_()
     assert torch.allclose(ex.normalize_decoder(W), sae.W_dec.detach(), atol=1e-6)
-    assert torch.allclose(ex.normalize_decoder(W).norm(dim=0), torch.ones(10), atol=1e-6)
+    assert torch.allclose(ex.normalize_decoder(W).norm(dim=1), torch.ones(10), atol=1e-6)
 
 
 def test_metrics_match_the_module():
@@ -110,31 +111,31 @@ def test_resampling_matches_the_trainer_and_touches_only_dead_features():
     for k, p in params.items():
         assert torch.equal(out[3][k], optimizer.state[p]["exp_avg"])
         assert torch.equal(out[4][k], optimizer.state[p]["exp_avg_sq"])
-    # Only the dead features' rows / entries / columns changed, and their moments are exactly zero.
+    # Only the dead features' columns / entries / rows changed, and their moments are exactly zero.
     live = ~dead
-    assert torch.equal(out[0][live], before["W_enc"][live]) and torch.equal(out[2][:, live], before["W_dec"][:, live])
-    assert torch.equal(out[3]["W_enc"][live], m_before["W_enc"][live])
-    assert (out[3]["W_enc"][dead] == 0).all() and (out[4]["W_dec"][:, dead] == 0).all()
+    assert torch.equal(out[0][:, live], before["W_enc"][:, live]) and torch.equal(out[2][live], before["W_dec"][live])
+    assert torch.equal(out[3]["W_enc"][:, live], m_before["W_enc"][:, live])
+    assert (out[3]["W_enc"][:, dead] == 0).all() and (out[4]["W_dec"][dead] == 0).all()
     assert (out[3]["b_enc"][dead] == 0).all() and (out[1][dead] == 0).all()
     # Each new feature points at its input (minus b_dec) with the paper's encoder scale.
     for j, i in enumerate(dead.nonzero().flatten().tolist()):
         direction = inputs[chosen[j]] - sae.b_dec.detach()
-        assert torch.allclose(out[2][:, i], direction / direction.norm(), atol=1e-6)
-    live_norm = before["W_enc"][live].norm(dim=1).mean()
-    assert torch.allclose(out[0][dead].norm(dim=1), torch.full((3,), 0.2 * live_norm.item()), atol=1e-6)
+        assert torch.allclose(out[2][i], direction / direction.norm(), atol=1e-6)
+    live_norm = before["W_enc"][:, live].norm(dim=0).mean()
+    assert torch.allclose(out[0][:, dead].norm(dim=0), torch.full((3,), 0.2 * live_norm.item()), atol=1e-6)
 
 
 def test_feature_recovery_is_the_best_signed_cosine_per_true_feature():
     true = randn(5, 7, seed=11) * torch.linspace(0.5, 2.0, 7)
-    W_dec = randn(5, 12, seed=12) * torch.linspace(0.3, 3.0, 12)
-    W_dec[:, 3] = -true[:, 0]  # pointing away: not a match
-    best = ex.feature_recovery(true, randn(12, 5, seed=13), W_dec)
+    W_dec = randn(12, 5, seed=12) * torch.linspace(0.3, 3.0, 12)[:, None]  # [d_sae, d_in]: rows are features
+    W_dec[3] = -true[:, 0]  # pointing away: not a match
+    best = ex.feature_recovery(true, randn(5, 12, seed=13), W_dec)
     for i in range(7):
-        cosines = [float(true[:, i] @ W_dec[:, j] / (true[:, i].norm() * W_dec[:, j].norm())) for j in range(12)]
+        cosines = [float(true[:, i] @ W_dec[j] / (true[:, i].norm() * W_dec[j].norm())) for j in range(12)]
         assert best[i].item() == pytest.approx(max(cosines), abs=1e-6)
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))  # SAE features in any order, any length
-    assert torch.allclose(ex.feature_recovery(true, None, 4 * W_dec[:, perm]), best, atol=1e-6)
-    assert torch.allclose(ex.feature_recovery(true, None, true), torch.ones(7), atol=1e-6)
+    assert torch.allclose(ex.feature_recovery(true, None, 4 * W_dec[perm]), best, atol=1e-6)
+    assert torch.allclose(ex.feature_recovery(true, None, true.T), torch.ones(7), atol=1e-6)
 
 
 def test_the_toy_sae_recovers_every_toy_feature():

@@ -1,7 +1,9 @@
 """Checks for chapter 05 (sparse autoencoders, after Bricken et al. 2023).
 
-Layout as in utils.sae: W_enc [d_sae, d_in], W_dec [d_in, d_sae] whose COLUMNS are the feature
-directions, b_enc [d_sae], b_dec [d_in]; activations are rows, x [batch, d_in], f [batch, d_sae].
+Layout as in utils.sae (and SAELens): W_enc [d_in, d_sae] (column i = what feature i reads),
+W_dec [d_sae, d_in] whose ROWS are the feature directions, b_enc [d_sae], b_dec [d_in]; activations
+are rows, x [batch, d_in], f [batch, d_sae]. Random inputs are drawn as they were when the course
+stored the transposes, then transposed, so every case holds the same numbers as before.
 The reference answers are utils.sae's own functions (utils/sae/exercises.py for the ones whose
 shape differs from the trainer's).
 
@@ -9,6 +11,9 @@ Random inputs keep batch, d_in and d_sae different from each other, so a sum or 
 wrong axis, or a transposed weight, cannot pass by accident. Several exercises return a tuple;
 when such an answer is wrong in a way no catalogued mistake explains, the check says WHICH part is
 wrong and where, instead of printing both tuples.
+One section per exercise (its inputs, its reference, its catalogue of mistakes), in the notebook's
+order: longer than 400 lines because the catalogues are, and splitting them would separate an
+exercise from its mistakes.
 """
 from __future__ import annotations
 
@@ -50,6 +55,10 @@ def _unit_columns(W: torch.Tensor) -> torch.Tensor:
     return W / W.norm(dim=0, keepdim=True)
 
 
+def _unit_rows(W: torch.Tensor) -> torch.Tensor:
+    return W / W.norm(dim=1, keepdim=True)
+
+
 def _sparse_activations(g: torch.Generator, batch: int, d_sae: int, p: float = 0.3) -> torch.Tensor:
     """Non-negative, mostly zero, values far from 1 (so a count and a sum of values differ)."""
     return (0.2 + 2.5 * torch.rand(batch, d_sae, generator=g)) * (torch.rand(batch, d_sae, generator=g) < p)
@@ -74,10 +83,11 @@ def _scalar(fn):
 def _recovery_inputs(seed: int) -> dict:
     """True directions and an SAE's weights in which every catalogued mistake shows.
 
-    Columns of both matrices have lengths far from 1 (so a forgotten normalisation changes the
-    answer); some decoder columns point almost exactly AWAY from a true feature while its best
-    same-way match is weaker (so an absolute value changes it); the encoder rows are the decoder's
-    directions plus strong noise (so reading them changes it).
+    The true directions (columns) and the decoder's rows have lengths far from 1 (so a forgotten
+    normalisation changes the answer); some decoder rows point almost exactly AWAY from a true
+    feature while its best same-way match is weaker (so an absolute value changes it); the encoder
+    columns are the decoder's directions plus strong noise (so reading them changes it). Built with
+    the features along columns of both, then W_enc and W_dec are transposed to the course layout.
     """
     g = rng(seed)
     n_true, d_in, d_sae = _sizes(g)
@@ -92,7 +102,7 @@ def _recovery_inputs(seed: int) -> dict:
     W_dec = W_dec * (0.3 + 2.0 * torch.rand(d_sae, generator=g))
     W_enc = W_dec.T + 0.8 * torch.randn(d_sae, d_in, generator=g) * W_dec.norm(dim=0)[:, None]
     perm = torch.randperm(d_sae, generator=g)  # the SAE's features come in no particular order
-    return {"true_directions": true, "W_enc": W_enc[perm].contiguous(), "W_dec": W_dec[:, perm].contiguous()}
+    return {"true_directions": true, "W_enc": W_enc[perm].T.contiguous(), "W_dec": W_dec[:, perm].T.contiguous()}
 
 
 def _real_recovery_inputs() -> dict:
@@ -104,8 +114,9 @@ def _real_recovery_inputs() -> dict:
             "W_dec": run["resampled"]["W_dec"]}
 
 
-def _cosines(A, B, dim=0):
-    return (A / A.norm(dim=dim, keepdim=True)).T @ (B / B.norm(dim=dim, keepdim=True))
+def _cosines(true_directions, directions):
+    """[n_true, d_sae] cosines of the true directions (columns) with SAE directions (ROWS)."""
+    return _unit_columns(true_directions).T @ _unit_rows(directions).T
 
 
 FEATURE_RECOVERY = Exercise(
@@ -118,19 +129,19 @@ FEATURE_RECOVERY = Exercise(
         Misconception(
             "dot products, not cosines",
             "Normalise both sets of directions before comparing them: the cosine is t_i . d_j / (||t_i|| ||d_j||). "
-            "Raw dot products grow with the lengths of the vectors, so a long column wins whatever its direction "
-            "(and the toy model's W columns are not unit length).",
-            lambda true_directions, W_enc, W_dec: (true_directions.T @ W_dec).max(1).values),
+            "Raw dot products grow with the lengths of the vectors, so a long decoder row wins whatever its "
+            "direction (and the toy model's W columns are not unit length).",
+            lambda true_directions, W_enc, W_dec: (true_directions.T @ W_dec.T).max(1).values),
         Misconception(
             "true directions not normalised",
-            "Normalise the TRUE directions too: you divided by the decoder columns' norms only, so each score "
+            "Normalise the TRUE directions too: you divided by the decoder rows' norms only, so each score "
             "is scaled by ||t_i|| and is not a cosine (the toy model's feature columns are not unit length).",
-            lambda true_directions, W_enc, W_dec: (true_directions.T @ _unit_columns(W_dec)).max(1).values),
+            lambda true_directions, W_enc, W_dec: (true_directions.T @ _unit_rows(W_dec).T).max(1).values),
         Misconception(
             "decoder not normalised",
-            "Normalise the decoder columns too: you divided by the true directions' norms only. A trained SAE "
-            "keeps its decoder columns at unit norm, but the function must not assume it.",
-            lambda true_directions, W_enc, W_dec: (_unit_columns(true_directions).T @ W_dec).max(1).values),
+            "Normalise the decoder rows too: you divided by the true directions' norms only. A trained SAE "
+            "keeps its decoder rows at unit norm, but the function must not assume it.",
+            lambda true_directions, W_enc, W_dec: (_unit_columns(true_directions).T @ W_dec.T).max(1).values),
         Misconception(
             "best true feature per SAE feature",
             "Take the max over the SAE's features (one score per TRUE feature, shape [n_true]): for each true "
@@ -140,23 +151,29 @@ FEATURE_RECOVERY = Exercise(
         Misconception(
             "absolute value",
             "Do not take the absolute value of the cosine: an SAE feature's activation is never negative, so a "
-            "decoder column pointing AWAY from a true feature (cosine near -1) cannot write that feature. Take "
+            "decoder row pointing AWAY from a true feature (cosine near -1) cannot write that feature. Take "
             "the max of the signed cosines.",
             lambda true_directions, W_enc, W_dec: _cosines(true_directions, W_dec).abs().max(1).values),
         Misconception(
-            "encoder rows instead of decoder columns",
-            "Compare with the DECODER's columns W_dec[:, j], the directions the SAE writes its features along; "
-            "you used the encoder's rows W_enc[j], which say what each feature reads (they are tuned to ignore "
-            "interference, so they point elsewhere).",
+            "encoder columns instead of decoder rows",
+            "Compare with the DECODER's rows W_dec[j], the directions the SAE writes its features along; "
+            "you used the encoder's columns W_enc[:, j], which say what each feature reads (they are tuned to "
+            "ignore interference, so they point elsewhere).",
             lambda true_directions, W_enc, W_dec: _cosines(true_directions, W_enc.T).max(1).values),
         Misconception(
             "norms over the wrong axis",
-            "Feature directions are COLUMNS here (true_directions [d_in, n_true], W_dec [d_in, d_sae]): take "
-            "each column's norm, over dim=0. You normalised the rows (dim=-1 / dim=1), so the results are not "
-            "cosines.",
+            "The true features are the COLUMNS of true_directions [d_in, n_true] (norm over dim=0) and the SAE's "
+            "are the ROWS of W_dec [d_sae, d_in] (norm over dim=1). You took both norms over the other axis, so "
+            "the results are not cosines.",
             lambda true_directions, W_enc, W_dec: (
                 (true_directions / true_directions.norm(dim=1, keepdim=True)).T
-                @ (W_dec / W_dec.norm(dim=1, keepdim=True))).max(1).values),
+                @ (W_dec / W_dec.norm(dim=0, keepdim=True)).T).max(1).values),
+        Misconception(
+            "decoder normalised over its columns",
+            "W_dec [d_sae, d_in] holds one feature per ROW: normalise over dim=1 (W_dec.norm(dim=1, "
+            "keepdim=True)). You took the norms over dim=0, as for true_directions, whose features are columns.",
+            lambda true_directions, W_enc, W_dec: (
+                _unit_columns(true_directions).T @ (W_dec / W_dec.norm(dim=0, keepdim=True)).T).max(1).values),
         Misconception(
             "index of the best feature",
             "Return the best cosine itself (.max(...).values), not the index of the SAE feature that achieves "
@@ -167,7 +184,7 @@ FEATURE_RECOVERY = Exercise(
 
 
 def feature_recovery(fn, cases: Cases = None) -> None:
-    """Check ``fn(true_directions[d_in, n_true], W_enc, W_dec[d_in, d_sae]) -> [n_true]`` best cosines."""
+    """Check ``fn(true_directions[d_in, n_true], W_enc[d_in, d_sae], W_dec[d_sae, d_in]) -> [n_true]`` best cosines."""
     run_check(FEATURE_RECOVERY, fn, cases)
 
 
@@ -180,20 +197,20 @@ def _forward_inputs(seed: int) -> dict:
     b_dec = 1.5 * torch.randn(d_in, generator=g)  # far from 0: forgetting it changes everything
     return {
         "x": b_dec + torch.randn(batch, d_in, generator=g),
-        "W_enc": 0.6 * torch.randn(d_sae, d_in, generator=g),
+        "W_enc": (0.6 * torch.randn(d_sae, d_in, generator=g)).T.contiguous(),  # [d_in, d_sae]
         "b_enc": 0.4 * torch.randn(d_sae, generator=g),  # both signs, so the ReLU matters
-        "W_dec": _unit_columns(torch.randn(d_in, d_sae, generator=g)),
+        "W_dec": _unit_columns(torch.randn(d_in, d_sae, generator=g)).T.contiguous(),  # [d_sae, d_in], unit rows
         "b_dec": b_dec,
     }
 
 
 def _forward(x, W_enc, b_enc, W_dec, b_dec, *, shift=-1.0, add_back=True, relu=True, encoder=None,
              bias_after_relu=False, relu_output=False):
-    z = (x + shift * b_dec) @ (W_enc.T if encoder is None else encoder)
+    z = (x + shift * b_dec) @ (W_enc if encoder is None else encoder)
     f = (torch.relu(z) + b_enc) if bias_after_relu else z + b_enc
     if relu and not bias_after_relu:
         f = torch.relu(f)
-    x_hat = f @ W_dec.T + (b_dec if add_back else 0)
+    x_hat = f @ W_dec + (b_dec if add_back else 0)
     return f, (torch.relu(x_hat) if relu_output else x_hat)
 
 
@@ -205,7 +222,7 @@ SAE_FORWARD = Exercise(
     misconceptions=(
         Misconception(
             "b_dec not subtracted",
-            "Subtract b_dec from x BEFORE encoding: f = ReLU(W_enc (x - b_dec) + b_enc). b_dec is the origin of "
+            "Subtract b_dec from x BEFORE encoding: f = ReLU((x - b_dec) @ W_enc + b_enc). b_dec is the origin of "
             "the dictionary (the geometric median of the data); the encoder should see each activation "
             "relative to it, exactly as the decoder adds it back.",
             lambda x, W_enc, b_enc, W_dec, b_dec: _forward(x, W_enc, b_enc, W_dec, b_dec, shift=0.0)),
@@ -215,33 +232,33 @@ SAE_FORWARD = Exercise(
             lambda x, W_enc, b_enc, W_dec, b_dec: _forward(x, W_enc, b_enc, W_dec, b_dec, shift=1.0)),
         Misconception(
             "b_dec not added back",
-            "The reconstruction is x_hat = W_dec f + b_dec: add b_dec back after decoding, or every "
+            "The reconstruction is x_hat = f @ W_dec + b_dec: add b_dec back after decoding, or every "
             "reconstruction is shifted by -b_dec.",
             lambda x, W_enc, b_enc, W_dec, b_dec: _forward(x, W_enc, b_enc, W_dec, b_dec, add_back=False)),
         Misconception(
             "b_dec ignored",
-            "b_dec appears twice: subtracted from x before the encoder, f = ReLU(W_enc (x - b_dec) + b_enc), and "
-            "added after the decoder, x_hat = W_dec f + b_dec. You left it out of both.",
+            "b_dec appears twice: subtracted from x before the encoder, f = ReLU((x - b_dec) @ W_enc + b_enc), "
+            "and added after the decoder, x_hat = f @ W_dec + b_dec. You left it out of both.",
             lambda x, W_enc, b_enc, W_dec, b_dec: _forward(x, W_enc, b_enc, W_dec, b_dec, shift=0.0, add_back=False)),
         Misconception(
             "missing ReLU",
-            "The feature activations are f = ReLU(W_enc (x - b_dec) + b_enc): without the ReLU they can be "
+            "The feature activations are f = ReLU((x - b_dec) @ W_enc + b_enc): without the ReLU they can be "
             "negative, and a feature could never be 'off'.",
             lambda x, W_enc, b_enc, W_dec, b_dec: _forward(x, W_enc, b_enc, W_dec, b_dec, relu=False)),
         Misconception(
             "b_enc after the ReLU",
-            "Add b_enc INSIDE the ReLU: f = ReLU(W_enc (x - b_dec) + b_enc). A negative b_enc is the threshold "
+            "Add b_enc INSIDE the ReLU: f = ReLU((x - b_dec) @ W_enc + b_enc). A negative b_enc is the threshold "
             "a feature's input has to clear before it fires.",
             lambda x, W_enc, b_enc, W_dec, b_dec: _forward(x, W_enc, b_enc, W_dec, b_dec, bias_after_relu=True)),
         Misconception(
             "encoded with the decoder",
-            "Encode with W_enc ([d_sae, d_in], so (x - b_dec) @ W_enc.T), not with the decoder: the two are "
-            "separate parameters (tied weights would force each feature to be read from the direction it "
+            "Encode with W_enc ([d_in, d_sae], so (x - b_dec) @ W_enc), not with the decoder's transpose: the two "
+            "are separate parameters (tied weights would force each feature to be read from the direction it "
             "writes to).",
-            lambda x, W_enc, b_enc, W_dec, b_dec: _forward(x, W_enc, b_enc, W_dec, b_dec, encoder=W_dec)),
+            lambda x, W_enc, b_enc, W_dec, b_dec: _forward(x, W_enc, b_enc, W_dec, b_dec, encoder=W_dec.T)),
         Misconception(
             "ReLU on the reconstruction",
-            "Only the feature activations go through a ReLU; the reconstruction x_hat = W_dec f + b_dec is "
+            "Only the feature activations go through a ReLU; the reconstruction x_hat = f @ W_dec + b_dec is "
             "linear in f (activations can be negative).",
             lambda x, W_enc, b_enc, W_dec, b_dec: _forward(x, W_enc, b_enc, W_dec, b_dec, relu_output=True)),
     ),
@@ -264,7 +281,7 @@ def _loss_inputs(seed: int) -> dict:
         "x": x,
         "x_hat": x + 0.7 * torch.randn(batch, d_in, generator=g),
         "f": _sparse_activations(g, batch, d_sae),
-        "W_dec": _unit_columns(torch.randn(d_in, d_sae, generator=g)),  # unit columns, as in training
+        "W_dec": _unit_columns(torch.randn(d_in, d_sae, generator=g)).T.contiguous(),  # unit rows, as in training
         "l1_coeff": _uniform(g, 0.3, 3.0),
     }
 
@@ -283,7 +300,7 @@ SAE_LOSS = Exercise(
             "L1 on the decoder weights",
             "The sparsity penalty is on the feature ACTIVATIONS f (λ ||f||₁ per input, averaged over the "
             "batch), not on the decoder weights: we want few features active per input, not a dictionary "
-            "with small or sparse weights (its columns have unit norm anyway).",
+            "with small or sparse weights (its rows have unit norm anyway).",
             lambda x, x_hat, f, W_dec, l1_coeff: _sq(x, x_hat).sum(-1).mean() + l1_coeff * W_dec.abs().sum()),
         Misconception(
             "MSE averaged over d_in",
@@ -341,7 +358,7 @@ def _decoder_inputs(seed: int) -> dict:
     g = rng(seed)
     _, d_in, d_sae = _sizes(g)
     W = torch.randn(d_in, d_sae, generator=g) * (0.3 + 1.7 * torch.rand(1, d_sae, generator=g))
-    return {"W_dec": W}
+    return {"W_dec": W.T.contiguous()}  # [d_sae, d_in]: rows of many lengths
 
 
 NORMALIZE_DECODER = Exercise(
@@ -351,43 +368,43 @@ NORMALIZE_DECODER = Exercise(
     make_inputs=_decoder_inputs,
     misconceptions=(
         Misconception(
-            "rows normalised",
-            "Normalise the COLUMNS of W_dec (W_dec[:, i] is feature i's direction, norm over dim=0); you "
-            "normalised its rows.",
-            lambda W_dec: W_dec / W_dec.norm(dim=1, keepdim=True)),
+            "columns normalised",
+            "Normalise the ROWS of W_dec (W_dec[i] is feature i's direction, norm over dim=1); you "
+            "normalised its columns (dim=0).",
+            lambda W_dec: W_dec / W_dec.norm(dim=0, keepdim=True)),
         Misconception(
             "decoder not normalised",
-            "You returned W_dec unchanged: every column must be rescaled to norm 1, otherwise the L1 penalty "
-            "can be dodged by shrinking f and growing the column.",
+            "You returned W_dec unchanged: every row must be rescaled to norm 1, otherwise the L1 penalty "
+            "can be dodged by shrinking f and growing the row.",
             lambda W_dec: W_dec),
         Misconception(
             "whole matrix normalised",
-            "Normalise each column separately; you divided the whole matrix by one number (its Frobenius norm).",
+            "Normalise each row separately; you divided the whole matrix by one number (its Frobenius norm).",
             lambda W_dec: W_dec / W_dec.norm()),
         Misconception(
             "divided by the squared norm",
-            "Divide each column by its norm ||W_dec[:, i]||, not by its squared norm.",
-            lambda W_dec: W_dec / W_dec.pow(2).sum(0, keepdim=True)),
+            "Divide each row by its norm ||W_dec[i]||, not by its squared norm.",
+            lambda W_dec: W_dec / W_dec.pow(2).sum(1, keepdim=True)),
         Misconception(
-            "L1 norm of the column",
-            "Use the Euclidean (L2) norm of each column, ||d_i|| = sqrt(Σ_j d_ji²); you divided by the sum of "
+            "L1 norm of the row",
+            "Use the Euclidean (L2) norm of each row, ||d_i|| = sqrt(Σ_j d_ij²); you divided by the sum of "
             "absolute values.",
-            lambda W_dec: W_dec / W_dec.abs().sum(0, keepdim=True)),
+            lambda W_dec: W_dec / W_dec.abs().sum(1, keepdim=True)),
     ),
 )
 
 
 def normalize_decoder(fn, cases: Cases = None) -> None:
-    """Check ``fn(W_dec) -> W_dec`` with every column at unit norm."""
+    """Check ``fn(W_dec[d_sae, d_in]) -> W_dec`` with every row at unit norm."""
     run_check(NORMALIZE_DECODER, fn, cases)
 
 
 def _grad_inputs(seed: int) -> dict:
     W = _decoder_inputs(seed)["W_dec"]
-    return {"W_dec": W, "grad": torch.randn(W.shape, generator=rng(seed + 1))}
+    return {"W_dec": W, "grad": torch.randn(W.T.shape, generator=rng(seed + 1)).T.contiguous()}
 
 
-def _along(W, G, dim=0):
+def _along(W, G, dim=1):
     return (G * W).sum(dim, keepdim=True)
 
 
@@ -398,41 +415,41 @@ REMOVE_PARALLEL_GRAD = Exercise(
     make_inputs=_grad_inputs,
     misconceptions=(
         Misconception(
-            "rows instead of columns",
-            "Project each COLUMN's gradient onto that column (sums over dim=0): the columns are the feature "
-            "directions. You projected along the rows.",
-            lambda W_dec, grad: grad - _along(W_dec, grad, 1) / W_dec.pow(2).sum(1, keepdim=True) * W_dec),
+            "columns instead of rows",
+            "Project each ROW's gradient onto that row (sums over dim=1): the rows are the feature "
+            "directions. You projected along the columns.",
+            lambda W_dec, grad: grad - _along(W_dec, grad, 0) / W_dec.pow(2).sum(0, keepdim=True) * W_dec),
         Misconception(
             "returned the parallel part",
-            "Return the gradient MINUS its component along the column, grad - (grad·d̂) d̂; you returned the "
+            "Return the gradient MINUS its component along the row, grad - (grad·d̂) d̂; you returned the "
             "component itself.",
-            lambda W_dec, grad: _along(W_dec, grad) / W_dec.pow(2).sum(0, keepdim=True) * W_dec),
+            lambda W_dec, grad: _along(W_dec, grad) / W_dec.pow(2).sum(1, keepdim=True) * W_dec),
         Misconception(
-            "assumed unit-norm columns",
+            "assumed unit-norm rows",
             "Divide by ||d_i||²: the component of g along d is (g·d / ||d||²) d. (g·d) d is only right when d "
-            "has unit norm, and the function must work for columns of any length.",
+            "has unit norm, and the function must work for rows of any length.",
             lambda W_dec, grad: grad - _along(W_dec, grad) * W_dec),
         Misconception(
             "divided by the norm once",
             "The component of g along d is (g·d / ||d||²) d, i.e. (g·d̂) d̂: divide by the norm twice (once "
             "per unit vector), not once.",
-            lambda W_dec, grad: grad - _along(W_dec, grad) / W_dec.norm(dim=0, keepdim=True) * W_dec),
+            lambda W_dec, grad: grad - _along(W_dec, grad) / W_dec.norm(dim=1, keepdim=True) * W_dec),
         Misconception(
             "one projection for the whole matrix",
-            "Each column gets its own projection (a sum over dim=0 only); you projected the whole gradient "
+            "Each row gets its own projection (a sum over dim=1 only); you projected the whole gradient "
             "matrix onto the whole weight matrix at once.",
             lambda W_dec, grad: grad - (grad * W_dec).sum() / W_dec.pow(2).sum() * W_dec),
         Misconception(
             "gradient unchanged",
-            "You returned the gradient unchanged: remove from each column of the gradient its component "
-            "along that decoder column.",
+            "You returned the gradient unchanged: remove from each row of the gradient its component "
+            "along that decoder row.",
             lambda W_dec, grad: grad),
     ),
 )
 
 
 def remove_parallel_grad(fn, cases: Cases = None) -> None:
-    """Check ``fn(W_dec, grad) -> grad`` with each column's component along W_dec[:, i] removed."""
+    """Check ``fn(W_dec, grad) -> grad`` with each row's component along W_dec[i] removed."""
     run_check(REMOVE_PARALLEL_GRAD, fn, cases)
 
 
@@ -773,22 +790,28 @@ def _resample_inputs(seed: int) -> dict:
     _, d_in, d_sae = _sizes(g)
     dead = torch.zeros(d_sae, dtype=torch.bool)
     dead[torch.randperm(d_sae, generator=g)[:randint(g, 2, 5)]] = True
-    # Dead features' encoder rows are short (they drifted until they stopped firing): averaging the
-    # norms over all rows instead of the live ones gives a visibly different scale.
-    row_scale = torch.where(dead, 0.2, 1.0 + torch.rand(d_sae, generator=g))
-    shapes = {"W_enc": (d_sae, d_in), "b_enc": (d_sae,), "W_dec": (d_in, d_sae)}
+    # Dead features' encoder columns are short (they drifted until they stopped firing): averaging the
+    # norms over all columns instead of the live ones gives a visibly different scale.
+    scale = torch.where(dead, 0.2, 1.0 + torch.rand(d_sae, generator=g))
+    # Drawn feature-first (as when the course stored W_enc [d_sae, d_in], W_dec [d_in, d_sae]), then
+    # the weights and their Adam states are transposed to W_enc [d_in, d_sae], W_dec [d_sae, d_in].
+    drawn = {"W_enc": (d_sae, d_in), "b_enc": (d_sae,), "W_dec": (d_in, d_sae)}
+
+    def course_layout(k, t):
+        return t if k == "b_enc" else t.T.contiguous()
+
     inputs = {
-        "W_enc": torch.randn(d_sae, d_in, generator=g) * row_scale[:, None] / math.sqrt(d_in),
+        "W_enc": course_layout("W_enc", torch.randn(d_sae, d_in, generator=g) * scale[:, None] / math.sqrt(d_in)),
         "b_enc": 0.3 * torch.randn(d_sae, generator=g),
-        "W_dec": _unit_columns(torch.randn(d_in, d_sae, generator=g)),
+        "W_dec": course_layout("W_dec", _unit_columns(torch.randn(d_in, d_sae, generator=g))),
         "b_dec": 1.5 * torch.randn(d_in, generator=g),
         "dead": dead,
         "replacement_inputs": 2 * torch.randn(int(dead.sum()), d_in, generator=g),
     }
     for k in STATE_KEYS:
-        inputs[f"exp_avg_{k}"] = 0.01 * torch.randn(shapes[k], generator=g)
+        inputs[f"exp_avg_{k}"] = course_layout(k, 0.01 * torch.randn(drawn[k], generator=g))
     for k in STATE_KEYS:
-        inputs[f"exp_avg_sq_{k}"] = 1e-4 * torch.rand(shapes[k], generator=g) + 1e-6
+        inputs[f"exp_avg_sq_{k}"] = course_layout(k, 1e-4 * torch.rand(drawn[k], generator=g) + 1e-6)
     return inputs
 
 
@@ -799,16 +822,16 @@ def _resample_variant(*, subtract_b_dec=True, normalize=True, encoder_scale="liv
         directions = replacement_inputs - (b_dec if subtract_b_dec else 0)
         unit = directions / directions.norm(dim=-1, keepdim=True)
         if encoder_scale == "live":
-            scale = ENCODER_NORM_SCALE * W_enc[~dead].norm(dim=-1).mean()
+            scale = ENCODER_NORM_SCALE * W_enc[:, ~dead].norm(dim=0).mean()
         elif encoder_scale == "all":
-            scale = ENCODER_NORM_SCALE * W_enc.norm(dim=-1).mean()
+            scale = ENCODER_NORM_SCALE * W_enc.norm(dim=0).mean()
         else:
             scale = 1.0
         W_enc, b_enc, W_dec = W_enc.clone(), b_enc.clone(), W_dec.clone()
-        W_enc[dead] = unit * scale
+        W_enc[:, dead] = unit.T * scale
         if reset_b_enc:
             b_enc[dead] = 0.0
-        W_dec[:, dead] = (unit if normalize else directions).T
+        W_dec[dead] = unit if normalize else directions
         out = [W_enc, b_enc, W_dec]
         for prefix, reset in (("exp_avg_", reset_m), ("exp_avg_sq_", reset_v)):
             for k in STATE_KEYS:
@@ -816,7 +839,7 @@ def _resample_variant(*, subtract_b_dec=True, normalize=True, encoder_scale="liv
                 if reset_everything:
                     s.zero_()
                 elif reset and k in reset_keys:
-                    if k == "W_dec":
+                    if k == "W_enc":
                         s[:, dead] = 0.0
                     else:
                         s[dead] = 0.0
@@ -859,14 +882,14 @@ RESAMPLE = Exercise(
     misconceptions=(
         Misconception(
             "Adam state untouched",
-            "Reset Adam's state for the resampled features: zero exp_avg and exp_avg_sq at their encoder rows, "
-            "encoder-bias entries and decoder columns. Otherwise the old feature's momentum keeps pushing the "
+            "Reset Adam's state for the resampled features: zero exp_avg and exp_avg_sq at their encoder columns, "
+            "encoder-bias entries and decoder rows. Otherwise the old feature's momentum keeps pushing the "
             "new one for the next hundreds of steps (and its stale second moment shrinks or inflates its "
             "steps).",
             _resample_variant(reset_m=False, reset_v=False)),
         Misconception(
             "all Adam state reset",
-            "Zero Adam's state only at the resampled features' rows, entries and columns: you zeroed all of it, "
+            "Zero Adam's state only at the resampled features' columns, entries and rows: you zeroed all of it, "
             "which throws away the live features' momentum and makes their next steps too large (Adam divides "
             "by a second moment that restarts from 0).",
             _resample_variant(reset_everything=True)),
@@ -882,13 +905,13 @@ RESAMPLE = Exercise(
             _resample_variant(reset_m=False)),
         Misconception(
             "decoder's Adam state not reset",
-            "Reset Adam's state for the resampled features' DECODER COLUMNS too: exp_avg['W_dec'][:, dead] and "
-            "exp_avg_sq['W_dec'][:, dead] = 0. You reset the encoder's state only, so the old feature's "
+            "Reset Adam's state for the resampled features' DECODER ROWS too: exp_avg['W_dec'][dead] and "
+            "exp_avg_sq['W_dec'][dead] = 0. You reset the encoder's state only, so the old feature's "
             "momentum keeps moving its new decoder direction.",
             _resample_variant(reset_keys=("W_enc", "b_enc"))),
         Misconception(
             "encoder's Adam state not reset",
-            "Reset Adam's state for the resampled features' ENCODER ROWS and biases too: exp_avg['W_enc'][dead], "
+            "Reset Adam's state for the resampled features' ENCODER COLUMNS and biases too: exp_avg['W_enc'][:, dead], "
             "exp_avg['b_enc'][dead] (and the same in exp_avg_sq) = 0. You reset the decoder's state only.",
             _resample_variant(reset_keys=("W_dec",))),
         Misconception(
@@ -902,17 +925,17 @@ RESAMPLE = Exercise(
             "b_dec, then normalised. You used the raw input.",
             _resample_variant(subtract_b_dec=False)),
         Misconception(
-            "decoder column not normalised",
-            "Normalise the new decoder column to unit norm (like every decoder column).",
+            "decoder row not normalised",
+            "Normalise the new decoder row to unit norm (like every decoder row).",
             _resample_variant(normalize=False)),
         Misconception(
-            "encoder row at unit norm",
-            "The new encoder row is the unit direction times 0.2 x the mean norm of the LIVE features' encoder "
-            "rows, so the feature starts firing only weakly; you used the unit direction itself.",
+            "encoder column at unit norm",
+            "The new encoder column is the unit direction times 0.2 x the mean norm of the LIVE features' encoder "
+            "columns, so the feature starts firing only weakly; you used the unit direction itself.",
             _resample_variant(encoder_scale="unit")),
         Misconception(
             "encoder norm over all features",
-            "Take the mean encoder-row norm over the LIVE features only (~dead): the dead features' rows are "
+            "Take the mean encoder-column norm over the LIVE features only (~dead): the dead features' columns are "
             "not representative (and are about to be replaced).",
             _resample_variant(encoder_scale="all")),
         Misconception(

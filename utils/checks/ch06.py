@@ -1,7 +1,9 @@
 """Checks for chapter 06 (interpreting SAE features, after Bricken et al. 2023).
 
-Layout as in utils.sae and utils.features: W_enc [d_sae, d_in], W_dec [d_in, d_sae] (COLUMN i is
-feature i), b_enc [d_sae], b_dec [d_in]; the model's W_out [d_mlp, d_model], W_U [d_model, d_vocab].
+Layout as in utils.sae and utils.features (and SAELens): W_enc [d_in, d_sae] (column i = what
+feature i reads), W_dec [d_sae, d_in] (ROW i is feature i), b_enc [d_sae], b_dec [d_in]; the model's
+W_out [d_mlp, d_model], W_U [d_model, d_vocab]. SAE weights are drawn as they were when the course
+stored their transposes, then transposed, so every case holds the same numbers as before.
 The reference answers are utils/features/exercises.py.
 
 Most random cases keep every dimension different, so a transposed weight or a reduction over the
@@ -9,6 +11,9 @@ wrong axis fails on shape or value. Some mistakes only run at all when two dimen
 (skipping W_out needs d_mlp = d_model; correlating over features needs as many features as tokens),
 so those exercises START with square cases: there the mistake gives numbers, and the check can name
 it, before a rectangular case fails it on shape.
+One section per exercise (its inputs, its reference, its catalogue of mistakes), in the notebook's
+order: longer than 400 lines because the catalogues are, and splitting them would separate an
+exercise from its mistakes.
 """
 from __future__ import annotations
 
@@ -107,7 +112,7 @@ def _logit_inputs(seed: int) -> dict:
     else:
         d_model, d_mlp, d_sae, d_vocab = randint(g, 4, 5), randint(g, 7, 9), randint(g, 11, 13), randint(g, 15, 19)
     return {
-        "W_dec": _unit_columns(torch.randn(d_mlp, d_sae, generator=g)),
+        "W_dec": _unit_columns(torch.randn(d_mlp, d_sae, generator=g)).T.contiguous(),  # [d_sae, d_mlp]
         "W_out": torch.randn(d_mlp, d_model, generator=g) / d_mlp ** 0.5,
         "W_U": torch.randn(d_model, d_vocab, generator=g) / d_model ** 0.5,
         "feature": randint(g, 0, d_sae - 1),
@@ -124,21 +129,22 @@ LOGIT_WEIGHTS = Exercise(
         Misconception(
             "W_out left out",
             "The feature's direction lives in the MLP's HIDDEN space (d_mlp); the MLP's output weights W_out carry "
-            "it into the residual stream before W_U can read it: W_dec[:, f] @ W_out @ W_U.",
-            lambda W_dec, W_out, W_U, feature: W_dec[:, feature] @ W_U),
+            "it into the residual stream before W_U can read it: W_dec[f] @ W_out @ W_U.",
+            lambda W_dec, W_out, W_U, feature: W_dec[feature] @ W_U),
         Misconception(
             "W_U transposed",
             "W_U is [d_model, d_vocab] (TransformerLens layout): multiply by W_U itself, not W_U.T.",
-            lambda W_dec, W_out, W_U, feature: W_dec[:, feature] @ W_out @ W_U.T),
+            lambda W_dec, W_out, W_U, feature: W_dec[feature] @ W_out @ W_U.T),
         Misconception(
             "W_out transposed",
             "W_out is [d_mlp, d_model]: a hidden vector times W_out gives a residual vector. W_out.T goes the "
             "other way.",
-            lambda W_dec, W_out, W_U, feature: W_dec[:, feature] @ W_out.T @ W_U),
+            lambda W_dec, W_out, W_U, feature: W_dec[feature] @ W_out.T @ W_U),
         Misconception(
-            "decoder row instead of column",
-            "Feature f's direction is COLUMN f of W_dec ([d_in, d_sae]): W_dec[:, f], not the row W_dec[f].",
-            lambda W_dec, W_out, W_U, feature: W_dec[feature] @ W_out @ W_U),
+            "decoder column instead of row",
+            "Feature f's direction is ROW f of W_dec ([d_sae, d_in], as in SAELens): W_dec[f], not the column "
+            "W_dec[:, f].",
+            lambda W_dec, W_out, W_U, feature: W_dec[:, feature] @ W_out @ W_U),
     ),
 )
 
@@ -297,13 +303,13 @@ def _edit_inputs(seed: int) -> dict:
     g = rng(seed)
     batch, d_in, d_sae = randint(g, 9, 12), randint(g, 4, 7), randint(g, 14, 18)
     b_dec = torch.randn(d_in, generator=g)
-    W_dec = _unit_columns(torch.randn(d_in, d_sae, generator=g))
-    W_enc = W_dec.T + 0.5 * torch.randn(d_sae, d_in, generator=g)  # not the decoder's transpose
+    W_dec = _unit_columns(torch.randn(d_in, d_sae, generator=g)).T.contiguous()  # [d_sae, d_in], unit rows
+    W_enc = (W_dec + 0.5 * torch.randn(d_sae, d_in, generator=g)).T.contiguous()  # [d_in, d_sae], not W_dec.T
     feature = randint(g, 0, d_sae - 1)
     x = b_dec + 1.5 * torch.randn(batch, d_in, generator=g)
     b_enc = 0.3 * torch.randn(d_sae, generator=g)
     # the feature fires on most rows but not all, so the ReLU matters
-    pre = (x - b_dec) @ W_enc[feature]
+    pre = (x - b_dec) @ W_enc[:, feature]
     b_enc[feature] = -float(pre.quantile(0.3))
     return {"x": x, "W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, "feature": feature}
 
@@ -313,7 +319,7 @@ def _f(x, W_enc, b_enc, b_dec, feature):
 
 
 def _reconstruction(x, W_enc, b_enc, W_dec, b_dec):
-    return torch.relu((x - b_dec) @ W_enc.T + b_enc) @ W_dec.T + b_dec
+    return torch.relu((x - b_dec) @ W_enc + b_enc) @ W_dec + b_dec
 
 
 ABLATE = Exercise(
@@ -324,36 +330,37 @@ ABLATE = Exercise(
     misconceptions=(
         Misconception(
             "whole reconstruction subtracted",
-            "Remove ONE feature's term, f_i(x) W_dec[:, i]; you subtracted the SAE's whole reconstruction, which "
+            "Remove ONE feature's term, f_i(x) W_dec[i]; you subtracted the SAE's whole reconstruction, which "
             "deletes every feature at once (and leaves only the reconstruction error).",
             lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - _reconstruction(x, W_enc, b_enc, W_dec, b_dec)),
         Misconception(
             "returned the reconstruction without the feature",
-            "Edit x itself, not the SAE's reconstruction of it: x - f_i W_dec[:, i] keeps the part of x the SAE "
+            "Edit x itself, not the SAE's reconstruction of it: x - f_i W_dec[i] keeps the part of x the SAE "
             "fails to reconstruct, so the only change the model sees is the feature's.",
             lambda x, W_enc, b_enc, W_dec, b_dec, feature: _reconstruction(x, W_enc, b_enc, W_dec, b_dec)
-            - _f(x, W_enc, b_enc, b_dec, feature) * W_dec[:, feature]),
+            - _f(x, W_enc, b_enc, b_dec, feature) * W_dec[feature]),
         Misconception(
-            "encoder row instead of decoder column",
-            "A feature WRITES along its decoder column W_dec[:, i]; the encoder row W_enc[i] is the direction it "
+            "encoder column instead of decoder row",
+            "A feature WRITES along its decoder row W_dec[i]; the encoder column W_enc[:, i] is the direction it "
             "READS from, and in general points elsewhere.",
-            lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - _f(x, W_enc, b_enc, b_dec, feature) * W_enc[feature]),
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - _f(x, W_enc, b_enc, b_dec, feature)
+            * W_enc[:, feature]),
         Misconception(
             "not scaled by the activation",
-            "Subtract f_i(x) W_dec[:, i], the feature's contribution on EACH input: where it is off, nothing "
+            "Subtract f_i(x) W_dec[i], the feature's contribution on EACH input: where it is off, nothing "
             "should change, and where it is strong, more is removed.",
-            lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - W_dec[:, feature]),
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - W_dec[feature]),
         Misconception(
             "pre-activation instead of activation",
             "The feature's contribution uses its activation f_i = ReLU(...), not the pre-activation: where the "
             "pre-activation is negative, the feature is off and contributes nothing.",
-            lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - (((x - b_dec) @ W_enc[feature] + b_enc[feature])[:, None]
-                                                              * W_dec[:, feature])),
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - (((x - b_dec) @ W_enc[:, feature]
+                                                               + b_enc[feature])[:, None] * W_dec[feature])),
         Misconception(
             "b_dec not subtracted",
-            "Encode x - b_dec, as the SAE does: f_i = ReLU(W_enc[i] (x - b_dec) + b_enc[i]).",
+            "Encode x - b_dec, as the SAE does: f_i = ReLU((x - b_dec) @ W_enc[:, i] + b_enc[i]).",
             lambda x, W_enc, b_enc, W_dec, b_dec, feature: x - _f(x, W_enc, b_enc, torch.zeros_like(b_dec), feature)
-            * W_dec[:, feature]),
+            * W_dec[feature]),
     ),
 )
 
@@ -376,22 +383,22 @@ STEER = Exercise(
     make_inputs=_steer_inputs,
     misconceptions=(
         Misconception(
-            "encoder row instead of decoder column",
-            "Steer along the direction the feature WRITES: its decoder column W_dec[:, i]. The encoder row W_enc[i] "
-            "is what the feature reads, not what downstream layers see when it fires.",
+            "encoder column instead of decoder row",
+            "Steer along the direction the feature WRITES: its decoder row W_dec[i]. The encoder column "
+            "W_enc[:, i] is what the feature reads, not what downstream layers see when it fires.",
             lambda x, W_enc, b_enc, W_dec, b_dec, feature, value: x + (value - _f(x, W_enc, b_enc, b_dec, feature))
-            * W_enc[feature]),
+            * W_enc[:, feature]),
         Misconception(
             "added instead of clamped",
-            "Clamping sets the feature TO the value: remove its current term and add value * W_dec[:, i], i.e. "
-            "x + (value - f_i(x)) W_dec[:, i]. Adding value * W_dec[:, i] on top of what is there overshoots "
+            "Clamping sets the feature TO the value: remove its current term and add value * W_dec[i], i.e. "
+            "x + (value - f_i(x)) W_dec[i]. Adding value * W_dec[i] on top of what is there overshoots "
             "wherever the feature was already on.",
-            lambda x, W_enc, b_enc, W_dec, b_dec, feature, value: x + value * W_dec[:, feature]),
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature, value: x + value * W_dec[feature]),
         Misconception(
             "replaced x by the feature",
-            "Keep the rest of x: only the feature's own term changes. Returning value * W_dec[:, i] (+ b_dec) "
+            "Keep the rest of x: only the feature's own term changes. Returning value * W_dec[i] (+ b_dec) "
             "throws away every other feature.",
-            lambda x, W_enc, b_enc, W_dec, b_dec, feature, value: (value * W_dec[:, feature] + b_dec).expand_as(x)),
+            lambda x, W_enc, b_enc, W_dec, b_dec, feature, value: (value * W_dec[feature] + b_dec).expand_as(x)),
     ),
 )
 
@@ -538,7 +545,7 @@ def rubric_agreement(fn, cases: Cases = None) -> None:
 
 def _attribution_inputs(seed: int) -> dict:
     g = rng(seed)
-    if square_case("feature_logit_attribution", seed):  # d_sae = d_mlp: a decoder row still runs
+    if square_case("feature_logit_attribution", seed):  # d_sae = d_mlp: a decoder column still runs
         d_mlp = d_sae = randint(g, 8, 10)
     else:
         d_mlp, d_sae = randint(g, 6, 8), randint(g, 11, 14)
@@ -546,7 +553,7 @@ def _attribution_inputs(seed: int) -> dict:
     f = torch.relu(torch.randn(seq, d_sae, generator=g) - 0.3) * 3
     position = randint(g, 1, seq - 2)
     f[position, :2] = torch.tensor([0.0, 2.5])  # some features off, some on, at the position itself
-    W_dec = _unit_columns(torch.randn(d_mlp, d_sae, generator=g))
+    W_dec = _unit_columns(torch.randn(d_mlp, d_sae, generator=g)).T.contiguous()  # [d_sae, d_mlp], unit rows
     # offsets along the all-ones direction of d_model, which the final LayerNorm removes
     W_out = torch.randn(d_mlp, d_model, generator=g) / d_mlp ** 0.5 + torch.randn(d_mlp, 1, generator=g)
     W_U = torch.randn(d_model, d_vocab, generator=g) / d_model ** 0.5 + 0.5
@@ -557,11 +564,11 @@ def _attribution_inputs(seed: int) -> dict:
             "position": position}
 
 
-def _dla(f, W_dec, W_out, W_U, scale, tokens, position, *, centre=True, divide=True, column=True,
+def _dla(f, W_dec, W_out, W_U, scale, tokens, position, *, centre=True, divide=True, rows=True,
          multiply=True, target_offset=1, read_offset=0):
     """feature_logit_attribution with one step changed (the catalogued mistakes)."""
     p = position + read_offset
-    writes = (W_dec.T if column else W_dec) @ W_out
+    writes = (W_dec if rows else W_dec.T) @ W_out
     if centre:
         writes = writes - writes.mean(-1, keepdim=True)
     out = writes @ W_U[:, tokens[position + target_offset]]
@@ -588,11 +595,11 @@ ATTRIBUTION = Exercise(
             "write (subtract its mean over d_model) before dividing by the scale and reading it with W_U.",
             lambda **kw: _dla(**kw, centre=False)),
         Misconception(
-            "decoder row instead of column",
-            "In this course's SAE layout W_dec is [d_mlp, d_sae]: feature i's direction is the COLUMN W_dec[:, i], "
-            "so the features' writes are W_dec.T @ W_out (row i: feature i). W_dec @ W_out mixes features and "
-            "only runs at all when d_sae = d_mlp.",
-            lambda **kw: _dla(**kw, column=False)),
+            "decoder column instead of row",
+            "In this course's SAE layout (SAELens's) W_dec is [d_sae, d_mlp]: feature i's direction is the ROW "
+            "W_dec[i], so the features' writes are W_dec @ W_out (row i: feature i). W_dec.T @ W_out mixes "
+            "features and only runs at all when d_sae = d_mlp.",
+            lambda **kw: _dla(**kw, rows=False)),
         Misconception(
             "activations not multiplied in",
             "That is each feature's logit weight for the target (one unit of the feature): multiply by how "

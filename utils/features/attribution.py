@@ -2,7 +2,7 @@
 
 The MLP's output at one position splits exactly into the SAE's pieces:
 
-    mlp_out = x @ W_out + b_out,  x = sum_i f_i W_dec[:, i] + b_dec + error   (x = hook_post)
+    mlp_out = x @ W_out + b_out,  x = sum_i f_i W_dec[i] + b_dec + error   (x = hook_post)
 
 and the final LayerNorm, with its scale read from the same run, is linear, so the MLP's direct
 contribution to one logit is the sum of each piece's (``exercises.feature_logit_attribution`` for
@@ -57,7 +57,7 @@ def mlp_logit_attribution(model, sae, tokens: Int[Tensor, "pos"], position: int)
     f = sae.encode(x.to(sae.W_enc.dtype)).float()
     target = int(tokens[position + 1])
     features = ex.feature_logit_attribution(f, W_dec, W_out, W_U, scale, tokens, position)
-    error = x[position] - (f[position] @ W_dec.T + b_dec)
+    error = x[position] - (f[position] @ W_dec + b_dec)
     s, u = scale[position], W_U[:, target]
     return MLPLogitAttribution(
         position=position, target=target, features=features,

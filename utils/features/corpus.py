@@ -88,7 +88,7 @@ def collect(model, n_seqs: int = 512, seq_len: int = 128, hook_name: str = "bloc
 def feature_acts(sae, corpus: FeatureCorpus, feature: int) -> Float[Tensor, "n_seq seq_len"]:
     """One feature's activation at every position; 0 at the BOS position, which the SAE never saw."""
     x = corpus.mlp.reshape(-1, corpus.mlp.shape[-1])
-    if sae.cfg.architecture == "l1":  # one row of the encoder is enough (the corpus lives on the CPU)
+    if sae.cfg.architecture == "l1":  # one column of the encoder is enough (the corpus lives on the CPU)
         acts = ex.feature_activation(x, sae.W_enc.detach().float().cpu(), sae.b_enc.detach().float().cpu(),
                                      sae.b_dec.detach().float().cpu(), feature)
     else:  # TopK and JumpReLU gate a feature by the others / a threshold: run the whole encoder
@@ -184,9 +184,9 @@ def proxy_log_likelihood_ratio(corpus: FeatureCorpus, hypothesis_texts, epsilon:
 
 def decoder_cosine(sae_a, sae_b) -> Float[Tensor, "d_a d_b"]:
     """Cosine similarity of every decoder direction of ``sae_a`` with every one of ``sae_b``."""
-    a = torch.nn.functional.normalize(sae_a.W_dec.detach().float(), dim=0)
-    b = torch.nn.functional.normalize(sae_b.W_dec.detach().float(), dim=0)
-    return a.T @ b
+    a = torch.nn.functional.normalize(sae_a.W_dec.detach().float(), dim=1)  # rows: feature directions
+    b = torch.nn.functional.normalize(sae_b.W_dec.detach().float(), dim=1)
+    return a @ b.T
 
 
 def run_in_chunks(fn: Callable, x: Tensor, chunk: int = 8192) -> Tensor:

@@ -99,7 +99,7 @@ def feature_figure(acts: Tensor, token_ids: Tensor, weights: Tensor, vocab: list
     ax_h.set_ylabel("tokens")
     ax_h.set_title(f"{title}: fires on {int(on.sum()):,} of {acts.numel():,} tokens ({on.float().mean():.2%})")
     ax_l.hist(weights.float().numpy(), bins=60, color="0.5")
-    ax_l.set_xlabel("logit weight (W_dec[:, f] @ W_out @ W_U)")
+    ax_l.set_xlabel("logit weight (W_dec[f] @ W_out @ W_U)")
     order = weights.argsort(descending=True)
     top = ", ".join(repr(vocab[i]) for i in order[:n_tokens].tolist())
     bottom = ", ".join(repr(vocab[i]) for i in order[-n_tokens:].flip(0).tolist())

@@ -1,7 +1,7 @@
 """What a feature DOES: ablate it or clamp it inside the model's forward pass, through a hook on
 the activation the SAE was trained on, and read the change in the model's predictions.
 
-Only the feature's own term f_i(x) W_dec[:, i] is edited; the rest of the activation, including
+Only the feature's own term f_i(x) W_dec[i] is edited; the rest of the activation, including
 the part the SAE fails to reconstruct, passes through unchanged, so the effect measured is the
 feature's alone. Position 0 (BOS) is left untouched: the SAE never saw it.
 """
@@ -16,7 +16,7 @@ def _edit_hook(sae, feature: int, target):
     """A hook that sets feature ``feature`` to ``target(f)`` (f: its current value) at positions 1.."""
     if not 0 <= feature < sae.d_sae:
         raise ValueError(f"feature must be in [0, {sae.d_sae}), got {feature}")
-    direction = sae.W_dec[:, feature].detach()
+    direction = sae.W_dec[feature].detach()
 
     def hook(activation, hook):
         x = activation[:, 1:]

@@ -1,7 +1,7 @@
 """Chapter 06's exercises as pure tensor functions: the reference answers its checks grade against.
 
-Layout as in ``utils.sae``: ``W_enc [d_sae, d_in]``, ``W_dec [d_in, d_sae]`` (COLUMN i is feature
-i's direction in the MLP's hidden space), activations as rows ``x [batch, d_in]``. The model's
+Layout as in ``utils.sae`` (and SAELens): ``W_enc [d_in, d_sae]`` (column i is what feature i
+reads), ``W_dec [d_sae, d_in]`` (ROW i is feature i's direction in the MLP's hidden space), activations as rows ``x [batch, d_in]``. The model's
 weights follow TransformerLens: ``W_out [d_mlp, d_model]``, ``W_U [d_model, d_vocab]``.
 ``tests/test_features.py`` checks each function against an independent computation (loops,
 numpy/scipy-free closed forms, the SAE module itself).
@@ -23,11 +23,11 @@ def top_activating(acts: Float[Tensor, "n_seq seq_len"], k: int
     return flat // acts.shape[1], flat % acts.shape[1], values
 
 
-def logit_weights(W_dec: Float[Tensor, "d_mlp d_sae"], W_out: Float[Tensor, "d_mlp d_model"],
+def logit_weights(W_dec: Float[Tensor, "d_sae d_mlp"], W_out: Float[Tensor, "d_mlp d_model"],
                   W_U: Float[Tensor, "d_model d_vocab"], feature: int) -> Float[Tensor, "d_vocab"]:
     """How much writing feature ``feature`` (one unit of it) adds to each token's logit, along the
-    direct path: decoder column -> MLP output weights -> unembedding (the final LayerNorm ignored)."""
-    return W_dec[:, feature] @ W_out @ W_U
+    direct path: decoder row -> MLP output weights -> unembedding (the final LayerNorm ignored)."""
+    return W_dec[feature] @ W_out @ W_U
 
 
 def pearson_correlation(a: Float[Tensor, "n_tokens m"], b: Float[Tensor, "n_tokens n"]) -> Float[Tensor, "m n"]:
@@ -59,26 +59,26 @@ def specificity_sensitivity(acts: Float[Tensor, "n_tokens"], hypothesis: Bool[Te
     return (both / n_fires if n_fires else float("nan"), both / n_hyp if n_hyp else float("nan"))
 
 
-def feature_activation(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_sae d_in"],
+def feature_activation(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"],
                        b_enc: Float[Tensor, "d_sae"], b_dec: Float[Tensor, "d_in"], feature: int) -> Float[Tensor, "batch"]:
-    """f_i(x) = ReLU(W_enc[i] . (x - b_dec) + b_enc[i]) for one feature i."""
-    return torch.relu((x - b_dec) @ W_enc[feature] + b_enc[feature])
+    """f_i(x) = ReLU((x - b_dec) . W_enc[:, i] + b_enc[i]) for one feature i."""
+    return torch.relu((x - b_dec) @ W_enc[:, feature] + b_enc[feature])
 
 
-def ablate_feature(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_sae d_in"], b_enc: Float[Tensor, "d_sae"],
-                   W_dec: Float[Tensor, "d_in d_sae"], b_dec: Float[Tensor, "d_in"], feature: int) -> Float[Tensor, "batch d_in"]:
-    """x with one feature's contribution f_i(x) W_dec[:, i] removed; everything else (the other
+def ablate_feature(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, "d_sae"],
+                   W_dec: Float[Tensor, "d_sae d_in"], b_dec: Float[Tensor, "d_in"], feature: int) -> Float[Tensor, "batch d_in"]:
+    """x with one feature's contribution f_i(x) W_dec[i] removed; everything else (the other
     features AND the SAE's reconstruction error) is left as it was."""
     f = feature_activation(x, W_enc, b_enc, b_dec, feature)
-    return x - f[:, None] * W_dec[:, feature]
+    return x - f[:, None] * W_dec[feature]
 
 
-def steer_feature(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_sae d_in"], b_enc: Float[Tensor, "d_sae"],
-                  W_dec: Float[Tensor, "d_in d_sae"], b_dec: Float[Tensor, "d_in"], feature: int,
+def steer_feature(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, "d_sae"],
+                  W_dec: Float[Tensor, "d_sae d_in"], b_dec: Float[Tensor, "d_in"], feature: int,
                   value: float) -> Float[Tensor, "batch d_in"]:
-    """x with feature i CLAMPED to ``value``: its own contribution replaced by value * W_dec[:, i]."""
+    """x with feature i CLAMPED to ``value``: its own contribution replaced by value * W_dec[i]."""
     f = feature_activation(x, W_enc, b_enc, b_dec, feature)
-    return x + (value - f)[:, None] * W_dec[:, feature]
+    return x + (value - f)[:, None] * W_dec[feature]
 
 
 def match_features(corr: Float[Tensor, "n_a n_b"]) -> tuple[Float[Tensor, "n_a"], Int[Tensor, "n_a"]]:
@@ -101,19 +101,19 @@ def rubric_agreement(ratings: Float[Tensor, "n"], rated: Int[Tensor, "n"], auto_
     return (ratings > threshold).double().mean().item(), spearman(ratings.double(), scores.double())
 
 
-def feature_logit_attribution(f: Float[Tensor, "seq d_sae"], W_dec: Float[Tensor, "d_mlp d_sae"],
+def feature_logit_attribution(f: Float[Tensor, "seq d_sae"], W_dec: Float[Tensor, "d_sae d_mlp"],
                               W_out: Float[Tensor, "d_mlp d_model"], W_U: Float[Tensor, "d_model d_vocab"],
                               scale: Float[Tensor, "seq"], tokens: Int[Tensor, "seq"], position: int
                               ) -> Float[Tensor, "d_sae"]:
     """Direct logit attribution to SAE features: how much each feature, as it fired at ``position``,
     adds to the logit of the token that actually comes next, ``tokens[position + 1]``.
 
-    Feature i writes f_i W_dec[:, i] @ W_out to the residual stream. The final LayerNorm is linear
+    Feature i writes f_i W_dec[i] @ W_out to the residual stream. The final LayerNorm is linear
     once its scale is known (the run's ``ln_final.hook_scale`` at that position): it centres over
     d_model and divides by the scale. ``W_U`` has the LayerNorm's weight folded in
     (``utils.induction.folded_unembed``); its bias and b_U are the same for every feature and are
     left out. Inactive features (f_i = 0) contribute exactly 0."""
     target = tokens[position + 1]
-    writes = W_dec.T @ W_out  # [d_sae, d_model]: row i is one unit of feature i in the residual stream
+    writes = W_dec @ W_out  # [d_sae, d_model]: row i is one unit of feature i in the residual stream
     writes = writes - writes.mean(-1, keepdim=True)
     return f[position] * (writes @ W_U[:, target]) / scale[position]

@@ -1,20 +1,26 @@
-"""The L1 and TopK training step on a CPU, with its gradients written out by hand.
+"""The L1 and TopK training step on a CPU, with its gradients written out by hand: an opt-in.
 
-``sae(x)`` then ``loss.backward()`` is the reference step (and what the GPU, MPS and JumpReLU use).
-On a CPU its time should go to its five matmuls; autograd adds passes over the [batch, d_sae]
+``sae(x)`` then ``loss.backward()`` is the reference step, and what ``train_sae`` runs unless the
+config says ``fast_cpu=True`` (the GPU, MPS, JumpReLU and AuxK always take it). On a CPU its time should go to its five matmuls; autograd adds passes over the [batch, d_sae]
 activations (the L1 term's gradient materialised and added, ReLU's backward, counts of non-zeros)
 that cost ~25% of a step at d_in 512, d_sae 2048, batch 1024. Here each of those is one pass or
 none, and once f is mostly zeros (a trained SAE fires ~1-2% of its features per token) four of the
 five matmuls run through f's non-zeros only.
 
-With g = dL/dx̂ = 2 (x̂ - x) / n and the loss L = ||x - x̂||² / n + λ Σ f / n (λ = 0 for TopK):
+In the row layout (z = (x - b_dec) @ W_enc + b_enc, x̂ = f @ W_dec + b_dec), with
+g = dL/dx̂ = 2 (x̂ - x) / n and the loss L = ||x - x̂||² / n + λ Σ f / n (λ = 0 for TopK):
 
-    dL/df       = g W_dec + λ / n                       only where f > 0 matters:
+    dL/df       = g @ W_dec.T + λ / n                   only where f > 0 matters:
     dL/dz       = dL/df  where f > 0, else 0            ReLU and TopK pass no gradient elsewhere
-    dL/dW_dec   = g^T f
+    dL/dW_dec   = f^T g                                  [d_sae, d_in]
     dL/db_enc   = Σ_rows dL/dz
-    dL/dW_enc   = (dL/dz)^T (x - b_dec)                 = (dL/dz)^T x - dL/db_enc ⊗ b_dec
-    dL/db_dec   = Σ_rows g - W_enc^T dL/db_enc          (b_dec enters x̂ and, subtracted, z)
+    dL/dW_enc   = (x - b_dec)^T dL/dz                   = x^T dL/dz - b_dec ⊗ dL/db_enc
+    dL/db_dec   = Σ_rows g - W_enc @ dL/db_enc          (b_dec enters x̂ and, subtracted, z)
+
+The code computes each product as the TRANSPOSE of the one written (``W_enc.T``, ``W_dec.T`` are
+the parameters' contiguous storage, see ``utils.sae.model``) and hands the parameters
+``grad.T``: the memory order the parameters have, and the arithmetic of the course's earlier
+layout, so the numbers are the same as before it, bit for bit.
 
 tests/test_sae.py checks every gradient against autograd's in float64, on the dense and the
 sparse path, for both architectures.
@@ -44,8 +50,8 @@ class StepResult(NamedTuple):
 
 
 def applies(sae, device: torch.device) -> bool:
-    """Whether this step replaces autograd's in training: an L1 or TopK SAE without AuxK, on the CPU
-    (the AuxK loss is left to autograd)."""
+    """Whether this step CAN replace autograd's: an L1 or TopK SAE without AuxK, on the CPU (the AuxK
+    loss is left to autograd). ``train_sae`` uses it only when ``cfg.fast_cpu`` also asks for it."""
     return (sae.cfg.architecture in ("l1", "topk") and getattr(sae.cfg, "aux_k", None) is None
             and torch.device(device).type == "cpu")
 
@@ -82,11 +88,14 @@ def step_gradients_(sae, x: Tensor, sparsity_coeff: float, workspace: Optional[d
         raise ValueError(f"the CPU step handles 'l1' and 'topk' SAEs on [batch, d_in] CPU batches; got "
                          f"architecture {sae.cfg.architecture!r}, x of shape {tuple(x.shape)} on {x.device}")
     sae._check_input(x)
-    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    b_enc, b_dec = sae.b_enc, sae.b_dec
+    # The parameters' contiguous storage: enc [d_sae, d_in] (row i = what feature i reads) and
+    # dec [d_in, d_sae] (column i = feature i's direction); W_enc = enc.T, W_dec = dec.T.
+    enc, dec = sae.W_enc.T, sae.W_dec.T
     n = len(x)
 
-    d_in, d_sae = W_dec.shape
-    z = torch.addmm(b_enc - W_enc @ b_dec, x, W_enc.T,  # W_enc (x - b_dec) + b_enc, bias folded
+    d_in, d_sae = dec.shape
+    z = torch.addmm(b_enc - enc @ b_dec, x, enc.T,  # (x - b_dec) @ W_enc + b_enc, bias folded
                     out=_buffer(workspace, "z", (n, d_sae), x))
     f = z.relu_() if sae.cfg.architecture == "l1" else sae.activation(z)
     active = torch.sign(f, out=_buffer(workspace, "active", (n, d_sae), x))  # 1 where f > 0, else 0 (f >= 0)
@@ -98,7 +107,7 @@ def step_gradients_(sae, x: Tensor, sparsity_coeff: float, workspace: Optional[d
     else:
         fired = active.amax(0) > 0
 
-    x_hat = torch.sparse.mm(f_csr, W_dec.T).add_(b_dec) if sparse else torch.addmm(b_dec, f, W_dec.T)
+    x_hat = torch.sparse.mm(f_csr, dec.T).add_(b_dec) if sparse else torch.addmm(b_dec, f, dec.T)  # f @ W_dec
     err = x_hat.sub_(x)
     mse = err.pow(2).sum() / n
     l1 = f.sum() / n
@@ -107,23 +116,23 @@ def step_gradients_(sae, x: Tensor, sparsity_coeff: float, workspace: Optional[d
 
     if sparse:
         # dL/dz at f's non-zeros only (everywhere else it is 0): a CSR matrix with f's pattern.
-        grad_z = torch.sparse.sampled_addmm(f_csr, g, W_dec, beta=0.0)
+        grad_z = torch.sparse.sampled_addmm(f_csr, g, dec, beta=0.0)  # g @ W_dec.T at f's non-zeros
         values = grad_z.values()
         values.add_(c)
         grad_b_enc = torch.zeros_like(b_enc).index_add_(0, grad_z.col_indices(), values)
-        grad_W_enc = torch.sparse.mm(grad_z.t(), x)
-        grad_W_dec = torch.sparse.mm(f_csr.t(), g).T.contiguous()  # (f^T g)^T = g^T f
+        grad_enc = torch.sparse.mm(grad_z.t(), x)  # (dL/dW_enc).T = (dL/dz)^T x, then minus the b_dec term
+        grad_dec = torch.sparse.mm(f_csr.t(), g).T.contiguous()  # (dL/dW_dec).T = g^T f
     else:
-        grad_z = torch.addmm(torch.tensor([c], dtype=g.dtype), g, W_dec,
+        grad_z = torch.addmm(torch.tensor([c], dtype=g.dtype), g, dec,
                              out=_buffer(workspace, "grad_z", (n, d_sae), x)).mul_(active)
         grad_b_enc = grad_z.sum(0)
-        grad_W_enc = torch.mm(grad_z.T, x, out=_buffer(workspace, "grad_W_enc", (d_sae, d_in), x))
-        grad_W_dec = torch.mm(g.T, f, out=_buffer(workspace, "grad_W_dec", (d_in, d_sae), x))
+        grad_enc = torch.mm(grad_z.T, x, out=_buffer(workspace, "grad_W_enc", (d_sae, d_in), x))
+        grad_dec = torch.mm(g.T, f, out=_buffer(workspace, "grad_W_dec", (d_in, d_sae), x))
 
-    _set_grad(W_enc, grad_W_enc.addr_(grad_b_enc, b_dec, alpha=-1))
+    _set_grad(sae.W_enc, grad_enc.addr_(grad_b_enc, b_dec, alpha=-1).T)
     _set_grad(b_enc, grad_b_enc)
-    _set_grad(W_dec, grad_W_dec)
-    _set_grad(b_dec, g.sum(0).sub_(grad_b_enc @ W_enc))
+    _set_grad(sae.W_dec, grad_dec.T)
+    _set_grad(b_dec, g.sum(0).sub_(grad_b_enc @ enc))
 
     sparsity = l1 if sae.cfg.architecture == "l1" else torch.zeros((), dtype=x.dtype)
     losses = {"loss": mse + sparsity_coeff * sparsity, "mse": mse, "sparsity": sparsity}

@@ -2,16 +2,28 @@
 
 Notation of the paper, for one activation vector x of width d_in:
 
-    f(x)  = ReLU(W_enc (x - b_dec) + b_enc)        W_enc: [d_sae, d_in]    b_enc: [d_sae]
-    x̂(f) = W_dec f + b_dec                         W_dec: [d_in, d_sae]    b_dec: [d_in]
+    f(x)  = ReLU(W_enc (x - b_dec) + b_enc)        (the paper's column vectors)
+    x̂(f) = W_dec f + b_dec
     L     = ||x - x̂||²  +  λ ||f||₁                 (squared error summed over d_in, mean over batch)
 
-Column ``W_dec[:, i]`` is feature i's direction in activation space, kept at unit norm: otherwise
-the L1 penalty could be dodged by shrinking f and growing the column. Subtracting b_dec before
-encoding makes b_dec the origin of the dictionary; it starts at the geometric median of the data.
+Code works on batches of ROW vectors and stores every weight ``[d_in, d_out]``, the layout of
+SAELens (and of the whole course):
 
-Code works on batches of row vectors, so the formulas read transposed:
-``f = relu((x - b_dec) @ W_enc.T + b_enc)`` and ``x_hat = f @ W_dec.T + b_dec``.
+    f     = relu((x - b_dec) @ W_enc + b_enc)      W_enc: [d_in, d_sae]    b_enc: [d_sae]
+    x_hat = f @ W_dec + b_dec                      W_dec: [d_sae, d_in]    b_dec: [d_in]
+
+so the paper's matrices are the transposes of the stored ones. Row ``W_dec[i]`` is feature i's
+direction in activation space, kept at unit norm: otherwise the L1 penalty could be dodged by
+shrinking f and growing the row. Column ``W_enc[:, i]`` is what feature i reads. Subtracting b_dec
+before encoding makes b_dec the origin of the dictionary; it starts at the geometric median of the
+data.
+
+Memory order: each weight is a transposed view of row-major storage (``W_enc.T`` and ``W_dec.T``
+are contiguous, ``[d_sae, d_in]`` and ``[d_in, d_sae]``). That is how the course stored them before
+it adopted SAELens's shapes, and the matmuls below run on exactly that memory, so a seeded
+training run gives the numbers it gave then, bit for bit. Only strides differ from a contiguous
+tensor; every indexing and shape is the logical one. Files hold the logical tensors, and files in
+the old transposed layout still load (``utils.sae.saving``).
 
 Two other activation functions share the same parameters:
 
@@ -24,20 +36,16 @@ Two other activation functions share the same parameters:
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from utils.paths import ASSETS
 from utils.sae.config import SAEConfig
 
-SAE_DIR = ASSETS / "saes"
 # Weiszfeld divides by distances to the current estimate; this keeps a data point that coincides
 # with the estimate from producing 1/0 (it then gets a large but finite weight).
 _WEISZFELD_EPS = 1e-8
@@ -154,10 +162,12 @@ class SparseAutoencoder(nn.Module):
         # the L1 penalty has far fewer activations to switch off (on synthetic features in
         # superposition, 0.1 found all of them in 600 steps where 1.0 found none). JumpReLU starts
         # at full scale: its pre-activations must clear the initial thresholds.
-        W_dec = torch.randn(cfg.d_in, cfg.d_sae, generator=g)
-        W_dec /= W_dec.norm(dim=0, keepdim=True)
-        self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter((cfg.initial_encoder_norm * W_dec.T).contiguous())  # row-major, as loaded
+        # Drawn as the transpose, [d_in, d_sae], one feature per column, so a seed gives the same
+        # dictionary as in the course's earlier layout; stored as transposed views (module docstring).
+        directions = torch.randn(cfg.d_in, cfg.d_sae, generator=g)
+        directions /= directions.norm(dim=0, keepdim=True)
+        self.W_dec = nn.Parameter(directions.T)  # [d_sae, d_in]: row i is feature i's direction
+        self.W_enc = nn.Parameter((cfg.initial_encoder_norm * directions.T).contiguous().T)  # [d_in, d_sae]
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         if cfg.architecture == "jumprelu":
@@ -186,14 +196,16 @@ class SparseAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ encoder and decoder
     def pre_activations(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
-        """z = W_enc (x - b_dec) + b_enc, computed as W_enc x + (b_enc - W_enc b_dec).
+        """z = (x - b_dec) @ W_enc + b_enc, computed as x @ W_enc + (b_enc - b_dec @ W_enc).
 
-        Same numbers, less work in training: written as (x - b_dec) @ W_enc.T, autograd would get
+        Same numbers, less work in training: written as (x - b_dec) @ W_enc, autograd would get
         b_dec's gradient through a [batch, d_sae] x [d_sae, d_in] matmul (a sixth of a step);
-        folded into the bias it costs one matrix-vector product.
+        folded into the bias it costs one matrix-vector product. ``F.linear(x, W.T, b)`` is
+        ``x @ W + b`` on W's row-major storage ``W.T`` (module docstring).
         """
         self._check_input(x)
-        return F.linear(x, self.W_enc, self.b_enc - self.W_enc @ self.b_dec)
+        W_enc_t = self.W_enc.T  # [d_sae, d_in], contiguous
+        return F.linear(x, W_enc_t, self.b_enc - W_enc_t @ self.b_dec)
 
     def activation(self, z: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
         """The architecture's nonlinearity: ReLU, TopK-then-ReLU, or JumpReLU."""
@@ -209,10 +221,11 @@ class SparseAutoencoder(nn.Module):
         return self.activation(self.pre_activations(x))
 
     def decode(self, f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
-        """x̂ = W_dec f + b_dec: the sum of the active features' directions, scaled by their activations."""
+        """x̂ = f @ W_dec + b_dec: the sum of the active features' directions (rows of W_dec), scaled
+        by their activations."""
         if f.shape[-1] != self.d_sae:
             raise ValueError(f"this SAE has {self.d_sae} features (d_sae), got f of shape {tuple(f.shape)}")
-        return F.linear(f, self.W_dec, self.b_dec)  # f @ W_dec.T + b_dec, bias added inside the matmul
+        return F.linear(f, self.W_dec.T, self.b_dec)  # f @ W_dec + b_dec, bias added inside the matmul
 
     def aux_loss(
         self, x: Float[Tensor, "batch d_in"], x_hat: Float[Tensor, "batch d_in"], z: Float[Tensor, "batch d_sae"],
@@ -222,11 +235,11 @@ class SparseAutoencoder(nn.Module):
 
             e     = x - x̂                          the main reconstruction's error, held fixed (detached)
             f_aux = ReLU(TopK_{k_aux}(z restricted to the dead latents))     (zeros elsewhere)
-            ê     = W_dec f_aux                     (no b_dec: e is a difference of activations)
+            ê     = f_aux @ W_dec                   (no b_dec: e is a difference of activations)
             L_aux = ||e - ê||²                      (summed over d_in, mean over the batch, like "mse")
 
         with k_aux = min(cfg.aux_k, number of dead latents). The gradient of L_aux reaches the dead
-        latents' encoder rows, encoder biases and decoder columns only (and b_dec through the
+        latents' encoder columns, encoder biases and decoder rows only (and b_dec through the
         pre-activations): it pulls them towards what the live latents fail to reconstruct. 0 when
         no latent is dead. ``dead``: a [d_sae] boolean mask.
         """
@@ -239,7 +252,7 @@ class SparseAutoencoder(nn.Module):
         f_aux = torch.zeros_like(z).scatter(-1, indices, values.relu())
         e = (x - x_hat).detach()
         n = x.reshape(-1, self.d_in).shape[0]
-        return (e - F.linear(f_aux, self.W_dec)).pow(2).sum() / n
+        return (e - F.linear(f_aux, self.W_dec.T)).pow(2).sum() / n
 
     def forward(
         self, x: Float[Tensor, "batch d_in"], sparsity_coeff: Optional[float] = None, dead: Optional[Tensor] = None,
@@ -273,13 +286,13 @@ class SparseAutoencoder(nn.Module):
     # ------------------------------------------------------------------ constraints on W_dec
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
-        """Rescale every decoder column (feature direction) to unit norm, in place."""
-        # sqrt of a sum of squares: torch's norm(dim=0) takes ~10x longer on a CPU at [512, 2048]
-        self.W_dec /= self.W_dec.pow(2).sum(0, keepdim=True).sqrt_().clamp_min_(1e-12)
+        """Rescale every decoder row (feature direction) to unit norm, in place."""
+        # sqrt of a sum of squares: torch's norm(dim=1) takes ~10x longer on a CPU at [2048, 512]
+        self.W_dec /= self.W_dec.pow(2).sum(1, keepdim=True).sqrt_().clamp_min_(1e-12)
 
     @torch.no_grad()
     def remove_parallel_decoder_grad_(self) -> None:
-        """Remove from each column's gradient its component along the column, in place.
+        """Remove from each row's gradient its component along the row, in place.
 
         The step that remains is tangent to the unit sphere, so it moves the direction without
         (to first order) changing the norm that ``normalize_decoder_`` would undo anyway; this
@@ -288,7 +301,7 @@ class SparseAutoencoder(nn.Module):
         W, G = self.W_dec, self.W_dec.grad
         if G is None:
             return
-        along = (G * W).sum(0, keepdim=True) / W.pow(2).sum(0, keepdim=True).clamp_min(1e-12)
+        along = (G * W).sum(1, keepdim=True) / W.pow(2).sum(1, keepdim=True).clamp_min(1e-12)
         G -= along * W
 
     @torch.no_grad()
@@ -307,59 +320,3 @@ class SparseAutoencoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_sae={self.d_sae}, architecture={self.cfg.architecture!r}"
-
-
-# =========================================================================== saving and loading
-
-
-def save_sae(sae: SparseAutoencoder, path_stem: Union[str, Path], metrics: Optional[dict] = None,
-             dtype: torch.dtype = torch.float32) -> Path:
-    """Write ``STEM.safetensors`` (weights) and ``STEM.json`` (config, and metrics if given).
-
-    ``dtype=torch.float16`` halves the file (for bundling); ``load_sae`` always returns fp32.
-    Returns the safetensors path. ``load_sae(STEM)`` reads both back.
-    """
-    from safetensors.torch import save_file
-
-    stem = Path(path_stem)
-    if stem.suffix in (".safetensors", ".json"):
-        stem = stem.with_suffix("")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sae.state_dict().items()}
-    weights = stem.with_name(stem.name + ".safetensors")
-    save_file(state, str(weights), metadata={"format": "pt"})
-    record = {"config": sae.cfg.to_dict()}
-    if metrics is not None:
-        record["metrics"] = metrics
-    stem.with_name(stem.name + ".json").write_text(json.dumps(record, indent=1) + "\n")
-    return weights
-
-
-def load_sae(path_or_name: Union[str, Path], device: Union[str, torch.device] = "cpu") -> SparseAutoencoder:
-    """An SAE from ``save_sae`` output: a bundled name (``utils/assets/saes/NAME``) or a path stem.
-
-    The path may also end in ``.safetensors`` or ``.json``. ``sae.metrics`` holds the saved
-    metrics (an empty dict if none were saved).
-    """
-    from safetensors.torch import load_file
-
-    stem = Path(path_or_name)
-    if stem.suffix in (".safetensors", ".json"):
-        stem = stem.with_suffix("")
-    candidates = [stem]
-    if len(stem.parts) == 1:
-        candidates.insert(0, SAE_DIR / stem)
-    for candidate in candidates:
-        weights = candidate.with_name(candidate.name + ".safetensors")
-        config = candidate.with_name(candidate.name + ".json")
-        if weights.exists() and config.exists():
-            break
-    else:
-        bundled = sorted(p.stem for p in SAE_DIR.glob("*.safetensors")) if SAE_DIR.exists() else []
-        raise ValueError(f"no saved SAE at {str(path_or_name)!r} (looked for STEM.safetensors + STEM.json); "
-                         f"bundled SAEs: {bundled}")
-    record = json.loads(config.read_text())
-    sae = SparseAutoencoder(SAEConfig.from_dict(record["config"]))
-    sae.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()}, strict=True)
-    sae.metrics = record.get("metrics", {})
-    return sae.to(device)

@@ -7,10 +7,11 @@ currently reconstructs badly:
 
 1. compute the SAE's loss on each of a sample of inputs;
 2. draw one input per dead feature with probability proportional to loss²;
-3. the feature's decoder column becomes that input (minus b_dec, the dictionary's origin) at unit
-   norm; its encoder row the same direction at 0.2 x the mean norm of the live encoder rows (so it
-   starts firing weakly, on inputs like the one it was built from); its encoder bias 0;
-4. Adam's moment estimates for exactly those rows, columns and bias entries are zeroed, so stale
+3. the feature's decoder row ``W_dec[i]`` becomes that input (minus b_dec, the dictionary's origin)
+   at unit norm; its encoder column ``W_enc[:, i]`` the same direction at 0.2 x the mean norm of the
+   live encoder columns (so it starts firing weakly, on inputs like the one it was built from); its
+   encoder bias 0;
+4. Adam's moment estimates for exactly those columns, rows and bias entries are zeroed, so stale
    momentum from the feature's previous life does not push it straight back.
 
 Inputs are drawn WITHOUT replacement (while there are enough inputs with non-zero loss): two dead
@@ -92,13 +93,16 @@ def resample_dead_features_(
     directions = inputs[chosen] - sae.b_dec  # [n_dead, d_in]
     directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     alive = ~dead
-    alive_norm = sae.W_enc[alive].norm(dim=-1).mean().item() if alive.any() else 1.0
+    # The live encoder columns' mean norm, taken on W_enc.T (the contiguous storage, rows = features)
+    # so that the sum runs in the order it always has: the same number, bit for bit, as before the
+    # layout switch (see utils.sae.model).
+    alive_norm = sae.W_enc.T[alive].norm(dim=-1).mean().item() if alive.any() else 1.0
 
-    sae.W_dec[:, idx] = directions.T
-    sae.W_enc[idx] = directions * (ENCODER_NORM_SCALE * alive_norm)
+    sae.W_dec[idx] = directions
+    sae.W_enc[:, idx] = directions.T * (ENCODER_NORM_SCALE * alive_norm)
     sae.b_enc[idx] = 0.0
-    _zero_adam_state(optimizer, sae.W_dec, (slice(None), idx))
-    _zero_adam_state(optimizer, sae.W_enc, idx)
+    _zero_adam_state(optimizer, sae.W_dec, idx)
+    _zero_adam_state(optimizer, sae.W_enc, (slice(None), idx))
     _zero_adam_state(optimizer, sae.b_enc, idx)
     if sae.cfg.architecture == "jumprelu":
         sae.log_threshold[idx] = math.log(sae.cfg.jumprelu_init_threshold)

@@ -3,8 +3,10 @@
 Chapter 04's toy model (``utils.superposition``) squeezes n sparse features into m < n hidden
 dimensions, h = W x, with feature i written along column W[:, i]. Those columns are the TRUE
 features of h, something we never know for a language model. An SAE trained on h should find
-them again: for each true feature, some decoder column d_j should point the same way,
-cos(W[:, i], d_j) close to 1 (``utils.sae.exercises.feature_recovery``).
+them again: for each true feature, some decoder row d_j = W_dec[j] should point the same way,
+cos(W[:, i], d_j) close to 1 (``utils.sae.exercises.feature_recovery``). (The toy's W is chapter
+04's, [d_hidden, n_features] with features as columns; the SAE's W_dec is [d_sae, d_in], features
+as rows.)
 
     toy = train_toy_model()                      # ~2 s on one core
     sae, log = train_toy_sae(toy, resample=True) # ~1 s

@@ -4,11 +4,11 @@ One step, as in Bricken et al. (2023):
 
     x            = next shuffled batch of activations            (ActivationStore)
     x̂, f, loss  = sae(x, λ_t)                                    (λ warms up linearly from 0)
-    loss.backward()                                               (on a CPU, L1 and TopK: utils.sae.cpu_step)
-    remove each decoder column's gradient component along the column
+    loss.backward()                                               (opt-in, ``fast_cpu``: utils.sae.cpu_step)
+    remove each decoder row's gradient component along the row
     clip the gradient's norm (if ``grad_clip_norm`` is set)
     Adam step at lr_t                                            (linear warm-up, optional linear decay)
-    renormalise decoder columns to unit norm
+    renormalise decoder rows (feature directions) to unit norm
 
 (a TopK SAE with ``aux_k`` set adds the AuxK loss of the latents that have not fired for
 ``aux_dead_steps`` steps, ``SparseAutoencoder.aux_loss``), and at the configured steps, features that did not fire during the last ``resample_window`` steps
@@ -16,6 +16,7 @@ are resampled (``utils.sae.resampling``). Everything per step is whole-tensor wo
 accumulated on the device and read back (``.item()``, a GPU sync) once per logged interval.
 
     python -m utils.sae cpu --out /tmp/my_sae     # train a preset from the shell, evaluate, save
+    python -m utils.sae cpu --out /tmp/my_sae --fast-cpu   # ... through the hand-written CPU step
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from tqdm.auto import tqdm
 from utils.sae import cpu_step
 from utils.sae.activations import ActivationStore
 from utils.sae.config import PRESETS, SAEConfig, preset
-from utils.sae.model import SparseAutoencoder, save_sae
+from utils.sae.model import SparseAutoencoder
+from utils.sae.saving import save_sae
 from utils.sae.resampling import resample_dead_features_
 
 
@@ -103,7 +105,7 @@ def train_sae(cfg: SAEConfig, model=None, store=None, progress: bool = True) -> 
     # per-tensor loop on a CPU (2.5 vs 16 ms a step at d_sae 2048); MPS keeps the default.
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                  fused=device.type in ("cpu", "cuda"))
-    use_cpu_step = cpu_step.applies(sae, device)
+    use_cpu_step = cfg.fast_cpu and cpu_step.applies(sae, device)  # opt-in; autograd is the reference
     workspace: dict = {}  # cpu_step's buffers, reused every step
     generator = torch.Generator(device=device).manual_seed(cfg.seed + 2)  # resampling draws
     resample_at = set(cfg.resample_steps)
@@ -202,13 +204,15 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--eval-tokens", type=int, default=65_536)
+    parser.add_argument("--fast-cpu", action="store_true",
+                        help="on a CPU, the hand-written training step of utils/sae/cpu_step.py (opt-in)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from utils.models import load_model
     from utils.sae.metrics import evaluate_sae
 
-    cfg = preset(args.preset, device=args.device)
+    cfg = preset(args.preset, device=args.device, fast_cpu=args.fast_cpu)
     model = load_model(cfg.model_name, device=str(pick_device(cfg.device)))
     sae, log = train_sae(cfg, model=model)
     metrics = {k: v for k, v in evaluate_sae(sae, model, n_tokens=args.eval_tokens).items() if k != "density"}
