@@ -8,7 +8,7 @@ import torch
 
 from utils import attention as at
 from utils import progress
-from utils.checks import CheckFailure
+from utils.checks import CheckFailure, toolkit
 from utils.checks import ch01 as check
 from utils.checks import core
 
@@ -310,7 +310,7 @@ def test_real_model_case_is_the_models_own_activations():
     """The extra case's expected output IS what the bundled model computes."""
     from utils.models import load_model
 
-    model = check.attn_only_1l()
+    model = toolkit.attn_only_1l()
     assert isinstance(model, type(load_model("attn-only-1l", device="cpu")))
     data = check._real_head(0)
     expected = check.ATTENTION_PATTERN.reference(**check.ATTENTION_PATTERN.extra_inputs[0]())

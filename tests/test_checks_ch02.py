@@ -11,7 +11,7 @@ from transformer_lens import FactoredMatrix
 from utils import attention as at
 from utils import circuits as C
 from utils import progress
-from utils.checks import CheckFailure
+from utils.checks import CheckFailure, toolkit
 from utils.checks import ch02 as check
 from utils.checks.core import seed_for
 
@@ -311,7 +311,7 @@ def test_real_model_cases_are_used_by_default():
 
 
 def test_real_model_cases_are_the_models_own_pieces():
-    model = check.attn_only_1l()
+    model = toolkit.attn_only_1l()
     acts = check.OV_FROM_ACTIVATIONS.extra_inputs[0]()
     tokens = __import__("utils.data", fromlist=["analysis_tokens"]).analysis_tokens(seq_len=12, n_seqs=2)
     torch.testing.assert_close(acts["embed"], model.W_E[tokens].detach())

@@ -14,7 +14,7 @@ from transformer_lens import FactoredMatrix
 from utils import induction as cp
 from utils import induction as ind
 from utils import progress
-from utils.checks import CheckFailure
+from utils.checks import CheckFailure, toolkit
 from utils.checks import ch03 as check
 from utils.checks import ch03_composition, ch03_induction
 from utils.checks.core import grading_session, seed_for
@@ -428,7 +428,7 @@ def test_real_model_cases_are_used_by_default():
 
 
 def test_real_model_cases_are_the_models_own_pieces():
-    model = check.attn_only_1l()
+    model = toolkit.attn_only_1l()
     eig = check.COPYING_SCORE.extra_inputs[0]()["eigenvalues"]
     assert eig.shape == (model.cfg.n_heads, model.cfg.d_head)
     assert (cp.copying_score(eig) > 0.5).all()  # attn-only-1l's heads copy

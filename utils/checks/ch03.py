@@ -42,7 +42,6 @@ from utils.checks.ch03_patching import (HEAD_LOGIT_ATTRIBUTION, INDUCTION_LOGIT_
                                         induction_logit_diff, normalised_patching_metric, patched_head_outputs,
                                         patched_residual_positions)
 from utils.checks.core import question
-from utils.checks.toolkit import attn_only_1l  # noqa: F401  (the copying cases' model)
 
 CHAPTER = "03"
 EXERCISES = (_copying.EXERCISES + _induction.EXERCISES + _composition.EXERCISES
