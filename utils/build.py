@@ -22,6 +22,9 @@ kernel metadata is normalised, JSON is written with sorted keys and a trailing n
 preprocessors are built without any traitlets config, so an instructor's own nbgrader_config.py can
 never change what a chapter looks like. Other files in a solutions folder (small data, images) are
 copied next to the chapter unchanged; other notebooks in it are ignored.
+
+Longer than 400 lines because building and checking are one idea seen twice (``--check`` renders
+exactly what a build writes, then diffs it cell by cell); splitting them would let them drift.
 """
 from __future__ import annotations
 

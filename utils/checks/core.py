@@ -36,6 +36,10 @@ with the grader for free when it follows the pattern every check here follows:
 
 ``tests/test_grading.py::test_every_graded_cell_is_gradable`` plans every graded cell of every
 solution notebook, so a check that breaks the contract fails there with the reason.
+
+Longer than 400 lines because it is the one contract every check and the grader rely on (running
+a check, naming a misconception, describing a difference, the grading session); a split would
+scatter that contract over modules that all import each other.
 """
 from __future__ import annotations
 

@@ -7,6 +7,10 @@ sorted by student. Running the same command again SKIPS every student whose note
 (same SHA-256) and whose row is final (status graded or invalid), and REPLACES the rows of
 students whose notebook changed, or whose last attempt hit a grader-side error; ``--regrade``
 replaces every row. Rows of students absent from SUBMISSIONS are kept.
+
+Longer than 400 lines because it is the whole batch command in the order an instructor meets it
+(finding submissions, the crash-safe gradebook, shards, feedback files, the run loop); each part is
+short and used only here.
 """
 from __future__ import annotations
 

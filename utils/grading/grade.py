@@ -4,6 +4,9 @@ Scoring happens here, in the trusted process: each check call of each graded cel
 under ``grading_session("grade")`` with a stand-in that returns the student's recorded outputs, so
 the reference, the tolerances, the misconception catalogue and any wrapper of the check are
 exactly the notebook's. A cell's points are shared equally among its cases (partial credit).
+
+Longer than 400 lines because inspecting, running and scoring one submission is one sequence whose
+steps pass the same trusted state along; it reads top to bottom in that order.
 """
 from __future__ import annotations
 

@@ -5,6 +5,10 @@ the walls.
 Processes come from a ZYGOTE (``runner.zygote``): one per grading worker, it pays the imports once
 and forks a fresh child per submission. The zygote is trusted code started with a minimal
 environment; no student code ever runs in it.
+
+Longer than 400 lines because it is the grader's whole side of one child process (the zygote that
+starts it, the probes for which walls the kernel allows, the watchdog loop, the protocol of what
+comes back), and those parts share the limits and the child's state.
 """
 from __future__ import annotations
 
