@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from utils import circuits as C
+import random_models
 from utils.models import HookedTinyTransformer, ModelConfig
 
 matplotlib.use("Agg")
@@ -22,13 +23,7 @@ SHORT = ModelConfig(n_layers=1, d_model=12, n_heads=3, d_head=4, d_vocab=29, n_c
 
 
 def randomized(cfg: ModelConfig = SHORT, seed: int = 0) -> HookedTinyTransformer:
-    """Every parameter random, biases included, so no term can hide behind a zero."""
-    torch.manual_seed(seed)
-    model = HookedTinyTransformer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
-    return model.eval()
+    return random_models.randomized(cfg, seed)
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,15 @@ from transformer_lens import FactoredMatrix
 from utils import circuits as C
 from utils import induction as cp
 from utils.induction import induction_report, repeated_random_tokens
+import random_models
 from utils.models import HookedTinyTransformer, ModelConfig
 from utils.models.transformer import lm_cross_entropy
-from utils.paths import ASSETS
 
 TWO = ModelConfig(n_layers=2, d_model=12, n_heads=3, d_head=4, d_vocab=29, n_ctx=21)
 
 
 def randomized(cfg: ModelConfig = TWO, seed: int = 0) -> HookedTinyTransformer:
-    """Every parameter random, biases included, so no term can hide behind a zero."""
-    torch.manual_seed(seed)
-    model = HookedTinyTransformer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
-    return model.eval()
+    return random_models.randomized(cfg, seed)
 
 
 def assert_same_eigenvalues(got: torch.Tensor, want: torch.Tensor, tol: float = 1e-6):

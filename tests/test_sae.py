@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import random_models
 import torch
 
 from utils.data.dataset import analysis_tokens, batches
@@ -36,12 +37,7 @@ def tiny_cfg(**changes):
 def random_sae(seed=0, **changes):
     """An SAE with every parameter random (not the structured initialisation)."""
     sae = SparseAutoencoder(tiny_cfg(**changes))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.7)
-        sae.normalize_decoder_()
-    return sae
+    return random_models.randomize_sae_(sae, seed)
 
 
 def randn(*shape, seed=0):

@@ -1,6 +1,7 @@
 """utils.sae.exercises (chapter 05's pure-tensor references) against the SAE package they mirror and
 against per-element loops."""
 import pytest
+import random_models
 import torch
 
 from utils.sae import (SAEConfig, SparseAutoencoder, ce_loss_recovered, dead_fraction, dense_fraction,
@@ -14,12 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def random_sae(seed=0, d_in=6, d_sae=10):
     sae = SparseAutoencoder(SAEConfig(d_in=d_in, d_sae=d_sae, batch_size=8, buffer_size=64, training_tokens=64,
                                       b_dec_init_samples=16, resample_inputs=16, device="cpu"))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.7)
-        sae.normalize_decoder_()
-    return sae
+    return random_models.randomize_sae_(sae, seed)
 
 
 def randn(*shape, seed=0):
