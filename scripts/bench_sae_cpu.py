@@ -40,6 +40,12 @@ gelu-1l-mlp-topk-k24 SAEs were made that way) and were ALL CONTENDED: another jo
     cpu-topk      1        257 s (236 s)      32.0  0.927  0.982    0.117  0.011
     cpu-jumprelu  1        266 s (260 s)      21.1  0.866  0.956    0.000  0.005
 
+Measured 2026-12-03 after the move to SAELens's layout (W_enc [d_in, d_sae], W_dec [d_sae, d_in]),
+idle but for the run itself, 1 thread; the quality matches the old layout's rows above:
+
+    cpu (819k)    1         80 s (80 s)       23.3  0.875  0.952    0.004  0.000   fast_cpu (this script's default)
+    cpu (819k)    1         97 s (97 s)       23.4  0.875  0.953    0.002  0.000   --set fast_cpu=False (plain step)
+
 The step is matmul-bound (5 matmuls of 2·B·512·2048 FLOP; ~80% of a step's time in a profile),
 8.8e12 FLOP for the 819k-token preset (1.26e13 at 1.2M) if every step were dense. Through
 utils/sae/cpu_step.py (an opt-in, ``fast_cpu=True``, which this script sets; ``--set fast_cpu=False``
