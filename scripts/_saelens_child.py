@@ -41,11 +41,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import sae_lens
-    from safetensors.torch import load_file, save_file
     from sae_lens import SAETrainer
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from safetensors.torch import load_file, save_file
 
     data = load_file(args.data)
     train, held_out = data["train"], data["eval"]

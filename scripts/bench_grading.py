@@ -115,7 +115,7 @@ def main() -> None:
               f"sandbox {sandbox}; {os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f}")
         base = baseline(root, kinds)
         base_total = sum(base[k] for k in kinds.values())
-        print(f"baseline, each notebook alone in a fresh Python process: "
+        print("baseline, each notebook alone in a fresh Python process: "
               + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(base.items())) + f"; {base_total:.1f} s for all, one by one")
         walls = {}
         for jobs in args.jobs:

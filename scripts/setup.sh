@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the course into the current Python (use a virtual environment or conda env if you like).
+# Install the course into the active virtual environment or conda env, or else into the project's
+# own .venv (created on the first run; see python_env.sh).
 #   bash scripts/setup.sh          the student install: the package and JupyterLab ([course])
 #   bash scripts/setup.sh dev      instructors and tests: adds nbgrader, pytest, Playwright ([dev])
 # torch is installed first and on its own: the CPU build is enough for every chapter, and a plain
@@ -9,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-course}"
 case "$extra" in course|dev) ;; *) echo "usage: bash scripts/setup.sh [course|dev]" >&2; exit 2 ;; esac
+source scripts/python_env.sh
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install "torch==${DEMYSTIFY_TORCH_VERSION:-2.13.0}"
 fi

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from utils import progress
-from utils.checks import CheckFailure
 from utils.build import SOLUTIONS
+from utils.checks import CheckFailure
 from utils.checks.core import outputs_match, seed_for
 from utils.checks.questions import LETTERS, read_bank
 

@@ -8,9 +8,8 @@ import torch
 
 from utils import attention as at
 from utils import progress
-from utils.checks import CheckFailure, toolkit
+from utils.checks import CheckFailure, core, toolkit
 from utils.checks import ch01 as check
-from utils.checks import core
 
 EXERCISES = {
     "attention_pattern": check.ATTENTION_PATTERN,

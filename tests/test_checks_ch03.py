@@ -4,8 +4,8 @@ eigenvalues, |lambda| in the copying score's numerator, composition products in 
 with QK untransposed for K-composition, the induction stripe at offset seq_len, softmax applied
 twice, log-probabilities misused or unshifted, missing Frobenius normalisation)."""
 
-import numpy as np
 import check_harness as harness
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,9 +14,8 @@ from transformer_lens import FactoredMatrix
 from utils import induction as cp
 from utils import induction as ind
 from utils import progress
-from utils.checks import CheckFailure, toolkit
+from utils.checks import CheckFailure, ch03_composition, ch03_induction, toolkit
 from utils.checks import ch03 as check
-from utils.checks import ch03_composition, ch03_induction
 from utils.checks.core import grading_session, seed_for
 from utils.grading import codec
 

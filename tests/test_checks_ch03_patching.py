@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from utils import induction as P
-from utils.checks import CheckFailure
+from utils.checks import CheckFailure, core
 from utils.checks import ch03_patching as check
-from utils.checks import core
 from utils.checks.core import grading_session, outputs_match, seed_for
 from utils.grading import codec
 

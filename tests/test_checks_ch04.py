@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from utils import progress
-from utils.superposition import exercises as ex
 from utils.checks import CheckFailure
 from utils.checks import ch04 as check
 from utils.checks.core import outputs_match, seed_for
+from utils.superposition import exercises as ex
 
 # --------------------------------------------------------------------------- correct alternatives
 

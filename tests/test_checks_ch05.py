@@ -1,14 +1,13 @@
 """Chapter 05's checks accept correct implementations and name each catalogued mistake."""
+import check_harness as harness
 import pytest
 import torch
 import torch.nn.functional as F
 
-import check_harness as harness
 from utils.checks import CheckFailure
 from utils.checks import ch05 as check
 from utils.sae import exercises as ref
 from utils.sae import fraction_variance_explained, geometric_median, l0, topk_relu
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,14 +1,13 @@
 """Chapter 06's checks accept correct implementations and name each catalogued mistake."""
+import check_harness as harness
 import numpy as np
 import pytest
 import torch
 
-import check_harness as harness
 from utils.checks import CheckFailure
 from utils.checks import ch06 as check
 from utils.checks.core import seed_for
 from utils.features import exercises as ref
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

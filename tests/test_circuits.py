@@ -11,10 +11,10 @@ from collections import Counter
 
 import matplotlib
 import pytest
+import random_models
 import torch
 
 from utils import circuits as C
-import random_models
 from utils.models import HookedTinyTransformer, ModelConfig
 
 matplotlib.use("Agg")

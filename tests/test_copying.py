@@ -9,6 +9,7 @@ W_O). The last section measures the bundled models.
 import math
 
 import pytest
+import random_models
 import torch
 import torch.nn.functional as F
 from transformer_lens import FactoredMatrix
@@ -16,7 +17,6 @@ from transformer_lens import FactoredMatrix
 from utils import circuits as C
 from utils import induction as cp
 from utils.induction import induction_report, repeated_random_tokens
-import random_models
 from utils.models import HookedTinyTransformer, ModelConfig
 from utils.models.transformer import lm_cross_entropy
 

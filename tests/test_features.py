@@ -13,10 +13,25 @@ import torch
 from matplotlib.figure import Figure
 
 from utils.data.dataset import analysis_tokens
-from utils.features import (FeatureCorpus, ablation_effect, collect, cross_correlation, decoder_cosine, effect_html,
-                            examples_html, feature_acts, feature_figure, feature_logit_weights, hypothesis_scores,
-                            logit_effect, prompt_html, proxy_log_likelihood_ratio, quantile_examples,
-                            steered_generate, top_tokens)
+from utils.features import (
+    FeatureCorpus,
+    ablation_effect,
+    collect,
+    cross_correlation,
+    decoder_cosine,
+    effect_html,
+    examples_html,
+    feature_acts,
+    feature_figure,
+    feature_logit_weights,
+    hypothesis_scores,
+    logit_effect,
+    prompt_html,
+    proxy_log_likelihood_ratio,
+    quantile_examples,
+    steered_generate,
+    top_tokens,
+)
 from utils.features import exercises as ex
 from utils.features.effects import ablation_hook, steering_hook
 from utils.sae import SAEConfig, SparseAutoencoder, load_sae, preset

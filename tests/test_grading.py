@@ -13,16 +13,15 @@ import csv
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+import grading_submissions as subs
 import nbformat
 import pytest
 import torch
 
-import grading_submissions as subs
 from utils.checks import core
 from utils.grading import codec
 from utils.grading.batch import Gradebook, columns, discover

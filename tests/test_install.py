@@ -3,7 +3,8 @@
 A wheel is built from this tree and installed into a fresh virtual environment; chapter 00's
 solution notebook then runs from an empty folder in that environment, and every bundled model and
 SAE loads from the installed package. The venv sees the test environment's site-packages for the
-dependencies (torch, transformer-lens, ...), so nothing is downloaded; the course package itself
+dependencies (torch, transformer-lens, ...) through a .pth file, so nothing is downloaded (not
+``system_site_packages``: inside a virtual environment that means the BASE interpreter's packages); the course package itself
 comes only from the wheel, which the notebook proves by printing where `utils` was imported from.
 
 What this does not check about Colab itself: its preinstalled package versions (other numpy,
@@ -11,6 +12,7 @@ transformers), its GPU runtime, and GitHub as the install source (a local git UR
 """
 import json
 import os
+import site
 import subprocess
 import sys
 import venv
@@ -34,8 +36,12 @@ def _run(*cmd, **kw):
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory):
     root = tmp_path_factory.mktemp("colab")
-    venv.create(root / "venv", system_site_packages=True, with_pip=True)
+    venv.create(root / "venv", with_pip=True)
     python = root / "venv" / "bin" / "python"
+    purelib = _run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()
+    # The running interpreter's site-packages (a venv's, conda's or the base's): paths only, so
+    # their .pth files (this repository's editable install among them) are not processed.
+    (Path(purelib) / "test_environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return root, python
 
 

@@ -14,9 +14,9 @@ import shlex
 import subprocess
 import sys
 
+import grading_submissions as subs
 import pytest
 
-import grading_submissions as subs
 from utils.paths import REPO
 
 SLUG = "00_orientation"

@@ -7,7 +7,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from utils.course import CHAPTERS, SKIP_WHEN_GRADING as SKIP_TAG
+from utils.course import CHAPTERS
+from utils.course import SKIP_WHEN_GRADING as SKIP_TAG
 from utils.notebook_setup import SETUP_CELL
 from utils.paths import REPO
 

@@ -9,10 +9,33 @@ import random_models
 import torch
 
 from utils.data.dataset import analysis_tokens, batches
-from utils.sae import (PRESETS, ActivationStore, JumpReLUFunction, SAEConfig, SparseAutoencoder, StepFunction, ce_loss_recovered,
-                       ce_losses, dead_fraction, dense_fraction, density_histogram, evaluate_sae, feature_density,
-                       fraction_variance_explained, geometric_median, l0, load_sae, log10_density, lr_at,
-                       per_input_loss, preset, resample_dead_features_, save_sae, sparsity_coeff_at, train_sae)
+from utils.sae import (
+    PRESETS,
+    ActivationStore,
+    JumpReLUFunction,
+    SAEConfig,
+    SparseAutoencoder,
+    StepFunction,
+    ce_loss_recovered,
+    ce_losses,
+    dead_fraction,
+    dense_fraction,
+    density_histogram,
+    evaluate_sae,
+    feature_density,
+    fraction_variance_explained,
+    geometric_median,
+    l0,
+    load_sae,
+    log10_density,
+    lr_at,
+    per_input_loss,
+    preset,
+    resample_dead_features_,
+    save_sae,
+    sparsity_coeff_at,
+    train_sae,
+)
 from utils.sae.saving import SAE_DIR
 
 HOOK = "blocks.0.mlp.hook_post"

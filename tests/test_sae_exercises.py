@@ -4,10 +4,16 @@ import pytest
 import random_models
 import torch
 
-from utils.sae import (SAEConfig, SparseAutoencoder, ce_loss_recovered, dead_fraction, dense_fraction,
-                       per_input_loss, resample_dead_features_)
+from utils.sae import (
+    SAEConfig,
+    SparseAutoencoder,
+    ce_loss_recovered,
+    dead_fraction,
+    dense_fraction,
+    per_input_loss,
+    resample_dead_features_,
+)
 from utils.sae import exercises as ex
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -2,15 +2,23 @@
 import copy
 import json
 
+import pytest
 import torch
 
 from utils.models import ModelConfig, load_model
 from utils.models.loading import save_model, write_model_card
-import pytest
-
-from utils.models.train import (PRESETS, TrainConfig, lr_at, past_synthetic_schedule, set_field,
-                                synthetic_rows_at, synthetic_tiled_repeats, synthetic_token_count, train,
-                                with_synthetic_rows)
+from utils.models.train import (
+    PRESETS,
+    TrainConfig,
+    lr_at,
+    past_synthetic_schedule,
+    set_field,
+    synthetic_rows_at,
+    synthetic_tiled_repeats,
+    synthetic_token_count,
+    train,
+    with_synthetic_rows,
+)
 
 TINY = TrainConfig(model=ModelConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=32),
                    steps=30, batch_size=8, seq_len=32, warmup_steps=5, eval_every=30, seed=7)

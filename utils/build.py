@@ -51,7 +51,8 @@ from nbgrader.preprocessors import (
     LockCells,
 )
 
-from utils.paths import QUESTION_BANK as BANK_NAME, REPO
+from utils.paths import QUESTION_BANK as BANK_NAME
+from utils.paths import REPO
 
 SOLUTIONS = REPO / "solutions"
 CHAPTERS = REPO / "chapters"

@@ -25,10 +25,25 @@ The shared helpers ``causal_mask``, ``kron`` and ``MASKED`` live in ``utils.tens
 re-exported here, as before.
 """
 from utils.attention import exercises
-from utils.attention.exercises import (KRON_MAX_SIDE, attention_pattern, attention_scores, compose_heads,
-                                       composition_score, head_output, kron_head_factors, kron_head_matrix,
-                                       multihead_residual, ov_matrix, path_logits, read_write_weights, tensor_head,
-                                       tensor_head_einsum, tensor_head_kron, vec, virtual_weight)
+from utils.attention.exercises import (
+                                       KRON_MAX_SIDE,
+                                       attention_pattern,
+                                       attention_scores,
+                                       compose_heads,
+                                       composition_score,
+                                       head_output,
+                                       kron_head_factors,
+                                       kron_head_matrix,
+                                       multihead_residual,
+                                       ov_matrix,
+                                       path_logits,
+                                       read_write_weights,
+                                       tensor_head,
+                                       tensor_head_einsum,
+                                       tensor_head_kron,
+                                       vec,
+                                       virtual_weight,
+)
 from utils.attention.inputs import head_inputs, path_inputs, path_names
 from utils.attention.plots import plot_kron_blocks, plot_matrices, plot_path_contributions
 from utils.tensors import MASKED, causal_mask, kron, require_equal, require_ndim

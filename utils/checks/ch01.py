@@ -18,8 +18,8 @@ import torch
 
 from utils.attention import exercises as ref
 from utils.attention.inputs import head_inputs, path_inputs
-from utils.checks.toolkit import INF, misconception, attn_only_1l, nan_as_inf, randint, random_pattern, rng
 from utils.checks.core import Cases, Exercise, question, run_check
+from utils.checks.toolkit import INF, attn_only_1l, misconception, nan_as_inf, randint, random_pattern, rng
 from utils.tensors import causal_mask, kron
 
 CHAPTER = "01"

@@ -20,12 +20,21 @@ from functools import lru_cache
 import torch
 from transformer_lens import FactoredMatrix
 
+from utils.checks.core import Cases, CheckFailure, Exercise, question, run_check, seed_for
+from utils.checks.toolkit import (
+    attn_only_1l,
+    circuit_sizes,
+    misconception,
+    nan_as_inf,
+    randint,
+    random_ov_weights,
+    random_pattern,
+    rng,
+)
 from utils.circuits import exercises as ref
 from utils.circuits.bigrams import bigram_counts
 from utils.circuits.experiments import confirmation_prompts, filler_contexts
 from utils.tensors import causal_mask, is_factored
-from utils.checks.toolkit import circuit_sizes, misconception, attn_only_1l, random_ov_weights, nan_as_inf, randint, random_pattern, rng
-from utils.checks.core import Cases, CheckFailure, Exercise, question, run_check, seed_for
 
 CHAPTER = "02"
 EXERCISES = [

@@ -22,25 +22,53 @@ from utils.checks import ch03_composition as _composition
 from utils.checks import ch03_copying as _copying
 from utils.checks import ch03_induction as _induction
 from utils.checks import ch03_patching as _patching
-from utils.checks.ch03_circuit import (IN_CONTEXT_LEARNING_SCORE, K_COMPOSITION_CIRCUIT,  # noqa: F401
-                                       POSITIONAL_ATTENTION_PATTERN, TOP_1_DIAGONAL_ACCURACY,
-                                       in_context_learning_score, k_composition_circuit,
-                                       positional_attention_pattern, top_1_diagonal_accuracy)
-from utils.checks.ch03_composition import (COMPOSITION_SCORE, COMPOSITION_SCORES,  # noqa: F401
-                                           composition_score, composition_scores)
-from utils.checks.ch03_copying import (COPYING_SCORE, EIGENVALUES_VIA_SMALL_PRODUCT,  # noqa: F401
-                                       FULL_OV_CIRCUIT_EIGENVALUES, SELF_TOP_K_FRACTION, copying_score,
-                                       eigenvalues_via_small_product, full_ov_circuit_eigenvalues,
-                                       self_top_k_fraction)
-from utils.checks.ch03_induction import (ABLATE_HEADS, INDUCTION_LOSS_DROP, INDUCTION_SCORES,  # noqa: F401
-                                         PER_TOKEN_LOSS, PREVIOUS_TOKEN_SCORES, REAL_SEQ_LEN, ablate_heads,
-                                         attn_only_2l, induction_loss_drop, induction_scores, per_token_loss,
-                                         previous_token_scores)
-from utils.checks.ch03_patching import (HEAD_LOGIT_ATTRIBUTION, INDUCTION_LOGIT_DIFF,  # noqa: F401
-                                        NORMALISED_PATCHING_METRIC, PATCHED_HEAD_OUTPUTS,
-                                        PATCHED_RESIDUAL_POSITIONS, head_logit_attribution,
-                                        induction_logit_diff, normalised_patching_metric, patched_head_outputs,
-                                        patched_residual_positions)
+from utils.checks.ch03_circuit import (  # noqa: F401
+                                       IN_CONTEXT_LEARNING_SCORE,
+                                       K_COMPOSITION_CIRCUIT,
+                                       POSITIONAL_ATTENTION_PATTERN,
+                                       TOP_1_DIAGONAL_ACCURACY,
+                                       in_context_learning_score,
+                                       k_composition_circuit,
+                                       positional_attention_pattern,
+                                       top_1_diagonal_accuracy,
+)
+from utils.checks.ch03_composition import COMPOSITION_SCORE, COMPOSITION_SCORES, composition_score, composition_scores  # noqa: F401
+from utils.checks.ch03_copying import (  # noqa: F401
+                                       COPYING_SCORE,
+                                       EIGENVALUES_VIA_SMALL_PRODUCT,
+                                       FULL_OV_CIRCUIT_EIGENVALUES,
+                                       SELF_TOP_K_FRACTION,
+                                       copying_score,
+                                       eigenvalues_via_small_product,
+                                       full_ov_circuit_eigenvalues,
+                                       self_top_k_fraction,
+)
+from utils.checks.ch03_induction import (  # noqa: F401
+                                       ABLATE_HEADS,
+                                       INDUCTION_LOSS_DROP,
+                                       INDUCTION_SCORES,
+                                       PER_TOKEN_LOSS,
+                                       PREVIOUS_TOKEN_SCORES,
+                                       REAL_SEQ_LEN,
+                                       ablate_heads,
+                                       attn_only_2l,
+                                       induction_loss_drop,
+                                       induction_scores,
+                                       per_token_loss,
+                                       previous_token_scores,
+)
+from utils.checks.ch03_patching import (  # noqa: F401
+                                       HEAD_LOGIT_ATTRIBUTION,
+                                       INDUCTION_LOGIT_DIFF,
+                                       NORMALISED_PATCHING_METRIC,
+                                       PATCHED_HEAD_OUTPUTS,
+                                       PATCHED_RESIDUAL_POSITIONS,
+                                       head_logit_attribution,
+                                       induction_logit_diff,
+                                       normalised_patching_metric,
+                                       patched_head_outputs,
+                                       patched_residual_positions,
+)
 from utils.checks.core import question
 
 CHAPTER = "03"

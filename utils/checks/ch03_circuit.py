@@ -49,9 +49,9 @@ from transformer_lens import FactoredMatrix
 
 from utils import induction as ref
 from utils.checks.ch03_induction import attn_only_2l
-from utils.tensors import is_factored
-from utils.checks.toolkit import misconception, nan_as_inf, randint, rng
 from utils.checks.core import Cases, CheckFailure, Exercise, default_case, run_check, square_case
+from utils.checks.toolkit import misconception, nan_as_inf, randint, rng
+from utils.tensors import is_factored
 
 CHAPTER = "03"
 EXERCISES = ["in_context_learning_score", "positional_attention_pattern", "k_composition_circuit",

@@ -16,8 +16,8 @@ import torch
 
 from utils import induction as ref
 from utils.checks import ch03_induction as _induction
-from utils.checks.toolkit import misconception, nan_as_inf, randint, rng
 from utils.checks.core import Cases, Exercise, default_case, run_check, square_case
+from utils.checks.toolkit import misconception, nan_as_inf, randint, rng
 
 CHAPTER = "03"
 EXERCISES = ["composition_score", "composition_scores"]

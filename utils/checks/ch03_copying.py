@@ -25,8 +25,8 @@ import torch
 from transformer_lens import FactoredMatrix
 
 from utils import induction as ref
-from utils.checks.toolkit import attn_only_1l, misconception, nan_as_inf, randint, random_ov_weights, rng
 from utils.checks.core import Cases, CheckFailure, Exercise, run_check, square_case
+from utils.checks.toolkit import attn_only_1l, misconception, nan_as_inf, randint, random_ov_weights, rng
 
 CHAPTER = "03"
 EXERCISES = ["eigenvalues_via_small_product", "full_ov_circuit_eigenvalues", "copying_score", "self_top_k_fraction"]

@@ -15,10 +15,10 @@ from functools import lru_cache
 import torch
 
 from utils import induction as ref
-from utils.tensors import causal_mask
 from utils.checks.ch00 import PER_TOKEN_LOSS as _CH00_PER_TOKEN_LOSS
-from utils.checks.toolkit import misconception, nan_as_inf, randint, rng
 from utils.checks.core import Cases, CheckFailure, Exercise, default_case, run_check
+from utils.checks.toolkit import misconception, nan_as_inf, randint, rng
+from utils.tensors import causal_mask
 
 CHAPTER = "03"
 EXERCISES = ["per_token_loss", "induction_scores", "previous_token_scores", "induction_loss_drop", "ablate_heads"]

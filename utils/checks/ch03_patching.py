@@ -37,8 +37,8 @@ import torch
 
 from utils import induction as ref
 from utils.checks.ch03_induction import attn_only_2l
-from utils.checks.toolkit import misconception, nan_as_inf, randint, random_pattern, rng
 from utils.checks.core import Cases, CheckFailure, Exercise, default_case, run_check
+from utils.checks.toolkit import misconception, nan_as_inf, randint, random_pattern, rng
 
 CHAPTER = "03"
 EXERCISES = ["induction_logit_diff", "normalised_patching_metric", "patched_head_outputs",

@@ -19,8 +19,8 @@ import re
 
 import torch
 
-from utils.superposition import exercises as ref
 from utils.checks.core import Cases, CheckFailure, Exercise, Misconception, diagnose, question, run_check
+from utils.superposition import exercises as ref
 
 CHAPTER = "04"
 EXERCISES = ["toy_forward", "generate_batch", "weighted_loss", "superposition", "dimensionality",

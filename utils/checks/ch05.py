@@ -23,12 +23,22 @@ from typing import Optional
 
 import torch
 
+from utils.checks.core import (
+    Cases,
+    CheckFailure,
+    Exercise,
+    Misconception,
+    describe_difference,
+    question,
+    run_check,
+    withholding_values,
+)
 from utils.checks.toolkit import describe_parts, randint, rng, run_described
-from utils.checks.core import (Cases, CheckFailure, Exercise, Misconception, describe_difference,
-                               outputs_match, question, run_check, withholding_values)
 from utils.sae import exercises as ref
-from utils.sae.metrics import fraction_variance_explained as ref_fve, l0 as ref_l0
-from utils.sae.model import geometric_median as ref_geometric_median, topk_relu
+from utils.sae.metrics import fraction_variance_explained as ref_fve
+from utils.sae.metrics import l0 as ref_l0
+from utils.sae.model import geometric_median as ref_geometric_median
+from utils.sae.model import topk_relu
 from utils.sae.resampling import ENCODER_NORM_SCALE
 
 CHAPTER = "05"

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from utils.checks.toolkit import describe_parts, randint, rng, run_described
 from utils.checks.core import Cases, Exercise, Misconception, question, run_check, square_case
+from utils.checks.toolkit import describe_parts, randint, rng, run_described
 from utils.features import exercises as ref
 
 CHAPTER = "06"

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from utils.paths import QUESTION_BANK as BANK_NAME, REPO
+from utils.paths import QUESTION_BANK as BANK_NAME
+from utils.paths import REPO
+
 LETTERS = ("a", "b", "c", "d")
 
 

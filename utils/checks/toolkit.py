@@ -10,9 +10,18 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from utils.checks.core import (
+    Cases,
+    CheckFailure,
+    Exercise,
+    Misconception,
+    clone_inputs,
+    describe_difference,
+    not_callable_message,
+    outputs_match,
+    run_check,
+)
 from utils.tensors import causal_mask
-from utils.checks.core import (Cases, CheckFailure, Exercise, Misconception, clone_inputs, describe_difference, not_callable_message,
-                               outputs_match, run_check)
 
 INF = float("inf")
 

@@ -31,14 +31,36 @@ from transformer_lens import FactoredMatrix
 
 from utils.circuits import exercises
 from utils.circuits.bigrams import BigramCounts, DirectPathComparison, bigram_counts, direct_path_vs_bigrams
-from utils.circuits.exercises import (POSITIONAL_SCORE_NAMES, average_ranks, check_token_mask, circuit_slice,
-                                      classify_heads, confirmation_effect, full_ov_circuit, full_qk_circuit,
-                                      ov_from_activations, positional_head_scores, positional_qk_pattern,
-                                      positional_qk_scores, source_centred, spearman, top_for_source)
-from utils.circuits.experiments import (CONFIRM_LOG_RATIO, N_NEUTRAL_CANDIDATES, Confirmation, SkipTrigrams,
-                                        confirm_skip_trigrams, confirmation_prompts, filler_contexts,
-                                        forced_attention_logit_difference, neutral_tokens, random_triples,
-                                        skip_trigrams)
+from utils.circuits.exercises import (
+                                      POSITIONAL_SCORE_NAMES,
+                                      average_ranks,
+                                      check_token_mask,
+                                      circuit_slice,
+                                      classify_heads,
+                                      confirmation_effect,
+                                      full_ov_circuit,
+                                      full_qk_circuit,
+                                      ov_from_activations,
+                                      positional_head_scores,
+                                      positional_qk_pattern,
+                                      positional_qk_scores,
+                                      source_centred,
+                                      spearman,
+                                      top_for_source,
+)
+from utils.circuits.experiments import (
+                                      CONFIRM_LOG_RATIO,
+                                      N_NEUTRAL_CANDIDATES,
+                                      Confirmation,
+                                      SkipTrigrams,
+                                      confirm_skip_trigrams,
+                                      confirmation_prompts,
+                                      filler_contexts,
+                                      forced_attention_logit_difference,
+                                      neutral_tokens,
+                                      random_triples,
+                                      skip_trigrams,
+)
 from utils.circuits.plots import plot_relative_attention
 from utils.circuits.tables import TrigramTable, show_token, skip_trigram_table, trigram_string
 from utils.circuits.widgets import circuit_explorer, explorer_html

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from utils.circuits import average_ranks, spearman  # chapter 02's references (ties averaged), reused
+from utils.circuits import average_ranks, spearman  # noqa: F401 (checks grade ref.average_ranks); chapter 02's references (ties averaged), reused
 
 
 def top_activating(acts: Float[Tensor, "n_seq seq_len"], k: int

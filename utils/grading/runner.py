@@ -79,10 +79,9 @@ def _preload_common() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import utils
-    import utils.checks.core
     from IPython.core.interactiveshell import InteractiveShell  # noqa: F401
 
+    import utils.checks.core  # noqa: F401 (imported before the jail, so the child finds it loaded)
     from utils.grading import codec, jail  # noqa: F401
 
 

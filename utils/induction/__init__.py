@@ -15,22 +15,65 @@ the bundled attn-only-2l's gate are model-level (the LM trainer logs them): they
 every name of the chapter.
 """
 from utils.induction import exercises
-from utils.induction.circuit import (DIAGONAL_CHUNK, full_ov_circuit, k_composition_circuit,
-                                     positional_attention_pattern, top_1_diagonal_accuracy)
+from utils.induction.circuit import (
+                                     DIAGONAL_CHUNK,
+                                     full_ov_circuit,
+                                     k_composition_circuit,
+                                     positional_attention_pattern,
+                                     top_1_diagonal_accuracy,
+)
 from utils.induction.cli import main
-from utils.induction.copying import (KINDS, TOP_K_CHUNK, ablate_heads, composition_score, composition_scores,
-                                     copying_score, eigenvalues_via_small_product, full_ov_circuit_eigenvalues,
-                                     induction_loss_drop, per_token_loss, self_top_k_fraction)
-from utils.induction.experiments import (ablated_induction_loss_drop, attn_weights, copying_summary,
-                                         corrupted_first_copy, folded_unembed, head_patching_table, ov_weights,
-                                         random_composition_baseline, random_composition_scores, random_init_copy,
-                                         residual_hook_names, residual_patching_table)
-from utils.induction.patching import (head_logit_attribution, induction_logit_diff, normalised_patching_metric,
-                                      patched_head_outputs, patched_residual_positions)
-from utils.models.evaluation import (GATE, ICL_EARLY, ICL_LATE, chunk_means, gate_failures, gate_report,
-                                     held_out_losses, in_context_learning_score, induction_report, induction_scores,
-                                     previous_token_scores, record_gate, repeated_random_tokens, second_copy_losses,
-                                     trajectory_point)
+from utils.induction.copying import (
+                                     KINDS,
+                                     TOP_K_CHUNK,
+                                     ablate_heads,
+                                     composition_score,
+                                     composition_scores,
+                                     copying_score,
+                                     eigenvalues_via_small_product,
+                                     full_ov_circuit_eigenvalues,
+                                     induction_loss_drop,
+                                     per_token_loss,
+                                     self_top_k_fraction,
+)
+from utils.induction.experiments import (
+                                     ablated_induction_loss_drop,
+                                     attn_weights,
+                                     copying_summary,
+                                     corrupted_first_copy,
+                                     folded_unembed,
+                                     head_patching_table,
+                                     ov_weights,
+                                     random_composition_baseline,
+                                     random_composition_scores,
+                                     random_init_copy,
+                                     residual_hook_names,
+                                     residual_patching_table,
+)
+from utils.induction.patching import (
+                                     head_logit_attribution,
+                                     induction_logit_diff,
+                                     normalised_patching_metric,
+                                     patched_head_outputs,
+                                     patched_residual_positions,
+)
+from utils.models.evaluation import (
+                                     GATE,
+                                     ICL_EARLY,
+                                     ICL_LATE,
+                                     chunk_means,
+                                     gate_failures,
+                                     gate_report,
+                                     held_out_losses,
+                                     in_context_learning_score,
+                                     induction_report,
+                                     induction_scores,
+                                     previous_token_scores,
+                                     record_gate,
+                                     repeated_random_tokens,
+                                     second_copy_losses,
+                                     trajectory_point,
+)
 
 __all__ = [
     "exercises", "main",

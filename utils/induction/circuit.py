@@ -20,13 +20,12 @@ Contents:
 """
 from __future__ import annotations
 
-
 import torch
 from jaxtyping import Float
 from transformer_lens import FactoredMatrix
 
-from utils.models.evaluation import ICL_EARLY, ICL_LATE, in_context_learning_score  # noqa: F401  (this section grades it)
 from utils.circuits.exercises import positional_qk_pattern
+from utils.models.evaluation import ICL_EARLY, ICL_LATE, in_context_learning_score  # noqa: F401  (this section grades it)
 from utils.tensors import require_ndim
 
 DIAGONAL_CHUNK = 512  # rows of a factored vocab x vocab matrix materialised at once

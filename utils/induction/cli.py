@@ -15,8 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from utils.models.evaluation import (ICL_EARLY, ICL_LATE, gate_failures, gate_report, induction_report,
-                                     record_gate)
+from utils.models.evaluation import ICL_EARLY, ICL_LATE, gate_failures, gate_report, induction_report, record_gate
 
 
 def main(argv=None) -> None:

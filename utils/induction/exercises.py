@@ -7,13 +7,25 @@ attribution). Three live in ``utils.models.evaluation`` because the LM trainer l
 ``induction_scores``, ``previous_token_scores`` and ``in_context_learning_score``.
 ``utils.checks.ch03`` grades each one under the same name.
 """
-from utils.induction.circuit import (k_composition_circuit, positional_attention_pattern,
-                                     top_1_diagonal_accuracy)
-from utils.induction.copying import (ablate_heads, composition_score, composition_scores, copying_score,
-                                     eigenvalues_via_small_product, full_ov_circuit_eigenvalues, induction_loss_drop,
-                                     per_token_loss, self_top_k_fraction)
-from utils.induction.patching import (head_logit_attribution, induction_logit_diff, normalised_patching_metric,
-                                      patched_head_outputs, patched_residual_positions)
+from utils.induction.circuit import k_composition_circuit, positional_attention_pattern, top_1_diagonal_accuracy
+from utils.induction.copying import (
+                                     ablate_heads,
+                                     composition_score,
+                                     composition_scores,
+                                     copying_score,
+                                     eigenvalues_via_small_product,
+                                     full_ov_circuit_eigenvalues,
+                                     induction_loss_drop,
+                                     per_token_loss,
+                                     self_top_k_fraction,
+)
+from utils.induction.patching import (
+                                     head_logit_attribution,
+                                     induction_logit_diff,
+                                     normalised_patching_metric,
+                                     patched_head_outputs,
+                                     patched_residual_positions,
+)
 from utils.models.evaluation import in_context_learning_score, induction_scores, previous_token_scores
 
 __all__ = [

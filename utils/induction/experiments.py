@@ -17,12 +17,18 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens import FactoredMatrix
 
-from utils.induction.copying import (ablate_heads, composition_score, copying_score, full_ov_circuit_eigenvalues,
-                                     induction_loss_drop, per_token_loss, self_top_k_fraction)
+from utils.induction.copying import (
+    ablate_heads,
+    composition_score,
+    copying_score,
+    full_ov_circuit_eigenvalues,
+    induction_loss_drop,
+    per_token_loss,
+    self_top_k_fraction,
+)
 from utils.induction.patching import patched_head_outputs, patched_residual_positions
 from utils.models.evaluation import repeated_random_tokens
 from utils.tensors import require_ndim
-
 
 # --------------------------------------------------------------------------- 1. copying
 

@@ -31,6 +31,7 @@ from jaxtyping import Float
 from utils.models.transformer import HookedTinyTransformer, lm_cross_entropy
 from utils.tensors import require_ndim
 
+
 def repeated_random_tokens(model: HookedTinyTransformer, seq_len: int, batch: int, seed: int = 0) -> torch.Tensor:
     """[batch, 1 + 2 * seq_len]: BOS then a random sequence twice (BOS id excluded from the draw)."""
     if 2 * seq_len + 1 > model.cfg.n_ctx:

@@ -117,7 +117,7 @@ def write_model_card(model_dir: Union[str, Path, None] = None) -> Path:
             f"| steps x batch x seq | {tc['steps']} x {tc['batch_size']} x {tc['seq_len']} |",
             f"| tokens seen | {report['tokens_seen']:,} (text) |",
             *([f"| repeated-segment rows | {tc['repeated_fraction']:.0%} |"] if tc.get("repeated_fraction") else []),
-            *([f"| synthetic rows | " + "; ".join(f"{rows} of every {tc['batch_size']} rows in steps {first}-{end}"
+            *(["| synthetic rows | " + "; ".join(f"{rows} of every {tc['batch_size']} rows in steps {first}-{end}"
                                                   for first, end, rows in tc["synthetic_schedule"])
                + f" (BOS + a random block of {tc['synthetic_period'][0]}-{tc['synthetic_period'][1]} tokens tiled "
                f"over the row): {report.get('synthetic_tokens', 0):,} tokens, "

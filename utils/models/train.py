@@ -14,10 +14,10 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from datetime import date
 from pathlib import Path
 from typing import Optional
-from datetime import date
 
 import torch
 from tqdm.auto import tqdm

@@ -19,12 +19,22 @@ layouts), ``activations`` (the shuffled activation buffer), ``training`` (the lo
 """
 from utils.sae.activations import ActivationStore
 from utils.sae.config import PRESETS, SAEConfig, preset
-from utils.sae.metrics import (DENSE_THRESHOLD, ce_loss_recovered, ce_losses, dead_fraction, dense_fraction,
-                               density_histogram, evaluate_sae, feature_density, fraction_variance_explained, l0,
-                               log10_density)
+from utils.sae.metrics import (
+                               DENSE_THRESHOLD,
+                               ce_loss_recovered,
+                               ce_losses,
+                               dead_fraction,
+                               dense_fraction,
+                               density_histogram,
+                               evaluate_sae,
+                               feature_density,
+                               fraction_variance_explained,
+                               l0,
+                               log10_density,
+)
 from utils.sae.model import JumpReLUFunction, SparseAutoencoder, StepFunction, geometric_median, topk_relu
-from utils.sae.saving import SAE_DIR, load_sae, save_sae
 from utils.sae.resampling import per_input_loss, resample_dead_features_
+from utils.sae.saving import SAE_DIR, load_sae, save_sae
 from utils.sae.training import lr_at, make_store, pick_device, sparsity_coeff_at, train_sae
 
 __all__ = [

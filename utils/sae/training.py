@@ -32,8 +32,8 @@ from utils.sae import cpu_step
 from utils.sae.activations import ActivationStore
 from utils.sae.config import PRESETS, SAEConfig, preset
 from utils.sae.model import SparseAutoencoder
-from utils.sae.saving import save_sae
 from utils.sae.resampling import resample_dead_features_
+from utils.sae.saving import save_sae
 
 
 def pick_device(device: str = "auto") -> torch.device:

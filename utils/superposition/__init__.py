@@ -41,21 +41,55 @@ Modules:
     widgets       the interactive explorer
 """
 from utils.superposition.data import generate_batch_two_draws, generate_correlated_batch
-from utils.superposition.exercises import (dimensionality, generate_anticorrelated_batch, generate_batch,
-                                           importance_weighted_loss, per_instance_loss, squared_overlaps,
-                                           superposition, toy_forward)
-from utils.superposition.experiments import (CORRELATION_CASES, NONUNIFORM_CASES, almost_orthogonal_count,
-                                             correlation_experiment, jl_experiment, nonuniform_sparsity_setup,
-                                             privileged_basis_experiment, sparsity_sweep)
+from utils.superposition.exercises import (
+                                           dimensionality,
+                                           generate_anticorrelated_batch,
+                                           generate_batch,
+                                           importance_weighted_loss,
+                                           per_instance_loss,
+                                           squared_overlaps,
+                                           superposition,
+                                           toy_forward,
+)
+from utils.superposition.experiments import (
+                                           CORRELATION_CASES,
+                                           NONUNIFORM_CASES,
+                                           almost_orthogonal_count,
+                                           correlation_experiment,
+                                           jl_experiment,
+                                           nonuniform_sparsity_setup,
+                                           privileged_basis_experiment,
+                                           sparsity_sweep,
+)
 from utils.superposition.fast import loss_and_grads
-from utils.superposition.inputs import (EPS, REPRESENTED_NORM, Number, TensorLike, as_instance_feature,
-                                        decaying_importance, sweep_probabilities)
-from utils.superposition.measures import (alone_and_shared, antipodal_pairs, cosine_similarities,
-                                          dims_per_feature, feature_norms, group_geometry, n_represented,
-                                          neuron_alignment)
+from utils.superposition.inputs import (
+                                           EPS,
+                                           REPRESENTED_NORM,
+                                           Number,
+                                           TensorLike,
+                                           as_instance_feature,
+                                           decaying_importance,
+                                           sweep_probabilities,
+)
+from utils.superposition.measures import (
+                                           alone_and_shared,
+                                           antipodal_pairs,
+                                           cosine_similarities,
+                                           dims_per_feature,
+                                           feature_norms,
+                                           group_geometry,
+                                           n_represented,
+                                           neuron_alignment,
+)
 from utils.superposition.model import ToyConfig, ToyModel
-from utils.superposition.plots import (STICKY_FRACTIONS, plot_dimensionality, plot_geometry, plot_jl,
-                                       plot_neuron_weights, plot_sweep)
+from utils.superposition.plots import (
+                                           STICKY_FRACTIONS,
+                                           plot_dimensionality,
+                                           plot_geometry,
+                                           plot_jl,
+                                           plot_neuron_weights,
+                                           plot_sweep,
+)
 from utils.superposition.training import train
 from utils.superposition.widgets import explore, explorer
 
