@@ -559,38 +559,14 @@ def test_direct_path_tracks_bigram_counts_beyond_frequency(bundled):
 # --------------------------------------------------------------------------- the package's layout
 
 
-FLAT_MODULE_NAMES = [  # everything utils/circuits.py offered before it became a package
-    "FactoredMatrix", "MASKED", "causal_mask", "is_factored", "require_equal", "require_ndim", "N_NEUTRAL_CANDIDATES",
-    "CONFIRM_LOG_RATIO", "full_ov_circuit", "full_qk_circuit", "source_centred", "circuit_slice",
-    "ov_from_activations", "forced_attention_logit_difference", "positional_qk_scores", "positional_qk_pattern",
-    "POSITIONAL_SCORE_NAMES", "positional_head_scores", "classify_heads", "plot_relative_attention",
-    "top_for_source", "SkipTrigrams", "skip_trigrams", "show_token", "TrigramTable", "skip_trigram_table",
-    "trigram_string", "confirmation_effect", "confirmation_prompts", "filler_contexts", "neutral_tokens",
-    "Confirmation", "confirm_skip_trigrams", "random_triples", "BigramCounts", "bigram_counts", "average_ranks",
-    "spearman", "DirectPathComparison", "direct_path_vs_bigrams", "explorer_html", "circuit_explorer",
-]
-
-
-def test_the_package_reexports_every_name_and_the_checks_grade_against_exercises():
+def test_the_checks_grade_against_exercises():
     import inspect
     import types
 
-    from transformer_lens import FactoredMatrix
-
-    from utils import tensors
     from utils.checks import ch02
     from utils.checks.core import Exercise
-    from utils.circuits import bigrams, exercises, experiments, plots, tables, widgets
+    from utils.circuits import exercises
 
-    modules = (exercises, experiments, bigrams, tables, plots, widgets, tensors)
-    for name in FLAT_MODULE_NAMES:
-        value = getattr(C, name)
-        assert name in C.__all__, name
-        if name == "FactoredMatrix":
-            assert value is FactoredMatrix
-            continue
-        assert any(getattr(m, name, None) is value for m in modules), \
-            f"utils.circuits.{name} is not the object one of its modules defines"
     for name in (n for n in ch02.EXERCISES if not n.endswith("_question")):
         assert isinstance(getattr(exercises, name), types.FunctionType), f"exercises.{name} is missing"
         (check,) = [v for v in vars(ch02).values() if isinstance(v, Exercise) and v.name == name]

@@ -22,15 +22,12 @@ Modules:
 - ``plots``: ``plot_kron_blocks``, ``plot_matrices``, ``plot_path_contributions``.
 
 The shared helpers ``causal_mask``, ``kron`` and ``MASKED`` live in ``utils.tensors`` and are
-re-exported here, as before.
+re-exported here.
 """
 from utils.attention import exercises
 from utils.attention.exercises import (
-                                       KRON_MAX_SIDE,
                                        attention_pattern,
-                                       attention_scores,
                                        compose_heads,
-                                       composition_score,
                                        head_output,
                                        kron_head_factors,
                                        kron_head_matrix,
@@ -46,16 +43,16 @@ from utils.attention.exercises import (
 )
 from utils.attention.inputs import head_inputs, path_inputs, path_names
 from utils.attention.plots import plot_kron_blocks, plot_matrices, plot_path_contributions
-from utils.tensors import MASKED, causal_mask, kron, require_equal, require_ndim
+from utils.tensors import MASKED, causal_mask, kron
 
 __all__ = [
     "exercises",
-    "attention_scores", "attention_pattern", "head_output",
+    "attention_pattern", "head_output",
     "ov_matrix", "tensor_head", "tensor_head_einsum", "vec", "kron_head_factors", "kron_head_matrix",
-    "tensor_head_kron", "KRON_MAX_SIDE",
+    "tensor_head_kron",
     "multihead_residual", "path_logits",
-    "read_write_weights", "virtual_weight", "composition_score", "compose_heads",
+    "read_write_weights", "virtual_weight", "compose_heads",
     "head_inputs", "path_inputs", "path_names",
     "plot_kron_blocks", "plot_matrices", "plot_path_contributions",
-    "MASKED", "causal_mask", "kron", "require_equal", "require_ndim",
+    "MASKED", "causal_mask", "kron",
 ]

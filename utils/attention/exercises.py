@@ -11,8 +11,8 @@ In the chapter's order:
    ``kron_head_factors``, ``kron_head_matrix``, ``tensor_head_kron``
 3. a whole attention layer: ``multihead_residual``
 4. the path expansion of a 1-layer attention-only model: ``path_logits``
-5. the residual stream as a channel: ``read_write_weights``, ``virtual_weight``,
-   ``composition_score``
+5. the residual stream as a channel: ``read_write_weights``, ``virtual_weight`` (its normalised
+   norm, the composition score, is chapter 03's ``utils.induction.composition_score``)
 6. composing heads: ``compose_heads``
 
 Everything here takes tensors and returns tensors; reading them out of a model is ``inputs``.
@@ -282,16 +282,6 @@ def virtual_weight(W_O_1: Float[torch.Tensor, "d_head_1 d_model"],
     """
     require_equal(W_O_1.shape[-1], W_V_2.shape[-2], "W_O_1 and W_V_2 must share d_model")
     return W_O_1 @ W_V_2
-
-
-def composition_score(W_O_1: Float[torch.Tensor, "d_head_1 d_model"],
-                      W_V_2: Float[torch.Tensor, "d_model d_head_2"]) -> float:
-    """||W_O^1 W_V^2||_F / (||W_O^1||_F ||W_V^2||_F): 0 for orthogonal subspaces, larger the more
-    head 2 reads what head 1 writes (at most 1)."""
-    norms = W_O_1.norm() * W_V_2.norm()
-    if norms == 0:
-        raise ValueError("a zero matrix has no subspace to compose")
-    return float(virtual_weight(W_O_1, W_V_2).norm() / norms)
 
 
 # --------------------------------------------------------------------------- 6. composing heads

@@ -24,17 +24,15 @@ Modules, in the chapter's order:
 - ``plots``: ``plot_relative_attention``.
 - ``widgets``: the ipywidgets explorer (``circuit_explorer``, ``explorer_html``).
 
-Every public name is re-exported here, so ``from utils import circuits; circuits.skip_trigrams(...)``
-works as before.
+The names the notebook, the checks and the tests use are re-exported here, so
+``from utils import circuits; circuits.skip_trigrams(...)`` works.
 """
 from transformer_lens import FactoredMatrix
 
 from utils.circuits import exercises
-from utils.circuits.bigrams import BigramCounts, DirectPathComparison, bigram_counts, direct_path_vs_bigrams
+from utils.circuits.bigrams import bigram_counts, direct_path_vs_bigrams
 from utils.circuits.exercises import (
-                                      POSITIONAL_SCORE_NAMES,
                                       average_ranks,
-                                      check_token_mask,
                                       circuit_slice,
                                       classify_heads,
                                       confirmation_effect,
@@ -49,10 +47,6 @@ from utils.circuits.exercises import (
                                       top_for_source,
 )
 from utils.circuits.experiments import (
-                                      CONFIRM_LOG_RATIO,
-                                      N_NEUTRAL_CANDIDATES,
-                                      Confirmation,
-                                      SkipTrigrams,
                                       confirm_skip_trigrams,
                                       confirmation_prompts,
                                       filler_contexts,
@@ -64,19 +58,17 @@ from utils.circuits.experiments import (
 from utils.circuits.plots import plot_relative_attention
 from utils.circuits.tables import TrigramTable, show_token, skip_trigram_table, trigram_string
 from utils.circuits.widgets import circuit_explorer, explorer_html
-from utils.tensors import MASKED, causal_mask, is_factored, require_equal, require_ndim
 
 __all__ = [
     "exercises", "FactoredMatrix",
     "full_ov_circuit", "full_qk_circuit", "source_centred", "circuit_slice", "ov_from_activations",
-    "positional_qk_scores", "positional_qk_pattern", "POSITIONAL_SCORE_NAMES", "positional_head_scores",
-    "classify_heads", "top_for_source", "check_token_mask", "confirmation_effect", "average_ranks", "spearman",
-    "forced_attention_logit_difference", "SkipTrigrams", "skip_trigrams",
-    "confirmation_prompts", "filler_contexts", "neutral_tokens", "Confirmation", "confirm_skip_trigrams",
-    "random_triples", "N_NEUTRAL_CANDIDATES", "CONFIRM_LOG_RATIO",
-    "BigramCounts", "bigram_counts", "DirectPathComparison", "direct_path_vs_bigrams",
+    "positional_qk_scores", "positional_qk_pattern", "positional_head_scores",
+    "classify_heads", "top_for_source", "confirmation_effect", "average_ranks", "spearman",
+    "forced_attention_logit_difference", "skip_trigrams",
+    "confirmation_prompts", "filler_contexts", "neutral_tokens", "confirm_skip_trigrams",
+    "random_triples",
+    "bigram_counts", "direct_path_vs_bigrams",
     "TrigramTable", "show_token", "skip_trigram_table", "trigram_string",
     "plot_relative_attention",
     "circuit_explorer", "explorer_html",
-    "MASKED", "causal_mask", "is_factored", "require_equal", "require_ndim",
 ]

@@ -8,7 +8,7 @@
 - ``saelens``: an optional, online-only look at a public SAE through SAELens (skips offline).
 """
 from utils.features import exercises
-from utils.features.attribution import MLPLogitAttribution, mlp_logit_attribution
+from utils.features.attribution import mlp_logit_attribution
 from utils.features.corpus import (
                                    FeatureCorpus,
                                    collect,
@@ -30,7 +30,9 @@ from utils.features.dashboard import (
 )
 from utils.features.effects import ablation_effect, logit_effect, steered_generate
 
-__all__ = ["exercises", "FeatureCorpus", "collect", "cross_correlation", "decoder_cosine", "feature_acts",
-           "firing_counts", "hypothesis_scores", "proxy_log_likelihood_ratio", "effect_html", "examples_html", "feature_figure",
-           "feature_logit_weights", "prompt_html", "quantile_examples", "top_tokens", "ablation_effect",
-           "logit_effect", "steered_generate", "MLPLogitAttribution", "mlp_logit_attribution"]
+__all__ = [
+    "exercises", "FeatureCorpus", "collect", "cross_correlation", "decoder_cosine", "feature_acts", "firing_counts",
+    "hypothesis_scores", "proxy_log_likelihood_ratio", "effect_html", "examples_html", "feature_figure",
+    "feature_logit_weights", "prompt_html", "quantile_examples", "top_tokens", "ablation_effect", "logit_effect",
+    "steered_generate", "mlp_logit_attribution",
+]

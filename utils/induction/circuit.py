@@ -15,8 +15,10 @@ Contents:
                                 ``utils.models.evaluation`` (the LM trainer logs it), re-exported here
 ``positional_attention_pattern``  a layer's attention pattern from positions alone
 ``k_composition_circuit``       token-level query token x previous-token-of-key circuit, factored
-``full_ov_circuit``             token-level OV circuit of one head, factored
 ``top_1_diagonal_accuracy``     fraction of rows whose largest entry is on the diagonal
+
+A head's token-level OV circuit is chapter 02's ``utils.circuits.full_ov_circuit`` (one function for
+one head or a stack of them); this section reads it with ``top_1_diagonal_accuracy``.
 """
 from __future__ import annotations
 
@@ -67,17 +69,6 @@ def k_composition_circuit(
     query_side = W_E @ W_Q  # [d_vocab, d_head]
     key_side = W_E @ W_V @ W_O @ W_K  # [d_vocab, d_head]: what layer 0 moved, as layer 1's key reads it
     return FactoredMatrix(query_side, key_side.T)
-
-
-def full_ov_circuit(
-    W_E: Float[torch.Tensor, "d_vocab d_model"],
-    W_V: Float[torch.Tensor, "d_model d_head"],
-    W_O: Float[torch.Tensor, "d_head d_model"],
-    W_U: Float[torch.Tensor, "d_model d_vocab"],
-) -> FactoredMatrix:
-    """[d_vocab, d_vocab] FactoredMatrix W_E W_V W_O W_U of one head: row t is how attending to token
-    t moves every logit (the direct path: embedding -> this head -> unembedding)."""
-    return FactoredMatrix(W_E @ W_V, W_O @ W_U)
 
 
 def top_1_diagonal_accuracy(M: FactoredMatrix | Float[torch.Tensor, "n n"]) -> float:

@@ -2,7 +2,7 @@
 
 - ``l0``: mean number of features active per token (the sparsity that matters, not weight counts).
 - ``fraction_variance_explained``: 1 - Σ||x - x̂||² / Σ||x - mean(x)||² over a set of tokens.
-- ``ce_loss_recovered``: splice x̂ into the forward pass in place of x, and compare the model's
+- ``ce_loss_recovered_from``: splice x̂ into the forward pass in place of x, and compare the model's
   next-token loss with the clean run (1) and with the hook zero-ablated (0):
   (CE_zero - CE_sae) / (CE_zero - CE_clean). Reconstruction error in directions the model ignores
   costs nothing here; error in the directions it reads costs a lot, which FVE cannot see.
@@ -121,12 +121,15 @@ def ce_losses(sae: SparseAutoencoder, model, tokens: Int[Tensor, "batch pos"],
     return {"ce_clean": clean, "ce_sae": spliced, "ce_zero_ablation": zero}
 
 
-def ce_loss_recovered(ce: dict[str, float]) -> float:
-    """(CE_zero - CE_sae) / (CE_zero - CE_clean): 1 = as good as the model, 0 = as bad as deleting the hook."""
-    gap = ce["ce_zero_ablation"] - ce["ce_clean"]
-    if gap <= 0:
-        return math.nan  # zero-ablating this hook does not hurt: the ratio means nothing
-    return (ce["ce_zero_ablation"] - ce["ce_sae"]) / gap
+def ce_loss_recovered_from(ce: dict[str, float]) -> float:
+    """Chapter 05's ``ce_loss_recovered`` (``utils.sae.exercises``) read from a ``ce_losses`` dict:
+    (CE_zero - CE_sae) / (CE_zero - CE_clean), 1 = as good as the model, 0 = as bad as deleting the
+    hook; NaN where zero-ablating the hook does not hurt (the ratio would mean nothing)."""
+    from utils.sae.exercises import ce_loss_recovered  # a module-level import would be circular
+
+    if ce["ce_zero_ablation"] - ce["ce_clean"] <= 0:
+        return math.nan
+    return ce_loss_recovered(ce["ce_clean"], ce["ce_sae"], ce["ce_zero_ablation"])
 
 
 @torch.no_grad()
@@ -175,7 +178,7 @@ def evaluate_sae(sae: SparseAutoencoder, model, n_tokens: int = 65_536, batch_se
         "mse": residual / n_act,
         "fve": 1 - residual / total_variance,
         **ce,
-        "ce_loss_recovered": ce_loss_recovered(ce),
+        "ce_loss_recovered": ce_loss_recovered_from(ce),
         "dead_fraction": dead_fraction(density),
         "dense_fraction": dense_fraction(density),
         "density": density.cpu(),

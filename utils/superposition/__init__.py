@@ -47,7 +47,6 @@ from utils.superposition.exercises import (
                                            generate_batch,
                                            importance_weighted_loss,
                                            per_instance_loss,
-                                           squared_overlaps,
                                            superposition,
                                            toy_forward,
 )
@@ -61,12 +60,8 @@ from utils.superposition.experiments import (
                                            privileged_basis_experiment,
                                            sparsity_sweep,
 )
-from utils.superposition.fast import loss_and_grads
 from utils.superposition.inputs import (
-                                           EPS,
                                            REPRESENTED_NORM,
-                                           Number,
-                                           TensorLike,
                                            as_instance_feature,
                                            decaying_importance,
                                            sweep_probabilities,
@@ -74,7 +69,6 @@ from utils.superposition.inputs import (
 from utils.superposition.measures import (
                                            alone_and_shared,
                                            antipodal_pairs,
-                                           cosine_similarities,
                                            dims_per_feature,
                                            feature_norms,
                                            group_geometry,
@@ -83,7 +77,6 @@ from utils.superposition.measures import (
 )
 from utils.superposition.model import ToyConfig, ToyModel
 from utils.superposition.plots import (
-                                           STICKY_FRACTIONS,
                                            plot_dimensionality,
                                            plot_geometry,
                                            plot_jl,
@@ -95,15 +88,15 @@ from utils.superposition.widgets import explore, explorer
 
 __all__ = [
     "toy_forward", "generate_batch", "generate_anticorrelated_batch", "per_instance_loss",
-    "importance_weighted_loss", "superposition", "dimensionality", "squared_overlaps",
-    "Number", "TensorLike", "EPS", "REPRESENTED_NORM", "as_instance_feature", "sweep_probabilities",
+    "importance_weighted_loss", "superposition", "dimensionality",
+    "REPRESENTED_NORM", "as_instance_feature", "sweep_probabilities",
     "decaying_importance",
     "generate_batch_two_draws", "generate_correlated_batch",
-    "ToyConfig", "ToyModel", "train", "loss_and_grads",
-    "feature_norms", "dims_per_feature", "n_represented", "cosine_similarities", "antipodal_pairs",
+    "ToyConfig", "ToyModel", "train",
+    "feature_norms", "dims_per_feature", "n_represented", "antipodal_pairs",
     "neuron_alignment", "alone_and_shared", "group_geometry",
     "sparsity_sweep", "NONUNIFORM_CASES", "nonuniform_sparsity_setup", "privileged_basis_experiment",
     "CORRELATION_CASES", "correlation_experiment", "almost_orthogonal_count", "jl_experiment",
-    "STICKY_FRACTIONS", "plot_sweep", "plot_geometry", "plot_dimensionality", "plot_neuron_weights", "plot_jl",
+    "plot_sweep", "plot_geometry", "plot_dimensionality", "plot_neuron_weights", "plot_jl",
     "explore", "explorer",
 ]
