@@ -85,23 +85,24 @@ def allowed_paths(exclude: Iterable[str] = ()) -> list[str]:
     """The host paths a submission's root exposes: SYSTEM_PATHS, the standard library and every
     site-packages directory, each entry of sys.path that is a directory, and the course package
     (its own folder only: an editable install puts the repository root on sys.path, which is
-    replaced by the package folder). Anything inside ``exclude`` is left out."""
+    replaced by the package folder; a virtual environment kept in the repository, such as the
+    project's .venv, is Python's own and goes in). Anything inside ``exclude`` is left out."""
     import sysconfig
 
     import utils
 
     package = os.path.dirname(os.path.abspath(utils.__file__))
     repo = os.path.dirname(package)
-    candidates = list(SYSTEM_PATHS) + [package]
-    candidates += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    python = [os.path.normpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    candidates = list(SYSTEM_PATHS) + [package] + python
     candidates += [p for p in sys.path if p and os.path.isabs(p)]
     out: list[str] = []
     for path in candidates:
         path = os.path.normpath(path)
         if not os.path.lexists(path) or path in out:
             continue
-        if path != package and (_inside(path, repo) or _inside(repo, path)):
-            continue  # the repository (or a folder holding it): only the package itself goes in
+        if path != package and (_inside(repo, path) or (_inside(path, repo) and path not in python)):
+            continue  # the repository (or a folder holding it): only the package and Python's own folders go in
         if any(_inside(path, e) for e in exclude):
             continue
         out.append(path)
