@@ -112,6 +112,7 @@ def _grade(args, slug: str, subs: list, base: str) -> int:
     from utils.grading.batch import BatchError, Gradebook, columns, essential_paths, run_batch, summary
     from utils.grading.grade import Options, Runtime
     from utils.grading.plan import PlanError, build_plan, grade_ids_of, trusted_notebook
+    from utils.grading.policy import confinement_policy
     from utils.grading.sandbox import Limits, SandboxError, resolve_sandbox
 
     try:
@@ -146,46 +147,22 @@ def _grade(args, slug: str, subs: list, base: str) -> int:
             print("warning: no seccomp filter either (the kernel refuses it): submissions can start processes",
                   file=sys.stderr)
 
-        # What a submission must never see: the other submissions, the grader's scratch folders, the
-        # gradebook, the feedback, the trusted solutions.
-        root = args.submissions if args.submissions.is_dir() else None
-        essentials = essential_paths()
-
-        def hideable(path) -> bool:
-            real = os.path.realpath(path)
-            inside = [e for e in essentials if e == real or e.startswith(real.rstrip("/") + "/")]
-            if inside:
-                print(f"warning: cannot hide {path} from submissions: it contains {inside[0]}", file=sys.stderr)
-            return not inside
-
-        options.hide_dirs = [os.path.realpath(p) for p in (root, base, args.feedback, args.solutions)
-                             if p is not None and hideable(p)]
-        # Also out of sight where they exist: the folder of the gradebook (other gradebooks, nbgrader's
-        # files beside it), a course directory's autograded copies, and the repository's history and
-        # tests (git show HEAD:solutions/... would give the hidden cases).
-        out_dir = Path(args.out).resolve().parent
-        nearby = [out_dir, REPO / ".git", REPO / "tests"]
-        if root is not None and root.resolve().name == "submitted":
-            nearby += [root.resolve().parent / "autograded", root.resolve().parent / "feedback"]
-        for path in nearby:
-            real = os.path.realpath(path)
-            if (os.path.isdir(real) and real not in options.hide_dirs
-                    and not any(e == real or e.startswith(real.rstrip("/") + "/") for e in essentials)
-                    and not any(real.startswith(h.rstrip("/") + "/") for h in options.hide_dirs)):
-                options.hide_dirs.append(real)
-        # The released question banks (the self-learner's oracle) are answer keys to a submission.
-        banks = sorted(build.CHAPTERS.glob(f"*/{BANK_NAME}"))
-        course_db = [root.resolve().parent / "gradebook.db"] if root is not None and root.resolve().name == "submitted" else []
-        options.hide_files = [os.path.realpath(p) for p in [args.out] + ([args.submissions] if root is None else [])
-                              + banks + course_db]
-        options.protected = options.hide_dirs + options.hide_files
-        for other in build.discover(args.solutions):
+        policy = confinement_policy(
+            submissions=str(args.submissions), scratch_base=base, gradebook=str(args.out),
+            feedback=None if args.feedback is None else str(args.feedback), solutions=str(args.solutions),
+            repo=str(REPO), banks=[str(p) for p in sorted(build.CHAPTERS.glob(f"*/{BANK_NAME}"))],
+            essentials=essential_paths())
+        for warning in policy.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        options.hide_dirs, options.hide_files = list(policy.hide_dirs), list(policy.hide_files)
+        options.protected = list(policy.protected)
+        for other in build.discover(args.solutions):  # to name the chapter a wrong notebook belongs to
             if other != slug:
                 try:
                     options.other_chapters[other] = grade_ids_of(build.read_source(trusted_notebook(other,
                                                                                                    args.solutions)))
                 except build.BuildError:
-                    pass
+                    continue  # an unreadable trusted notebook: that chapter is just never named
         print(f"grading {len(subs)} submission(s) of {slug} ({plan.max_points:g} points) with the {sandbox} "
               f"sandbox, {args.jobs} at a time", flush=True)
 
