@@ -1,6 +1,6 @@
 """The public toolkit the chapters' checks are written with: ``misconception`` (a named wrong
-implementation), seeded generators (``rng``, ``randint``, ``random_pattern``, random circuits), the
-bundled 1-layer model, and ``run_described`` / ``describe_parts`` for answers made of several named
+implementation), seeded generators (``rng``, ``randint``, ``random_pattern``, random circuits), ``unit_columns`` /
+``unit_rows``, the bundled 1-layer model, and ``run_described`` / ``describe_parts`` for answers made of several named
 parts (it finds the failing case from ``CheckFailure.case_index``)."""
 from __future__ import annotations
 
@@ -59,6 +59,14 @@ def rng(seed: int) -> torch.Generator:
 def randint(g: torch.Generator, lo: int, hi: int) -> int:
     """Uniform integer in [lo, hi]."""
     return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def unit_columns(W: torch.Tensor) -> torch.Tensor:
+    return W / W.norm(dim=0, keepdim=True)
+
+
+def unit_rows(W: torch.Tensor) -> torch.Tensor:
+    return W / W.norm(dim=1, keepdim=True)
 
 
 def random_pattern(g: torch.Generator, *shape_and_n: int) -> torch.Tensor:
