@@ -116,7 +116,8 @@ def main() -> None:
         base = baseline(root, kinds)
         base_total = sum(base[k] for k in kinds.values())
         print("baseline, each notebook alone in a fresh Python process: "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(base.items())) + f"; {base_total:.1f} s for all, one by one")
+              + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(base.items()))
+              + f"; {base_total:.1f} s for all, one by one")
         walls = {}
         for jobs in args.jobs:
             wall, startup, report = grade(root, jobs, sandbox, work)
@@ -129,7 +130,8 @@ def main() -> None:
             print(f"--jobs {jobs}: {wall:.1f} s in all ({startup:.1f} s start-up: plan + zygote imports), "
                   f"{wall / args.n:.2f} s per submission")
             print(f"    own execution (cells + calls, inside the sandbox): {statistics.mean(own):.2f} s mean")
-            print(f"    overhead beyond it, per submission: {statistics.mean(per_sub):.2f} s mean, {max(per_sub):.2f} s "
+            print(f"    overhead beyond it, per submission: {statistics.mean(per_sub):.2f} s mean, "
+                  f"{max(per_sub):.2f} s "
                   f"max (fork, sandbox, feeding, watching, scoring); {amortised:.2f} s with the start-up and idle "
                   f"workers shared out")
             print(f"    vs the baseline (every notebook alone, one by one): {wall / base_total:.2f}x its time")

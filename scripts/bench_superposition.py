@@ -5,9 +5,9 @@
     python scripts/bench_superposition.py --fast          # the opt-in hand-written gradients
 
 Target (issue 6, set for the hand-written gradients, now opt-in as ``--fast``): <= 15 s on a
-2-core CPU; the default, plain autograd (the reference), costs about 1.4x that. Prints wall-clock and process CPU time per thread
-count; CPU time above wall time means the threads ran in parallel, wall time well above CPU time
-means the machine was busy with something else. Seeded: the trained weights, and so the
+2-core CPU; the default, plain autograd (the reference), costs about 1.4x that. Prints wall-clock and
+process CPU time per thread count; CPU time above wall time means the threads ran in parallel, wall
+time well above CPU time means the machine was busy with something else. Seeded: the trained weights, and so the
 features-represented line, are the same on every run with the same thread count.
 """
 from __future__ import annotations

@@ -398,7 +398,8 @@ def check(slugs: list[str] | None = None, solutions_dir: Path = SOLUTIONS,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.build", description=__doc__.split("\n\n")[0])
-    parser.add_argument("chapters", nargs="*", metavar="SLUG_OR_NN", help="e.g. 03 or 03_copying_and_composition; default: all")
+    parser.add_argument("chapters", nargs="*", metavar="SLUG_OR_NN",
+                        help="e.g. 03 or 03_copying_and_composition; default: all")
     parser.add_argument("--check", action="store_true", help="compare with the committed chapters, write nothing")
     parser.add_argument("--exam", action="store_true",
                         help="an instructor's graded release: no answer keys, no full-code hints (needs --out)")

@@ -251,8 +251,9 @@ def path_logits(
 # --------------------------------------------------------------------------- 5. read and write subspaces
 
 
-def read_write_weights(d_model: int, read_dims: Sequence[int],
-                       write_dims: Sequence[int]) -> tuple[Float[torch.Tensor, "d_model k"], Float[torch.Tensor, "k d_model"]]:
+def read_write_weights(
+    d_model: int, read_dims: Sequence[int], write_dims: Sequence[int],
+) -> tuple[Float[torch.Tensor, "d_model k"], Float[torch.Tensor, "k d_model"]]:
     """(W_V, W_O) of a head that copies residual dims ``read_dims[i]`` into ``write_dims[i]``.
 
     W_V [d_model, k] has a 1 at (read_dims[i], i): value coordinate i reads one residual dim.

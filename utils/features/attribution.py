@@ -6,7 +6,7 @@ The MLP's output at one position splits exactly into the SAE's pieces:
 
 and the final LayerNorm, with its scale read from the same run, is linear, so the MLP's direct
 contribution to one logit is the sum of each piece's (``exercises.feature_logit_attribution`` for
-the features, the same formula for the error and the biases). ``tests/test_features.py`` checks that
+the features, the same formula for the error and the biases). ``tests/test_ch06_features.py`` checks that
 the pieces add up to the contribution of ``hook_mlp_out`` and that every component's direct
 contribution, with the LayerNorm's bias and b_U, adds up to the logit itself.
 """

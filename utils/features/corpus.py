@@ -161,7 +161,8 @@ def cross_correlation(sae_a, sae_b, corpus: FeatureCorpus, n_tokens: int | None 
     return (cov / denom.clamp_min(1e-300)).masked_fill(constant, 0.0).float()
 
 
-def proxy_log_likelihood_ratio(corpus: FeatureCorpus, hypothesis_texts, epsilon: float = 0.01) -> Float[Tensor, "d_vocab"]:
+def proxy_log_likelihood_ratio(corpus: FeatureCorpus, hypothesis_texts,
+                               epsilon: float = 0.01) -> Float[Tensor, "d_vocab"]:
     """log P(token | hypothesis) - log P(token) for every token id: a per-token proxy for "this
     token fits the hypothesis", as in Towards Monosemanticity's coloured histograms.
 

@@ -1,10 +1,11 @@
 """Chapter 06's exercises as pure tensor functions: the reference answers its checks grade against.
 
 Layout as in ``utils.sae`` (and SAELens): ``W_enc [d_in, d_sae]`` (column i is what feature i
-reads), ``W_dec [d_sae, d_in]`` (ROW i is feature i's direction in the MLP's hidden space), activations as rows ``x [batch, d_in]``. The model's
-weights follow TransformerLens: ``W_out [d_mlp, d_model]``, ``W_U [d_model, d_vocab]``.
-``tests/test_features.py`` checks each function against an independent computation (loops,
-numpy/scipy-free closed forms, the SAE module itself).
+reads), ``W_dec [d_sae, d_in]`` (ROW i is feature i's direction in the MLP's hidden space),
+activations as rows ``x [batch, d_in]``. The model's weights follow TransformerLens:
+``W_out [d_mlp, d_model]``, ``W_U [d_model, d_vocab]``. ``tests/test_ch06_features.py`` checks each
+function against an independent computation (loops, numpy/scipy-free closed forms, the SAE module
+itself).
 """
 from __future__ import annotations
 
@@ -60,13 +61,15 @@ def specificity_sensitivity(acts: Float[Tensor, "n_tokens"], hypothesis: Bool[Te
 
 
 def feature_activation(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"],
-                       b_enc: Float[Tensor, "d_sae"], b_dec: Float[Tensor, "d_in"], feature: int) -> Float[Tensor, "batch"]:
+                       b_enc: Float[Tensor, "d_sae"], b_dec: Float[Tensor, "d_in"],
+                       feature: int) -> Float[Tensor, "batch"]:
     """f_i(x) = ReLU((x - b_dec) . W_enc[:, i] + b_enc[i]) for one feature i."""
     return torch.relu((x - b_dec) @ W_enc[:, feature] + b_enc[feature])
 
 
 def ablate_feature(x: Float[Tensor, "batch d_in"], W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, "d_sae"],
-                   W_dec: Float[Tensor, "d_sae d_in"], b_dec: Float[Tensor, "d_in"], feature: int) -> Float[Tensor, "batch d_in"]:
+                   W_dec: Float[Tensor, "d_sae d_in"], b_dec: Float[Tensor, "d_in"],
+                   feature: int) -> Float[Tensor, "batch d_in"]:
     """x with one feature's contribution f_i(x) W_dec[i] removed; everything else (the other
     features AND the SAE's reconstruction error) is left as it was."""
     f = feature_activation(x, W_enc, b_enc, b_dec, feature)

@@ -38,7 +38,8 @@ def main(argv=None) -> None:
         out = gate_report(model, load_model(args.baseline, device="cpu"))
         print(f"{args.model}: the gate")
         for n, second in out["second_copy"].items():
-            print(f"  BOS, r, r at n={n}: second-copy loss {second['mean']:.3f} nats; 10-token chunks {second['chunks']}")
+            print(f"  BOS, r, r at n={n}: second-copy loss {second['mean']:.3f} nats; "
+                  f"10-token chunks {second['chunks']}")
         print(f"  layer-0 previous-token scores {out['previous_token_scores_layer0']}")
         print(f"  last-layer induction scores   {out['induction_scores_last_layer']}")
         for name, held in ((args.model, out["held_out"]), (args.baseline, out["baseline_held_out"])):

@@ -188,4 +188,5 @@ def residual_patching_table(model, clean_cache, corrupted_cache, corrupted_token
 def residual_hook_names(model) -> list[str]:
     """The residual stream before each layer and after the last: where position patching looks."""
     last = model.cfg.n_layers - 1
-    return [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)] + [f"blocks.{last}.hook_resid_post"]
+    pre = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
+    return pre + [f"blocks.{last}.hook_resid_post"]

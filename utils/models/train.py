@@ -326,8 +326,10 @@ def main(argv=None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     parser.add_argument("--stop-at", type=int, help="stop (and checkpoint) at this step, on the full run's schedule")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a TrainConfig field for an experiment, e.g. --set lr=0.002 (recorded in the report)")
-    parser.add_argument("--no-save", action="store_true", help="train (and checkpoint) without writing the bundled files")
+                        help="override a TrainConfig field for an experiment, e.g. --set lr=0.002 "
+                             "(recorded in the report)")
+    parser.add_argument("--no-save", action="store_true",
+                        help="train (and checkpoint) without writing the bundled files")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

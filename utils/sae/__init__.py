@@ -38,8 +38,8 @@ from utils.sae.training import lr_at, make_store, pick_device, sparsity_coeff_at
 
 # TRANSITIONAL: the old name of ce_loss_recovered_from (a dict), which clashed with chapter 05's
 # exercise ce_loss_recovered(ce_clean, ce_sae, ce_zero_ablation) in utils.sae.exercises. Kept only
-# because tests/test_sae.py and tests/test_sae_exercises.py still import it; delete it when they
-# import ce_loss_recovered_from instead. Not in __all__.
+# because tests/test_ch05_sae.py and tests/test_ch05_sae_exercises.py still import it; delete it when
+# they import ce_loss_recovered_from instead. Not in __all__.
 ce_loss_recovered = ce_loss_recovered_from
 
 __all__ = [

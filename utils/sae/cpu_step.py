@@ -1,11 +1,12 @@
 """The L1 and TopK training step on a CPU, with its gradients written out by hand: an opt-in.
 
 ``sae(x)`` then ``loss.backward()`` is the reference step, and what ``train_sae`` runs unless the
-config says ``fast_cpu=True`` (the GPU, MPS, JumpReLU and AuxK always take it). On a CPU its time should go to its five matmuls; autograd adds passes over the [batch, d_sae]
-activations (the L1 term's gradient materialised and added, ReLU's backward, counts of non-zeros)
-that cost ~25% of a step at d_in 512, d_sae 2048, batch 1024. Here each of those is one pass or
-none, and once f is mostly zeros (a trained SAE fires ~1-2% of its features per token) four of the
-five matmuls run through f's non-zeros only.
+config says ``fast_cpu=True`` (the GPU, MPS, JumpReLU and AuxK always take it). On a CPU its time
+should go to its five matmuls; autograd adds passes over the [batch, d_sae] activations (the L1
+term's gradient materialised and added, ReLU's backward, counts of non-zeros) that cost ~25% of a
+step at d_in 512, d_sae 2048, batch 1024. Here each of those is one pass or none, and once f is
+mostly zeros (a trained SAE fires ~1-2% of its features per token) four of the five matmuls run
+through f's non-zeros only.
 
 In the row layout (z = (x - b_dec) @ W_enc + b_enc, x̂ = f @ W_dec + b_dec), with
 g = dL/dx̂ = 2 (x̂ - x) / n and the loss L = ||x - x̂||² / n + λ Σ f / n (λ = 0 for TopK):
@@ -22,7 +23,7 @@ the parameters' contiguous storage, see ``utils.sae.model``) and hands the param
 ``grad.T``: the memory order the parameters have, and the arithmetic of the course's earlier
 layout, so the numbers are the same as before it, bit for bit.
 
-tests/test_sae.py checks every gradient against autograd's in float64, on the dense and the
+tests/test_ch05_sae.py checks every gradient against autograd's in float64, on the dense and the
 sparse path, for both architectures.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor
 
 # torch warns once per process that CSR support is "beta"; the kernels used here are tested
-# against autograd in tests/test_sae.py, so in a notebook the warning would only be noise.
+# against autograd in tests/test_ch05_sae.py, so in a notebook the warning would only be noise.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 # Below this fraction of non-zeros in f, the sparse path is faster. Timed at d_in 512, d_sae 2048,

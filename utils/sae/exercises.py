@@ -4,7 +4,7 @@ The SAE classes in this package hold their parameters in an ``nn.Module`` and Ad
 optimizer; a student's function receives plain tensors instead (the grading contract in
 ``utils/checks/core.py``). Where the package already has a function of exactly the exercise's shape
 (``geometric_median``, ``topk_relu``, ``l0``, ``fraction_variance_explained``) the check uses it
-directly; the functions here cover the rest, and ``tests/test_sae_exercises.py`` checks each one
+directly; the functions here cover the rest, and ``tests/test_ch05_sae_exercises.py`` checks each one
 against the module it mirrors (``SparseAutoencoder``, ``resample_dead_features_``, the metrics).
 
 Layout as in ``utils.sae.model`` (and SAELens): ``W_enc [d_in, d_sae]`` (column i is what feature

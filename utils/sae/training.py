@@ -11,9 +11,10 @@ One step, as in Bricken et al. (2023):
     renormalise decoder rows (feature directions) to unit norm
 
 (a TopK SAE with ``aux_k`` set adds the AuxK loss of the latents that have not fired for
-``aux_dead_steps`` steps, ``SparseAutoencoder.aux_loss``), and at the configured steps, features that did not fire during the last ``resample_window`` steps
-are resampled (``utils.sae.resampling``). Everything per step is whole-tensor work; statistics are
-accumulated on the device and read back (``.item()``, a GPU sync) once per logged interval.
+``aux_dead_steps`` steps, ``SparseAutoencoder.aux_loss``), and at the configured steps, features
+that did not fire during the last ``resample_window`` steps are resampled (``utils.sae.resampling``).
+Everything per step is whole-tensor work; statistics are accumulated on the device and read back
+(``.item()``, a GPU sync) once per logged interval.
 
     python -m utils.sae cpu --out /tmp/my_sae     # train a preset from the shell, evaluate, save
     python -m utils.sae cpu --out /tmp/my_sae --fast-cpu   # ... through the hand-written CPU step

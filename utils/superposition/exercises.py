@@ -4,7 +4,7 @@ grades against (``check.toy_forward``, ``generate_batch``, ``weighted_loss``, ``
 
 Shapes: the instance axis comes first, W [inst, d_hidden, feat], b [inst, feat],
 x [inst, batch, feat], importance and feature probability [inst, feat]; see the package docstring
-for how W relates to the paper's column convention. ``tests/test_superposition.py`` checks each
+for how W relates to the paper's column convention. ``tests/test_ch04_superposition.py`` checks each
 function against loops over instances, rows and features.
 """
 from __future__ import annotations

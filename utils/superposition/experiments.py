@@ -164,7 +164,8 @@ def almost_orthogonal_count(d: int, eps: float, n_candidates: int = 20_000, seed
     vector kept so far is below ``eps``. Returns how many were kept: a lower bound on how many
     almost-orthogonal directions fit (more candidates can only add to it)."""
     if d < 1 or not 0 < eps < 1 or n_candidates < 1:
-        raise ValueError(f"need d >= 1, 0 < eps < 1, n_candidates >= 1; got d={d}, eps={eps}, n_candidates={n_candidates}")
+        raise ValueError(f"need d >= 1, 0 < eps < 1, n_candidates >= 1; "
+                         f"got d={d}, eps={eps}, n_candidates={n_candidates}")
     g = torch.Generator().manual_seed(seed)
     kept = torch.empty(0, d)
     for start in range(0, n_candidates, chunk):

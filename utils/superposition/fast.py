@@ -3,7 +3,7 @@
 Nothing here is needed to follow the chapter; ``training.train`` is plain autograd by default.
 At these sizes (a few thousand parameters) autograd's per-operation bookkeeping costs about as
 much as the arithmetic, and the written-out gradient needs about half the passes over the batch.
-``tests/test_superposition.py`` proves this path equal to autograd: the gradients to rounding
+``tests/test_ch04_superposition.py`` proves this path equal to autograd: the gradients to rounding
 error, and ``train(fast=True)`` against ``train()`` step for step. It covers the models without a
 hidden ReLU (ReLU or linear output); the ReLU-hidden model always trains with autograd.
 """
