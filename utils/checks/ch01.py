@@ -134,8 +134,9 @@ ATTENTION_PATTERN = Exercise(
         misconception("divided by d_head", "You divided the scores by d_head; the scale is 1/sqrt(d_head).",
            lambda qk_input, W_Q, W_K, b_Q, b_K: _pattern_variant(scale=float(W_Q.shape[-1]))(
                qk_input, W_Q, W_K, b_Q, b_K)),
-        misconception("divided by sqrt(d_model)", "You scaled the scores by 1/sqrt(d_model); the scale is 1/sqrt(d_head), "
-           "the length of the vectors whose dot product you take (q and k live in the head's d_head dimensions).",
+        misconception("divided by sqrt(d_model)", "You scaled the scores by 1/sqrt(d_model); the scale is "
+           "1/sqrt(d_head), the length of the vectors whose dot product you take (q and k live in the head's d_head "
+           "dimensions).",
            lambda qk_input, W_Q, W_K, b_Q, b_K: _pattern_variant(scale=float(qk_input.shape[-1]) ** 0.5)(
                qk_input, W_Q, W_K, b_Q, b_K)),
         misconception("no query/key biases", "You left out the biases: q = x W_Q + b_Q and k = x W_K + b_K.",
@@ -256,8 +257,8 @@ TENSOR_HEAD_KRON = Exercise(
            "POSITION the slow index, so the position matrix goes first: torch.kron(A, W), not "
            "torch.kron(W, A) (or flatten x column-major, x.T.reshape(-1), to match the swapped order).",
            _kron_variant(swap=True)),
-        misconception("kron without the transpose", "Inside the Kronecker product W acts on each position's vector as a "
-           "COLUMN vector, so it must be (W_V @ W_O).T, the paper's W_O W_V; torch.kron(A, W_V @ W_O) applies "
+        misconception("kron without the transpose", "Inside the Kronecker product W acts on each position's vector as "
+           "a COLUMN vector, so it must be (W_V @ W_O).T, the paper's W_O W_V; torch.kron(A, W_V @ W_O) applies "
            "the transposed map.",
            _kron_variant(transpose_OV=False)),
         misconception(*_A_TRANSPOSED, _kron_variant(transpose_A=True)),
@@ -277,7 +278,8 @@ def _layer_inputs(seed: int) -> dict:
     g = rng(seed)
     b, n, d, k, h = randint(g, 1, 3), randint(g, 3, 7), randint(g, 5, 10), randint(g, 2, 4), randint(g, 2, 4)
     return dict(x0=torch.randn(b, n, d, generator=g), A=random_pattern(g, b, h, n),
-                W_V=torch.randn(h, d, k, generator=g) / math.sqrt(d), W_O=torch.randn(h, k, d, generator=g) / math.sqrt(k),
+                W_V=torch.randn(h, d, k, generator=g) / math.sqrt(d),
+                W_O=torch.randn(h, k, d, generator=g) / math.sqrt(k),
                 b_V=torch.randn(h, k, generator=g), b_O=torch.randn(d, generator=g))
 
 
@@ -307,11 +309,11 @@ MULTIHEAD_RESIDUAL = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(x0=_real_head(0)["v_input"], **_pick(_real_paths(), "A", "W_V", "W_O", "b_V", "b_O")),),
     misconceptions=(
-        misconception("forgot the residual x0", "You returned only what the heads write. The layer ADDS to the residual "
-           "stream: x1 = x0 + sum_h h(x0) (the Id term of Id + sum_h A^h ⊗ W_OV^h).",
+        misconception("forgot the residual x0", "You returned only what the heads write. The layer ADDS to the "
+           "residual stream: x1 = x0 + sum_h h(x0) (the Id term of Id + sum_h A^h ⊗ W_OV^h).",
            _layer_variant(residual=False)),
-        misconception("summed z before W_O", "You summed the heads' z vectors before applying W_O. Each head's z lives in "
-           "its OWN d_head coordinates, so apply each head's W_O^h to its own z^h, then sum the d_model outputs "
+        misconception("summed z before W_O", "You summed the heads' z vectors before applying W_O. Each head's z lives "
+           "in its OWN d_head coordinates, so apply each head's W_O^h to its own z^h, then sum the d_model outputs "
            "(einsum 'bhik,hkd->bid').",
            _layer_variant(combine="sum_z")),
         misconception("W_O stacked in the wrong order", "You concatenated the heads' z in (head, d_head) order but "
@@ -347,8 +349,10 @@ def _path_inputs(seed: int) -> dict:
     vocab = d if seed % 3 else d + randint(g, 2, 6)
     return dict(tokens=torch.randint(0, vocab, (b, n), generator=g), A=random_pattern(g, b, h, n),
                 W_E=torch.randn(vocab, d, generator=g), W_V=torch.randn(h, d, k, generator=g) / math.sqrt(d),
-                W_O=torch.randn(h, k, d, generator=g) / math.sqrt(k), W_U=torch.randn(d, vocab, generator=g) / math.sqrt(d),
-                b_V=torch.randn(h, k, generator=g), b_O=torch.randn(d, generator=g), b_U=torch.randn(vocab, generator=g))
+                W_O=torch.randn(h, k, d, generator=g) / math.sqrt(k),
+                W_U=torch.randn(d, vocab, generator=g) / math.sqrt(d),
+                b_V=torch.randn(h, k, generator=g), b_O=torch.randn(d, generator=g),
+                b_U=torch.randn(vocab, generator=g))
 
 
 def _path_variant(*, W_E_T=False, W_U_T=False, direct=True, transpose=False, ov_T=False, fold_bias=False,
@@ -379,8 +383,8 @@ PATH_LOGITS = Exercise(
     rtol=1e-4, atol=1e-4,
     extra_inputs=(lambda: dict(_real_paths()),),
     misconceptions=(
-        misconception("W_E transposed", "You used W_E transposed. Here W_E is [d_vocab, d_model] and a token's embedding "
-           "is its ROW, W_E[t]; the paper's W_E (a [d_model, d_vocab] map of one-hot columns) is our W_E.T.",
+        misconception("W_E transposed", "You used W_E transposed. Here W_E is [d_vocab, d_model] and a token's "
+           "embedding is its ROW, W_E[t]; the paper's W_E (a [d_model, d_vocab] map of one-hot columns) is our W_E.T.",
            _path_variant(W_E_T=True)),
         misconception("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: logits = x @ W_U.",
            _path_variant(W_U_T=True)),
@@ -429,14 +433,14 @@ READ_WRITE_WEIGHTS = Exercise(
     reference=ref.read_write_weights,
     make_inputs=_read_write_inputs,
     misconceptions=(
-        misconception("paper layout", "You built the paper's column-vector matrices ([d_head, d_model] for W_V). In our "
-           "row layout W_V is [d_model, d_head] (x @ W_V) and W_O is [d_head, d_model]: transpose both.",
+        misconception("paper layout", "You built the paper's column-vector matrices ([d_head, d_model] for W_V). In "
+           "our row layout W_V is [d_model, d_head] (x @ W_V) and W_O is [d_head, d_model]: transpose both.",
            _paper_layout),
-        misconception("read and write swapped", "Your head reads the write dims and writes the read dims: W_V's nonzero "
-           "ROWS are the dims it reads, W_O's nonzero COLUMNS the dims it writes.",
+        misconception("read and write swapped", "Your head reads the write dims and writes the read dims: W_V's "
+           "nonzero ROWS are the dims it reads, W_O's nonzero COLUMNS the dims it writes.",
            lambda d_model, read_dims, write_dims: ref.read_write_weights(d_model, write_dims, read_dims)),
-        misconception("pairing lost", "Value coordinate i must carry read_dims[i] to write_dims[i]; your pairing differs "
-           "(did you sort the dims?).",
+        misconception("pairing lost", "Value coordinate i must carry read_dims[i] to write_dims[i]; your pairing "
+           "differs (did you sort the dims?).",
            lambda d_model, read_dims, write_dims: ref.read_write_weights(d_model, sorted(read_dims),
                                                                          sorted(write_dims))),
     ),
@@ -460,8 +464,8 @@ VIRTUAL_WEIGHT = Exercise(
     reference=ref.virtual_weight,
     make_inputs=_virtual_inputs,
     misconceptions=(
-        misconception("paper orientation", "You returned the column-layout product W_V_2 W_O_1 ([d_head_2, d_head_1]), which is "
-           "our result transposed. In the row layout the first head's output z @ W_O_1 is read by the second "
+        misconception("paper orientation", "You returned the column-layout product W_V_2 W_O_1 ([d_head_2, d_head_1]), "
+           "which is our result transposed. In the row layout the first head's output z @ W_O_1 is read by the second "
            "head as (z @ W_O_1) @ W_V_2, so return W_O_1 @ W_V_2 [d_head_1, d_head_2].",
            lambda W_O_1, W_V_2: (W_O_1 @ W_V_2).T),
     ),
@@ -489,9 +493,9 @@ COMPOSE_HEADS = Exercise(
     reference=ref.compose_heads,
     make_inputs=_compose_inputs,
     misconceptions=(
-        misconception("patterns in the wrong order", "Your pattern is A_1 @ A_2. The first head (A_1) moves information first "
-           "and the second (A_2) then moves the result, so the composed pattern is A_2 @ A_1 (the matrix applied "
-           "first stands on the right).",
+        misconception("patterns in the wrong order", "Your pattern is A_1 @ A_2. The first head (A_1) moves "
+           "information first and the second (A_2) then moves the result, so the composed pattern is A_2 @ A_1 (the "
+           "matrix applied first stands on the right).",
            lambda A_2, W_OV_2, A_1, W_OV_1: (A_1 @ A_2, W_OV_1 @ W_OV_2)),
         misconception("OV in paper order", "Your OV product is in the column layout's order, W_OV_2 @ W_OV_1. With "
            "row vectors (x @ W_OV) the first head's matrix meets x first: W_OV_1 @ W_OV_2.",
@@ -499,8 +503,8 @@ COMPOSE_HEADS = Exercise(
         misconception("both orders reversed", "Both products are reversed: the pattern is A_2 @ A_1 and, in the row "
            "layout, the OV matrix is W_OV_1 @ W_OV_2.",
            lambda A_2, W_OV_2, A_1, W_OV_1: (A_1 @ A_2, W_OV_2 @ W_OV_1)),
-        misconception("added instead of composed", "You added the two heads. Adding is what two heads in the SAME layer "
-           "do; a head reading another head's output composes with it, and composition multiplies: "
+        misconception("added instead of composed", "You added the two heads. Adding is what two heads in the SAME "
+           "layer do; a head reading another head's output composes with it, and composition multiplies: "
            "(A^2 A^1) ⊗ (W_OV^2 W_OV^1).",
            lambda A_2, W_OV_2, A_1, W_OV_1: (A_2 + A_1, W_OV_1 + W_OV_2)),
         misconception("elementwise pattern product", "You multiplied the patterns elementwise. Composing two position "

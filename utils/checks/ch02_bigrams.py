@@ -81,35 +81,35 @@ SPEARMAN = Exercise(
     rtol=1e-3, atol=1e-4,
     extra_inputs=(lambda: dict(_real_spearman_inputs()),),
     misconceptions=(
-        misconception("Pearson on the values", "You computed the Pearson correlation of the values themselves. Spearman's "
-           "correlation is the Pearson correlation of their RANKS: replace each value by its position in sorted "
-           "order first.",
+        misconception("Pearson on the values", "You computed the Pearson correlation of the values themselves. "
+           "Spearman's correlation is the Pearson correlation of their RANKS: replace each value by its position in "
+           "sorted order first.",
            lambda x, y: _pearson(x, y)),
-        misconception("argsort used as ranks", "x.argsort() is not the ranks: it lists the INDICES in sorted order. The rank "
-           "of element i is where i lands in that order: the inverse permutation (argsort of the argsort, or "
+        misconception("argsort used as ranks", "x.argsort() is not the ranks: it lists the INDICES in sorted order. "
+           "The rank of element i is where i lands in that order: the inverse permutation (argsort of the argsort, or "
            "ranks[order] = arange(n)).",
            lambda x, y: _pearson(x.argsort(stable=True).double(), y.argsort(stable=True).double())),
-        misconception("ties not averaged", "Tied values must share one rank, the mean of the positions they occupy (e.g. "
-           "two values tied for places 3 and 4 both get 3.5). You ranked ties in arbitrary order.",
+        misconception("ties not averaged", "Tied values must share one rank, the mean of the positions they occupy "
+           "(e.g. two values tied for places 3 and 4 both get 3.5). You ranked ties in arbitrary order.",
            lambda x, y: _pearson(_ordinal(x), _ordinal(y))),
-        misconception("ties given the lowest rank", "Your tied values all got the LOWEST of the positions they occupy (the "
-           "'min' rule). Spearman's correlation gives each tie the MEAN of those positions (two values tied "
+        misconception("ties given the lowest rank", "Your tied values all got the LOWEST of the positions they occupy "
+           "(the 'min' rule). Spearman's correlation gives each tie the MEAN of those positions (two values tied "
            "for places 3 and 4 both get 3.5), so that the ranks still sum to the same total.",
            lambda x, y: _pearson(_tied_rank(x, "min"), _tied_rank(y, "min"))),
-        misconception("ties given the highest rank", "Your tied values all got the HIGHEST of the positions they occupy (the "
-           "'max' rule). Spearman's correlation gives each tie the MEAN of those positions (3.5 for places 3 "
-           "and 4).",
+        misconception("ties given the highest rank", "Your tied values all got the HIGHEST of the positions they "
+           "occupy (the 'max' rule). Spearman's correlation gives each tie the MEAN of those positions (3.5 for places "
+           "3 and 4).",
            lambda x, y: _pearson(_tied_rank(x, "max"), _tied_rank(y, "max"))),
-        misconception("dense ranks", "You numbered the distinct values 0, 1, 2, ... (dense ranks, e.g. from torch.unique's "
-           "inverse), so a tie costs no places. Spearman's ranks are positions in the sorted order, and a tie "
-           "shares the MEAN of the positions it occupies.",
+        misconception("dense ranks", "You numbered the distinct values 0, 1, 2, ... (dense ranks, e.g. from "
+           "torch.unique's inverse), so a tie costs no places. Spearman's ranks are positions in the sorted order, and "
+           "a tie shares the MEAN of the positions it occupies.",
            lambda x, y: _pearson(_tied_rank(x, "dense"), _tied_rank(y, "dense"))),
-        misconception("ranks not centred", "You took the cosine of the ranks. A correlation subtracts each rank vector's "
-           "mean first, otherwise two unrelated rankings still come out strongly positive.",
+        misconception("ranks not centred", "You took the cosine of the ranks. A correlation subtracts each rank "
+           "vector's mean first, otherwise two unrelated rankings still come out strongly positive.",
            lambda x, y: float((ref.average_ranks(x) * ref.average_ranks(y)).sum()
                               / (ref.average_ranks(x).norm() * ref.average_ranks(y).norm()))),
-        misconception("shortcut formula with ties", "You used 1 - 6 sum d^2 / (n (n^2 - 1)). That shortcut is exact only "
-           "without ties; with tied values use the Pearson correlation of the average ranks.",
+        misconception("shortcut formula with ties", "You used 1 - 6 sum d^2 / (n (n^2 - 1)). That shortcut is exact "
+           "only without ties; with tied values use the Pearson correlation of the average ranks.",
            _shortcut),
     ),
 )

@@ -116,20 +116,20 @@ FULL_OV = Exercise(
     rtol=1e-4, atol=1e-4,
     extra_inputs=(real_weight_inputs("W_E", "W_V", "W_O", "W_U"),),
     misconceptions=(
-        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is its "
-           "ROW: the circuit starts W_E @ W_V. (The paper's W_E, a [d_model, d_vocab] map of one-hot columns, is "
+        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is "
+           "its ROW: the circuit starts W_E @ W_V. (The paper's W_E, a [d_model, d_vocab] map of one-hot columns, is "
            "our W_E.T.)",
            _factored(lambda W_E, W_V, W_O, W_U: _fm(W_E.T @ W_V, W_O @ W_U))),
-        misconception("W_O before W_V", "Your OV product is in the wrong order: W_O came before W_V. An embedding is first "
-           "read by W_V (into d_head) and then written back by W_O, so in code the circuit is "
+        misconception("W_O before W_V", "Your OV product is in the wrong order: W_O came before W_V. An embedding is "
+           "first read by W_V (into d_head) and then written back by W_O, so in code the circuit is "
            "W_E @ W_V @ W_O @ W_U; the paper's 'W_O W_V' is the same map written right to left for column vectors.",
            _factored(lambda W_E, W_V, W_O, W_U: _fm(W_E @ W_O, W_V @ W_U))),
-        misconception("paper order typed literally", "You typed the paper's W_U W_O W_V W_E with the code's matrices. The "
-           "paper applies matrices to column vectors from right to left; with our row vectors the same circuit "
+        misconception("paper order typed literally", "You typed the paper's W_U W_O W_V W_E with the code's matrices. "
+           "The paper applies matrices to column vectors from right to left; with our row vectors the same circuit "
            "reads left to right: W_E @ W_V @ W_O @ W_U.",
            _factored(lambda W_E, W_V, W_O, W_U: _fm(W_U @ W_O, W_V @ W_E))),
-        misconception("OV circuit transposed", "Your circuit is transposed: it must be [source, out] (row s = the logit "
-           "change when the head attends to token s), but you returned [out, source], the paper's orientation. "
+        misconception("OV circuit transposed", "Your circuit is transposed: it must be [source, out] (row s = the "
+           "logit change when the head attends to token s), but you returned [out, source], the paper's orientation. "
            "Use FactoredMatrix(W_E @ W_V, W_O @ W_U).",
            _factored(lambda W_E, W_V, W_O, W_U: _fm((W_O @ W_U).transpose(-1, -2), (W_E @ W_V).transpose(-1, -2)))),
         misconception("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: logits = x @ W_U.",
@@ -167,14 +167,14 @@ FULL_QK = Exercise(
     extra_inputs=(real_weight_inputs("W_E", "W_Q", "W_K"),),
     misconceptions=(
         misconception(*QK_SWAPPED, _factored(lambda W_E, W_Q, W_K: _fm(W_E @ W_K, (W_E @ W_Q).transpose(-1, -2)))),
-        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model]; token t's embedding is the row "
-           "W_E[t], so both factors start from W_E: (W_E @ W_Q) and (W_E @ W_K).",
+        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model]; token t's embedding is "
+           "the row W_E[t], so both factors start from W_E: (W_E @ W_Q) and (W_E @ W_K).",
            _factored(lambda W_E, W_Q, W_K: _fm(W_E.T @ W_Q, (W_E.T @ W_K).transpose(-1, -2)))),
-        misconception("W_K not transposed", "The key factor needs a transpose: a score is q . k = (x_d W_Q)(x_s W_K)^T, so "
-           "the right factor is (W_E @ W_K)^T = W_K^T W_E^T, not W_K @ W_E^T.",
+        misconception("W_K not transposed", "The key factor needs a transpose: a score is q . k = (x_d W_Q)(x_s "
+           "W_K)^T, so the right factor is (W_E @ W_K)^T = W_K^T W_E^T, not W_K @ W_E^T.",
            _factored(lambda W_E, W_Q, W_K: _fm(W_E @ W_Q, W_K @ W_E.T))),
-        misconception("scaled by 1/sqrt(d_head)", "The full QK circuit is the bilinear form W_E W_Q W_K^T W_E^T itself, "
-           "without 1/sqrt(d_head): the scale belongs to the attention scores (and changes no ranking).",
+        misconception("scaled by 1/sqrt(d_head)", "The full QK circuit is the bilinear form W_E W_Q W_K^T W_E^T "
+           "itself, without 1/sqrt(d_head): the scale belongs to the attention scores (and changes no ranking).",
            _factored(lambda W_E, W_Q, W_K: _fm(W_E @ W_Q / math.sqrt(W_Q.shape[-1]),
                                                 (W_E @ W_K).transpose(-1, -2)))),
     ),
@@ -243,8 +243,8 @@ OV_FROM_ACTIVATIONS = Exercise(
            "attn-only-1l uses shortformer positions: W_pos enters the queries and keys only, so a head's value "
            "input (and its OV circuit) is the token embedding alone. Use embed, not embed + pos_embed.",
            _ov_acts("both")),
-        misconception("W_O before W_V", "Your OV product is in the wrong order: each position's embedding goes through W_V "
-           "first (into d_head), then W_O (back to d_model), then W_U.",
+        misconception("W_O before W_V", "Your OV product is in the wrong order: each position's embedding goes through "
+           "W_V first (into d_head), then W_O (back to d_model), then W_U.",
            _ov_acts("embed", order="OV")),
         misconception("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: select the out tokens' "
            "COLUMNS, W_U[:, out_tokens].",

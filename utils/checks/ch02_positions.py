@@ -64,17 +64,17 @@ POSITIONAL_QK_PATTERN = Exercise(
     extra_inputs=(real_weight_inputs("W_pos", "W_Q", "W_K"),),
     misconceptions=(
         misconception(*QK_SWAPPED, _pos_variant(swap=True)),
-        misconception("W_pos transposed", "You used W_pos transposed. W_pos is [n_ctx, d_model]: position i's embedding is "
-           "its ROW W_pos[i], so the queries are W_pos @ W_Q.",
+        misconception("W_pos transposed", "You used W_pos transposed. W_pos is [n_ctx, d_model]: position i's "
+           "embedding is its ROW W_pos[i], so the queries are W_pos @ W_Q.",
            _pos_variant(transpose_pos=True)),
-        misconception("missing 1/sqrt(d_head)", "The model divides scores by sqrt(d_head) before the softmax; the positional "
-           "pattern must too, or it comes out sharper than anything the model does.",
+        misconception("missing 1/sqrt(d_head)", "The model divides scores by sqrt(d_head) before the softmax; the "
+           "positional pattern must too, or it comes out sharper than anything the model does.",
            _pos_variant(scale=False)),
-        misconception("softmax over queries", "Your softmax ran over the QUERY axis. Each query position distributes its "
-           "attention over the keys it can see: softmax(dim=-1) after the causal mask.",
+        misconception("softmax over queries", "Your softmax ran over the QUERY axis. Each query position distributes "
+           "its attention over the keys it can see: softmax(dim=-1) after the causal mask.",
            _pos_variant(axis=-2)),
-        misconception("no causal mask", "There is no causal mask: query i may only attend to keys j <= i. Set the scores "
-           "above the diagonal to -inf before the softmax.",
+        misconception("no causal mask", "There is no causal mask: query i may only attend to keys j <= i. Set the "
+           "scores above the diagonal to -inf before the softmax.",
            _pos_variant(mask=False)),
     ),
 )
@@ -129,21 +129,21 @@ POSITIONAL_HEAD_SCORES = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(pattern=_real_positional_pattern()),),
     misconceptions=(
-        misconception("diagonal instead of previous token", "Your previous-token score reads the DIAGONAL A[i, i] (attention "
-           "to the current token). The previous token of query i is key i - 1: A[i, i - 1], the diagonal just "
-           "below the main one (torch.diagonal(A, offset=-1, dim1=-2, dim2=-1)).",
+        misconception("diagonal instead of previous token", "Your previous-token score reads the DIAGONAL A[i, i] "
+           "(attention to the current token). The previous token of query i is key i - 1: A[i, i - 1], the diagonal "
+           "just below the main one (torch.diagonal(A, offset=-1, dim1=-2, dim2=-1)).",
            _scores_variant(prev_offset=0)),
-        misconception("previous token above the diagonal", "Your previous-token score reads A[i, i + 1], the NEXT token, "
-           "which the causal mask always sets to 0. The previous token is key i - 1: offset=-1.",
+        misconception("previous token above the diagonal", "Your previous-token score reads A[i, i + 1], the NEXT "
+           "token, which the causal mask always sets to 0. The previous token is key i - 1: offset=-1.",
            _scores_variant(prev_offset=1)),
-        misconception("query 0 in the first-token score", "Your first-token score includes query 0, whose only choice is "
-           "key 0 (A[0, 0] = 1 always). Average A[i, 0] over queries i >= 1 only.",
+        misconception("query 0 in the first-token score", "Your first-token score includes query 0, whose only choice "
+           "is key 0 (A[0, 0] = 1 always). Average A[i, 0] over queries i >= 1 only.",
            _scores_variant(first_from=0)),
-        misconception("distance divided by i", "Your distance ratio divides by i; a uniform pattern over keys 0..i has mean "
-           "distance i / 2, and the ratio compares with that, so divide by i / 2.",
+        misconception("distance divided by i", "Your distance ratio divides by i; a uniform pattern over keys 0..i has "
+           "mean distance i / 2, and the ratio compares with that, so divide by i / 2.",
            _scores_variant(norm="full")),
-        misconception("distance not normalised", "You returned the raw mean attention distance. Divide each query's mean "
-           "distance by i / 2 (a uniform pattern's) before averaging, so that 1 means 'no preference'.",
+        misconception("distance not normalised", "You returned the raw mean attention distance. Divide each query's "
+           "mean distance by i / 2 (a uniform pattern's) before averaging, so that 1 means 'no preference'.",
            _scores_variant(norm="none")),
     ),
 )

@@ -99,20 +99,20 @@ TOP_FOR_SOURCE = Exercise(
            "circuit, i.e. the keys that `source` attends to when IT is the query. The destinations that attend "
            "to `source` are COLUMN `source`: qk_A @ qk_B[:, source] (rows are queries, columns keys).",
            _as_ids(_top_variant(dest_axis="row"))),
-        misconception("OV column instead of row", "Wrong axis for the outs: you ranked COLUMN `source` of the OV circuit, "
-           "the source tokens that would raise the logit of `source`. The logits raised by attending to "
+        misconception("OV column instead of row", "Wrong axis for the outs: you ranked COLUMN `source` of the OV "
+           "circuit, the source tokens that would raise the logit of `source`. The logits raised by attending to "
            "`source` are ROW `source`: ov_A[source] @ ov_B (rows are sources, columns outputs).",
            _as_ids(_top_variant(out_axis="col"))),
-        misconception("both axes swapped", "Both axes are swapped: destinations come from COLUMN `source` of the QK circuit "
-           "([dest, src]) and outs from ROW `source` of the OV circuit ([src, out]).",
+        misconception("both axes swapped", "Both axes are swapped: destinations come from COLUMN `source` of the QK "
+           "circuit ([dest, src]) and outs from ROW `source` of the OV circuit ([src, out]).",
            _as_ids(_top_variant(dest_axis="row", out_axis="col"))),
-        misconception("destinations not centred", "Your destinations use the raw scores QK[d, source]. A destination whose "
-           "query is large scores high on EVERY source, and the softmax ignores that shared part: subtract each "
+        misconception("destinations not centred", "Your destinations use the raw scores QK[d, source]. A destination "
+           "whose query is large scores high on EVERY source, and the softmax ignores that shared part: subtract each "
            "destination's mean score over all sources, QK[d, source] - mean_s QK[d, s] (qk_B.mean(-1) is the "
            "mean key).",
            _as_ids(_top_variant(centre=False))),
-        misconception("allowed ignored", "You returned tokens where `allowed` is False: set their scores to -inf (for both "
-           "rankings) before taking the top k.",
+        misconception("allowed ignored", "You returned tokens where `allowed` is False: set their scores to -inf (for "
+           "both rankings) before taking the top k.",
            _as_ids(_top_variant(mask=False))),
     ),
 )
@@ -167,13 +167,13 @@ CONFIRMATION_EFFECT = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(_real_effect_inputs()),),
     misconceptions=(
-        misconception("no baseline subtracted", "You compared the logits without subtracting the baseline: you returned c's "
-           "logit (and log-probability) with the source s present. c's logit at d depends on much more than s "
-           "(d's own direct path, the rest of the context, the biases); subtract the same quantity from the run "
+        misconception("no baseline subtracted", "You compared the logits without subtracting the baseline: you "
+           "returned c's logit (and log-probability) with the source s present. c's logit at d depends on much more "
+           "than s (d's own direct path, the rest of the context, the biases); subtract the same quantity from the run "
            "where s is replaced by the neutral token.",
            _effect_variant(baseline=False)),
-        misconception("baseline subtracted the wrong way", "Your differences have the wrong sign: the gain is (with s) minus "
-           "(without s), so that a positive number means s raised c.",
+        misconception("baseline subtracted the wrong way", "Your differences have the wrong sign: the gain is (with s) "
+           "minus (without s), so that a positive number means s raised c.",
            _effect_variant(sign=-1)),
         misconception("first position instead of last", "You read position 0. The prediction that c should follow d is "
            "made at d, the LAST position of each prompt: logits[:, -1].",

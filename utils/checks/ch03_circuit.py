@@ -124,9 +124,9 @@ IN_CONTEXT_LEARNING_SCORE = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_icl_inputs,),
     misconceptions=(
-        misconception("sign reversed (early minus late)", "Your sign is reversed: the score is the mean LATE loss minus the "
-           "mean EARLY loss, negative when the model predicts a token better the more context precedes it. You "
-           "computed early minus late.",
+        misconception("sign reversed (early minus late)", "Your sign is reversed: the score is the mean LATE loss "
+           "minus the mean EARLY loss, negative when the model predicts a token better the more context precedes it. "
+           "You computed early minus late.",
            _icl_variant(sign=-1)),
         misconception("token positions used as loss columns", "You used the token positions as columns of the losses "
            "directly. Column t - 1 of per_token_loss is the loss of the token at position t (the BOS at position "
@@ -138,21 +138,21 @@ IN_CONTEXT_LEARNING_SCORE = Exercise(
            "losses[:, early[0] - 1 : early[1]] (the slice stops just before column early[1], i.e. after the "
            "column of token early[1]).",
            _icl_variant(end=0)),
-        misconception("ranges used as Python slices", "You used the ranges as Python slices, losses[:, early[0]:early[1]]. "
-           "That misses the -1 shift (column t - 1 is the loss of token t) and the inclusive end at once, so it "
-           "covers tokens early[0] + 1 .. early[1]. Take losses[:, early[0] - 1 : early[1]], and likewise for "
-           "late.",
+        misconception("ranges used as Python slices", "You used the ranges as Python slices, losses[:, "
+           "early[0]:early[1]]. That misses the -1 shift (column t - 1 is the loss of token t) and the inclusive end "
+           "at once, so it covers tokens early[0] + 1 .. early[1]. Take losses[:, early[0] - 1 : early[1]], and "
+           "likewise for late.",
            _icl_variant(shift=0, end=0)),
-        misconception("sums instead of means", "You subtracted SUMS of losses. Use the MEAN loss of each range (over the "
-           "batch and the range's tokens): the two ranges have different lengths, and the score is in nats per "
+        misconception("sums instead of means", "You subtracted SUMS of losses. Use the MEAN loss of each range (over "
+           "the batch and the range's tokens): the two ranges have different lengths, and the score is in nats per "
            "token.",
            _icl_variant(reduce="sum")),
-        misconception("one number per sequence", "You returned one score per sequence; return a single number (a float): "
-           "the mean over the batch and the late tokens minus the mean over the batch and the early tokens.",
+        misconception("one number per sequence", "You returned one score per sequence; return a single number (a "
+           "float): the mean over the batch and the late tokens minus the mean over the batch and the early tokens.",
            _icl_variant(per_sequence=True)),
-        misconception("ratio instead of difference", "You divided the late loss by the early loss. The in-context-learning "
-           "score is a DIFFERENCE in nats: mean late loss MINUS mean early loss (negative when later tokens are "
-           "predicted better).",
+        misconception("ratio instead of difference", "You divided the late loss by the early loss. The "
+           "in-context-learning score is a DIFFERENCE in nats: mean late loss MINUS mean early loss (negative when "
+           "later tokens are predicted better).",
            _icl_variant(ratio=True)),
     ),
 )
@@ -218,12 +218,12 @@ POSITIONAL_ATTENTION_PATTERN = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_positional_inputs,),
     misconceptions=(
-        misconception("no causal mask", "You left out the causal mask: a query can only attend to keys at or before its own "
-           "position. Set the scores of the future keys (key > query) to -inf before the softmax, e.g. "
+        misconception("no causal mask", "You left out the causal mask: a query can only attend to keys at or before "
+           "its own position. Set the scores of the future keys (key > query) to -inf before the softmax, e.g. "
            "scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float('-inf')).",
            _positional_variant(mask=None)),
-        misconception("no 1/sqrt(d_head)", "You did not divide the scores by sqrt(d_head) before the softmax. The model does "
-           "(attention scores are q . k / sqrt(d_head)), and without it the pattern is too sharp.",
+        misconception("no 1/sqrt(d_head)", "You did not divide the scores by sqrt(d_head) before the softmax. The "
+           "model does (attention scores are q . k / sqrt(d_head)), and without it the pattern is too sharp.",
            _positional_variant(scale="none")),
         misconception("scaled by 1/d_head", "You divided the scores by d_head; the attention scale is 1/sqrt(d_head) "
            "(math.sqrt(W_Q.shape[-1])).",
@@ -231,29 +231,29 @@ POSITIONAL_ATTENTION_PATTERN = Exercise(
         misconception("scaled by 1/sqrt(d_model)", "You scaled by 1/sqrt(d_model). The scores are dot products of "
            "d_head-dimensional queries and keys: divide by sqrt(d_head), the size of a query (W_Q.shape[-1]).",
            _positional_variant(scale="sqrt d_model")),
-        misconception("scaled by 1/d_model", "You divided the scores by d_model. Divide by sqrt(d_head), the square root of "
-           "the size of a query (W_Q.shape[-1]).",
+        misconception("scaled by 1/d_model", "You divided the scores by d_model. Divide by sqrt(d_head), the square "
+           "root of the size of a query (W_Q.shape[-1]).",
            _positional_variant(scale="d_model")),
-        misconception("softmax over queries", "Your softmax runs over the QUERY axis (dim -2). Each query's attention over "
-           "the keys must sum to 1: take the softmax over the last axis, the keys (dim -1).",
+        misconception("softmax over queries", "Your softmax runs over the QUERY axis (dim -2). Each query's attention "
+           "over the keys must sum to 1: take the softmax over the last axis, the keys (dim -1).",
            _positional_variant(dim=-2)),
-        misconception("W_Q and W_K swapped", "Queries and keys are swapped: entry [h, q, k] is the score of query position q "
-           "on key position k, (W_pos W_Q)(W_pos W_K)^T. You built (W_pos W_K)(W_pos W_Q)^T, the transpose of "
-           "the scores, and masked that.",
+        misconception("W_Q and W_K swapped", "Queries and keys are swapped: entry [h, q, k] is the score of query "
+           "position q on key position k, (W_pos W_Q)(W_pos W_K)^T. You built (W_pos W_K)(W_pos W_Q)^T, the transpose "
+           "of the scores, and masked that.",
            _positional_variant(swap=True)),
         misconception("keys not transposed", "The keys need a transpose: a score is the dot product over d_head, "
            "q @ k.transpose(-1, -2), not q @ k (which only runs because n_ctx == d_head here).",
            _positional_variant(k_untransposed=True)),
-        misconception("masked with 0 instead of -inf", "You masked the future keys with 0 instead of -inf. A score of 0 still "
-           "gets weight exp(0) in the softmax; only -inf gives a future key exactly zero attention. Use "
+        misconception("masked with 0 instead of -inf", "You masked the future keys with 0 instead of -inf. A score of "
+           "0 still gets weight exp(0) in the softmax; only -inf gives a future key exactly zero attention. Use "
            "masked_fill(future, float('-inf')) before the softmax.",
            _positional_variant(mask="0")),
-        misconception("masked after the softmax", "You zeroed the future keys AFTER the softmax, so the rows no longer sum "
-           "to 1 (the future keys took their share of the softmax before being dropped). Mask the scores with "
+        misconception("masked after the softmax", "You zeroed the future keys AFTER the softmax, so the rows no longer "
+           "sum to 1 (the future keys took their share of the softmax before being dropped). Mask the scores with "
            "-inf BEFORE the softmax.",
            _positional_variant(mask_after=True)),
-        misconception("diagonal masked too", "Your mask also hides the diagonal (key == query), but a position may attend "
-           "to itself. Mask only the keys AFTER the query: torch.triu(..., diagonal=1). (With the diagonal "
+        misconception("diagonal masked too", "Your mask also hides the diagonal (key == query), but a position may "
+           "attend to itself. Mask only the keys AFTER the query: torch.triu(..., diagonal=1). (With the diagonal "
            "masked, query 0 has no key left and its row is NaN.)",
            _positional_variant(diagonal_masked=True)),
     ),
@@ -373,27 +373,27 @@ K_COMPOSITION_CIRCUIT = Exercise(
            "query side is the query token itself, W_E W_Q, and the key side is what layer 0 moved into the key's "
            "position, W_E W_V W_O W_K. Return FactoredMatrix(W_E @ W_Q, (W_E @ W_V @ W_O @ W_K).T).",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_V @ W_O @ W_Q, (W_E @ W_K).T))),
-        misconception("previous-token head left out", "You left out the previous-token head: (W_E W_Q)(W_E W_K)^T is layer "
-           "1's direct QK circuit, how a query token scores a key token by itself. K-composition puts layer 0's "
+        misconception("previous-token head left out", "You left out the previous-token head: (W_E W_Q)(W_E W_K)^T is "
+           "layer 1's direct QK circuit, how a query token scores a key token by itself. K-composition puts layer 0's "
            "OV on the key side, (W_E W_Q)(W_E W_V W_O W_K)^T, so that column b is a key whose PREVIOUS token is b.",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_Q, (W_E @ W_K).T))),
-        misconception("circuit transposed", "Your circuit is transposed: rows must be the QUERY token a and columns the "
-           "previous token b of the key, (W_E W_Q)(W_E W_V W_O W_K)^T. You returned the key side as the rows.",
+        misconception("circuit transposed", "Your circuit is transposed: rows must be the QUERY token a and columns "
+           "the previous token b of the key, (W_E W_Q)(W_E W_V W_O W_K)^T. You returned the key side as the rows.",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_V @ W_O @ W_K, (W_E @ W_Q).T))),
         misconception("OV on both sides", "You put layer 0's OV on both sides. The query token reaches layer 1's W_Q "
            "directly (the embedding: W_E W_Q); only the KEY side reads what the previous-token head moved there, "
            "W_E W_V W_O W_K.",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_V @ W_O @ W_Q, (W_E @ W_V @ W_O @ W_K).T))),
-        misconception("W_O before W_V", "Your OV product is in the wrong order: W_O came before W_V. An embedding is first "
-           "read by W_V (into d_head) and then written back to the residual stream by W_O, so the key side is "
+        misconception("W_O before W_V", "Your OV product is in the wrong order: W_O came before W_V. An embedding is "
+           "first read by W_V (into d_head) and then written back to the residual stream by W_O, so the key side is "
            "W_E @ W_V @ W_O @ W_K (the paper's 'W_O W_V' is the same map written right to left).",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_Q, (W_E @ W_O @ W_V @ W_K).T))),
-        misconception("key side not transposed", "The key side needs a transpose: an attention score is q . k, so the circuit "
-           "is (W_E W_Q) @ (W_E W_V W_O W_K)^T, i.e. FactoredMatrix(query_side, key_side.T), not "
+        misconception("key side not transposed", "The key side needs a transpose: an attention score is q . k, so the "
+           "circuit is (W_E W_Q) @ (W_E W_V W_O W_K)^T, i.e. FactoredMatrix(query_side, key_side.T), not "
            "FactoredMatrix(query_side, key_side).",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E @ W_Q, W_E @ W_V @ W_O @ W_K))),
-        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is its "
-           "ROW, so both sides start from W_E: W_E @ W_Q and W_E @ W_V @ W_O @ W_K.",
+        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is "
+           "its ROW, so both sides start from W_E: W_E @ W_Q and W_E @ W_V @ W_O @ W_K.",
            _circuit(lambda W_E, W_Q, W_K, W_V, W_O: _fm(W_E.T @ W_Q, (W_E.T @ W_V @ W_O @ W_K).T))),
         misconception("paper formula typed literally", "You typed the paper's W_E^T W_Q^T W_K W_OV W_E with the code's "
            "matrices. The paper multiplies column vectors from right to left and its matrices are the transposes "
@@ -469,21 +469,21 @@ TOP_1_DIAGONAL_ACCURACY = Exercise(
     rtol=0, atol=1e-3,  # 1e-3: near-ties may flip a few of the real circuit's 4096 rows
     extra_inputs=(_real_top1_inputs,),
     misconceptions=(
-        misconception("argmax over the wrong axis", "You took the argmax over the wrong axis (dim 0: the largest entry of "
-           "each COLUMN). Row i is what token i prefers: count the rows with M[i].argmax() == i, i.e. "
+        misconception("argmax over the wrong axis", "You took the argmax over the wrong axis (dim 0: the largest entry "
+           "of each COLUMN). Row i is what token i prefers: count the rows with M[i].argmax() == i, i.e. "
            "argmax(dim=-1).",
            _top1_variant(dim=0)),
-        misconception("count instead of fraction", "You returned the NUMBER of rows whose largest entry is on the diagonal; "
-           "return the fraction (divide by the number of rows), so matrices of different sizes compare.",
+        misconception("count instead of fraction", "You returned the NUMBER of rows whose largest entry is on the "
+           "diagonal; return the fraction (divide by the number of rows), so matrices of different sizes compare.",
            _top1_variant(fraction=False)),
-        misconception("argmin instead of argmax", "You used argmin: the question is whether the diagonal entry is the row's "
-           "LARGEST entry, M[i].argmax() == i.",
+        misconception("argmin instead of argmax", "You used argmin: the question is whether the diagonal entry is the "
+           "row's LARGEST entry, M[i].argmax() == i.",
            _top1_variant(argmin=True)),
-        misconception("diagonal above the row mean", "You counted the rows whose diagonal entry is above the row's MEAN. "
-           "Top-1 means the diagonal entry is the row's MAXIMUM: M[i].argmax() == i.",
+        misconception("diagonal above the row mean", "You counted the rows whose diagonal entry is above the row's "
+           "MEAN. Top-1 means the diagonal entry is the row's MAXIMUM: M[i].argmax() == i.",
            _top1_variant(mean=True)),
-        misconception("one hit per row", "You returned one hit per row; return a single number, the fraction of rows that "
-           "hit (the mean of those hits, as a float).",
+        misconception("one hit per row", "You returned one hit per row; return a single number, the fraction of rows "
+           "that hit (the mean of those hits, as a float).",
            _top1_variant(per_row=True)),
     ),
 )

@@ -63,30 +63,30 @@ COMPOSITION_SCORE = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(_real_score_inputs()),),
     misconceptions=(
-        misconception("product in the wrong order", "Your product is in the wrong order: W_B W_A. The earlier head WRITES "
-           "with W_A and the later head READS with W_B, and in our row-vector code data flows left to right: "
+        misconception("product in the wrong order", "Your product is in the wrong order: W_B W_A. The earlier head "
+           "WRITES with W_A and the later head READS with W_B, and in our row-vector code data flows left to right: "
            "||W_A @ W_B||_F.",
            lambda W_A, W_B: _fro(W_B @ W_A) / (_fro(W_A) * _fro(W_B))),
-        misconception("missing Frobenius normalisation", "You returned ||W_A W_B||_F without dividing by ||W_A||_F ||W_B||_F. "
-           "Unnormalised, the score grows with the size of the weights; normalised it lies in [0, 1] and heads "
-           "can be compared.",
+        misconception("missing Frobenius normalisation", "You returned ||W_A W_B||_F without dividing by ||W_A||_F "
+           "||W_B||_F. Unnormalised, the score grows with the size of the weights; normalised it lies in [0, 1] and "
+           "heads can be compared.",
            lambda W_A, W_B: _fro(W_A @ W_B)),
-        misconception("squared norms", "You used squared Frobenius norms. The score is ||W_A W_B||_F / (||W_A||_F ||W_B||_F) "
-           "with the norms themselves (torch.linalg.matrix_norm, or .norm(dim=(-2, -1))).",
+        misconception("squared norms", "You used squared Frobenius norms. The score is ||W_A W_B||_F / (||W_A||_F "
+           "||W_B||_F) with the norms themselves (torch.linalg.matrix_norm, or .norm(dim=(-2, -1))).",
            lambda W_A, W_B: _fro(W_A @ W_B) ** 2 / (_fro(W_A) ** 2 * _fro(W_B) ** 2)),
-        misconception("spectral norms", "You used the spectral norm (ord=2, the largest singular value). The composition "
-           "score uses the Frobenius norm: ||M||_F = sqrt(sum of squares of the entries).",
+        misconception("spectral norms", "You used the spectral norm (ord=2, the largest singular value). The "
+           "composition score uses the Frobenius norm: ||M||_F = sqrt(sum of squares of the entries).",
            lambda W_A, W_B: torch.linalg.matrix_norm(W_A @ W_B, ord=2)
            / (torch.linalg.matrix_norm(W_A, ord=2) * torch.linalg.matrix_norm(W_B, ord=2))),
-        misconception("norm over the whole batch", "Your norms run over the whole batch (e.g. W.norm() with no dim): take "
-           "each matrix's norm over its last two axes, torch.linalg.matrix_norm(W) or W.norm(dim=(-2, -1)).",
+        misconception("norm over the whole batch", "Your norms run over the whole batch (e.g. W.norm() with no dim): "
+           "take each matrix's norm over its last two axes, torch.linalg.matrix_norm(W) or W.norm(dim=(-2, -1)).",
            lambda W_A, W_B: (W_A @ W_B).norm() / (W_A.norm() * W_B.norm())),
         misconception("elementwise product", "You multiplied elementwise (W_A * W_B). Composition is about the MATRIX "
            "product W_A @ W_B: what W_A writes, passed through what W_B reads.",
            lambda W_A, W_B: _fro(W_A * W_B) / (_fro(W_A) * _fro(W_B))),
-        misconception("cosine similarity of the matrices", "You computed the cosine similarity <W_A, W_B>_F / (||W_A|| ||W_B||), "
-           "which asks whether the two matrices look alike. Composition asks whether one FEEDS the other: the "
-           "norm of the matrix product, ||W_A @ W_B||_F / (||W_A||_F ||W_B||_F).",
+        misconception("cosine similarity of the matrices", "You computed the cosine similarity <W_A, W_B>_F / (||W_A|| "
+           "||W_B||), which asks whether the two matrices look alike. Composition asks whether one FEEDS the other: "
+           "the norm of the matrix product, ||W_A @ W_B||_F / (||W_A||_F ||W_B||_F).",
            lambda W_A, W_B: (W_A * W_B).sum((-2, -1)) / (_fro(W_A) * _fro(W_B))),
     ),
 )
@@ -148,29 +148,30 @@ COMPOSITION_SCORES = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_scores_inputs,),
     misconceptions=(
-        misconception("Q- and K-composition swapped", "You swapped Q- and K-composition. The earlier head's output OV^0 = "
-           "W_V^0 W_O^0 is read by the later head's QUERIES in Q-composition: W_B = W_Q^1 W_K^1T; by its KEYS in "
-           "K-composition: W_B = (W_Q^1 W_K^1T)^T = W_K^1 W_Q^1T (the key side of the bilinear form, hence the "
+        misconception("Q- and K-composition swapped", "You swapped Q- and K-composition. The earlier head's output "
+           "OV^0 = W_V^0 W_O^0 is read by the later head's QUERIES in Q-composition: W_B = W_Q^1 W_K^1T; by its KEYS "
+           "in K-composition: W_B = (W_Q^1 W_K^1T)^T = W_K^1 W_Q^1T (the key side of the bilinear form, hence the "
            "transpose).",
            _scores_variant(swap_qk=True)),
-        misconception("product in the wrong order", "Your products are in the wrong order (W_B W_A). The earlier head writes "
-           "with W_A = OV^0 and the later head reads with W_B; in our row-vector code data flows left to right: "
+        misconception("product in the wrong order", "Your products are in the wrong order (W_B W_A). The earlier head "
+           "writes with W_A = OV^0 and the later head reads with W_B; in our row-vector code data flows left to right: "
            "||OV^0 @ W_B||_F.",
            _scores_variant(reverse=True)),
-        misconception("layers swapped", "You composed layer 1 into layer 0. Information only flows forward: the EARLIER head "
-           "(layer 0) writes with its OV and the LATER head (layer 1) reads with its QK or OV.",
+        misconception("layers swapped", "You composed layer 1 into layer 0. Information only flows forward: the "
+           "EARLIER head (layer 0) writes with its OV and the LATER head (layer 1) reads with its QK or OV.",
            _scores_variant(layers=(1, 0))),
-        misconception("rows and columns swapped", "Your result is transposed: rows must index the layer-0 heads and columns "
-           "the layer-1 heads, [n_heads_layer0, n_heads_layer1].",
+        misconception("rows and columns swapped", "Your result is transposed: rows must index the layer-0 heads and "
+           "columns the layer-1 heads, [n_heads_layer0, n_heads_layer1].",
            _scores_variant(transpose_out=True)),
-        misconception("W_O W_V (paper order typed literally)", "You typed the paper's W_O W_V with the code's matrices. With "
-           "row vectors a head's OV matrix is W_V @ W_O ([d_model, d_model]); W_O @ W_V is [d_head, d_head], not a "
-           "map of the residual stream.",
+        misconception("W_O W_V (paper order typed literally)", "You typed the paper's W_O W_V with the code's "
+           "matrices. With row vectors a head's OV matrix is W_V @ W_O ([d_model, d_model]); W_O @ W_V is [d_head, "
+           "d_head], not a map of the residual stream.",
            _scores_variant(paper_ov=True)),
-        misconception("W_K not transposed", "A head's QK matrix is W_Q @ W_K^T (q . k = x W_Q (x' W_K)^T), not W_Q @ W_K.",
+        misconception("W_K not transposed", "A head's QK matrix is W_Q @ W_K^T (q . k = x W_Q (x' W_K)^T), not W_Q @ "
+            "W_K.",
            _scores_variant(untransposed_k=True)),
-        misconception("missing Frobenius normalisation", "You returned ||W_A W_B||_F without dividing by ||W_A||_F ||W_B||_F; "
-           "use the normalised composition score.",
+        misconception("missing Frobenius normalisation", "You returned ||W_A W_B||_F without dividing by ||W_A||_F "
+           "||W_B||_F; use the normalised composition score.",
            _scores_variant(normalise=False)),
     ),
 )

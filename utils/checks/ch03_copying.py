@@ -190,21 +190,21 @@ FULL_OV_CIRCUIT_EIGENVALUES = Exercise(
            "(FactoredMatrix.eigenvalues, or torch.linalg.eigvals of the small product).",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: FactoredMatrix(W_E @ W_V, W_O @ W_U).S)),
         misconception(*_SINGULAR, _ov_eigs(lambda W_E, W_V, W_O, W_U: torch.linalg.svdvals((W_O @ W_U) @ (W_E @ W_V)))),
-        misconception("W_E^T instead of W_U", "You closed the circuit with W_E^T instead of W_U: W_E W_V W_O W_E^T compares "
-           "the head's output with the token EMBEDDINGS. What the head does to the logits goes through the "
+        misconception("W_E^T instead of W_U", "You closed the circuit with W_E^T instead of W_U: W_E W_V W_O W_E^T "
+           "compares the head's output with the token EMBEDDINGS. What the head does to the logits goes through the "
            "unembedding: W_E W_V W_O W_U.",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: _small(W_E @ W_V, W_O @ W_E.T))),
-        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is its "
-           "ROW: the circuit starts W_E @ W_V.",
+        misconception("W_E transposed", "You used W_E transposed. W_E is [d_vocab, d_model] and a token's embedding is "
+           "its ROW: the circuit starts W_E @ W_V.",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: _small(W_E.T @ W_V, W_O @ W_U))),
-        misconception("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: logits = x @ W_U, so the circuit "
-           "ends W_O @ W_U.",
+        misconception("W_U transposed", "You used W_U transposed. W_U is [d_model, d_vocab]: logits = x @ W_U, so the "
+           "circuit ends W_O @ W_U.",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: _small(W_E @ W_V, W_O @ W_U.T))),
-        misconception("W_O before W_V", "Your OV product is in the wrong order: an embedding is first read by W_V (into "
-           "d_head) and then written back by W_O, so in code the circuit is W_E @ W_V @ W_O @ W_U.",
+        misconception("W_O before W_V", "Your OV product is in the wrong order: an embedding is first read by W_V "
+           "(into d_head) and then written back by W_O, so in code the circuit is W_E @ W_V @ W_O @ W_U.",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: _small(W_E @ W_O, W_V @ W_U))),
-        misconception("paper order typed literally", "You typed the paper's W_U W_O W_V W_E with the code's matrices. The "
-           "paper applies matrices to column vectors from right to left; with our row vectors the same circuit "
+        misconception("paper order typed literally", "You typed the paper's W_U W_O W_V W_E with the code's matrices. "
+           "The paper applies matrices to column vectors from right to left; with our row vectors the same circuit "
            "reads left to right: W_E @ W_V @ W_O @ W_U.",
            _ov_eigs(lambda W_E, W_V, W_O, W_U: _small(W_U @ W_O, W_V @ W_E))),
     ),
@@ -262,31 +262,31 @@ COPYING_SCORE = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(eigenvalues=_real_eigenvalues()),),
     misconceptions=(
-        misconception("|lambda| in the numerator", "You put absolute values in the numerator: sum |lambda| / sum |lambda| is "
-           "always 1. The numerator is the REAL PART of the sum, Re(sum lambda): negative eigenvalues (suppression) "
-           "must pull the score down, and complex pairs a +- bi contribute only their real part 2a.",
+        misconception("|lambda| in the numerator", "You put absolute values in the numerator: sum |lambda| / sum "
+           "|lambda| is always 1. The numerator is the REAL PART of the sum, Re(sum lambda): negative eigenvalues "
+           "(suppression) must pull the score down, and complex pairs a +- bi contribute only their real part 2a.",
            lambda eigenvalues: eigenvalues.abs().sum(-1) / eigenvalues.abs().sum(-1)),
-        misconception("|sum lambda| in the numerator", "Your numerator is |sum lambda|, the magnitude of the sum: a head "
-           "whose eigenvalues are all negative (it suppresses the tokens it attends to) then scores +1 instead "
+        misconception("|sum lambda| in the numerator", "Your numerator is |sum lambda|, the magnitude of the sum: a "
+           "head whose eigenvalues are all negative (it suppresses the tokens it attends to) then scores +1 instead "
            "of -1. Use the real part, Re(sum lambda), which keeps the sign.",
            lambda eigenvalues: eigenvalues.sum(-1).abs() / eigenvalues.abs().sum(-1)),
-        misconception("mean of Re lambda / |lambda|", "You averaged Re(lambda) / |lambda| over the eigenvalues, so a tiny "
-           "eigenvalue counts as much as a huge one. The score weights each eigenvalue by its size: "
+        misconception("mean of Re lambda / |lambda|", "You averaged Re(lambda) / |lambda| over the eigenvalues, so a "
+           "tiny eigenvalue counts as much as a huge one. The score weights each eigenvalue by its size: "
            "Re(sum lambda) / sum |lambda|.",
            lambda eigenvalues: (eigenvalues.real / eigenvalues.abs()).mean(-1)),
-        misconception("denominator |sum lambda|", "Your denominator is |sum lambda|. It must be sum |lambda|, the total size "
-           "of the eigenvalues: with |sum lambda| the score is just the sign of the sum (conjugate pairs cancel "
-           "their imaginary parts) and every head looks like a perfect copier or suppressor.",
+        misconception("denominator |sum lambda|", "Your denominator is |sum lambda|. It must be sum |lambda|, the "
+           "total size of the eigenvalues: with |sum lambda| the score is just the sign of the sum (conjugate pairs "
+           "cancel their imaginary parts) and every head looks like a perfect copier or suppressor.",
            lambda eigenvalues: eigenvalues.real.sum(-1) / eigenvalues.sum(-1).abs()),
-        misconception("denominator without the imaginary parts", "Your denominator is sum |Re lambda|, which ignores the "
-           "imaginary parts: a head whose eigenvalues are mostly rotations (a +- bi, b large) then scores near "
+        misconception("denominator without the imaginary parts", "Your denominator is sum |Re lambda|, which ignores "
+           "the imaginary parts: a head whose eigenvalues are mostly rotations (a +- bi, b large) then scores near "
            "+-1. Divide by sum |lambda|, the full complex magnitudes.",
            lambda eigenvalues: eigenvalues.real.sum(-1) / eigenvalues.real.abs().sum(-1)),
-        misconception("not normalised", "You returned Re(sum lambda) without dividing by sum |lambda|. The score must be "
-           "scale-free, between -1 and 1, so heads (and models) with larger weights can be compared.",
+        misconception("not normalised", "You returned Re(sum lambda) without dividing by sum |lambda|. The score must "
+           "be scale-free, between -1 and 1, so heads (and models) with larger weights can be compared.",
            lambda eigenvalues: eigenvalues.real.sum(-1)),
-        misconception("summed over heads", "You summed over the HEAD axis (dim 0). eigenvalues is [head, d_head]: sum over "
-           "the last axis, one score per head.",
+        misconception("summed over heads", "You summed over the HEAD axis (dim 0). eigenvalues is [head, d_head]: sum "
+           "over the last axis, one score per head.",
            lambda eigenvalues: eigenvalues.real.sum(0) / eigenvalues.abs().sum(0)),
     ),
 )
@@ -338,18 +338,18 @@ SELF_TOP_K_FRACTION = Exercise(
     rtol=0, atol=1e-3,  # 1e-3: near-ties may flip a few of the real model's 4096 tokens
     extra_inputs=(lambda: dict(_real_ov(), k=5),),
     misconceptions=(
-        misconception("column instead of row", "You looked at COLUMN t of the circuit, the source tokens that most raise "
-           "t's logit. The question is what attending to t does: ROW t of W_E W_V W_O W_U ([source, out]) is the "
+        misconception("column instead of row", "You looked at COLUMN t of the circuit, the source tokens that most "
+           "raise t's logit. The question is what attending to t does: ROW t of W_E W_V W_O W_U ([source, out]) is the "
            "change in every logit, and t counts when its own logit is among the row's k largest.",
            _top_k_variant(transpose=True)),
         misconception("k ignored (top-1)", "You tested whether t is the single LARGEST entry of its row (argmax). The "
            "exercise asks whether it is among the top k (row.topk(k), with the k passed in).",
            _top_k_variant(top=1)),
-        misconception("off by one in the rank", "Off by one: you counted t when at most k tokens beat it, which is the top "
-           "k + 1. t is in the top k when FEWER than k tokens score higher (or: t in row.topk(k).indices).",
+        misconception("off by one in the rank", "Off by one: you counted t when at most k tokens beat it, which is the "
+           "top k + 1. t is in the top k when FEWER than k tokens score higher (or: t in row.topk(k).indices).",
            _top_k_variant(rank_le=True)),
-        misconception("W_E^T instead of W_U", "You closed the circuit with W_E^T instead of W_U, comparing the head's output "
-           "with the token embeddings. What the head does to the logits goes through the unembedding: "
+        misconception("W_E^T instead of W_U", "You closed the circuit with W_E^T instead of W_U, comparing the head's "
+           "output with the token embeddings. What the head does to the logits goes through the unembedding: "
            "W_E W_V W_O W_U.",
            _top_k_variant(unembed="W_E")),
         misconception("count instead of fraction", "You returned the NUMBER of tokens that pass; return the fraction "

@@ -71,21 +71,22 @@ PER_TOKEN_LOSS = Exercise(
            "normalises again (F.cross_entropy or log_softmax expect raw LOGITS). The result is squashed towards "
            "log(d_vocab). Apply log_softmax once, to the logits.",
            lambda logits, tokens: _ce(logits.softmax(-1).log_softmax(-1), tokens)),
-        misconception("log of log-probabilities", "You took the log of log-probabilities (torch.log(log_softmax(...))): "
-           "log-probabilities are already logs, and negative, so their log is NaN. The loss is -log_softmax(logits) "
-           "at the next token.",
+        misconception("log of log-probabilities", "You took the log of log-probabilities "
+           "(torch.log(log_softmax(...))): log-probabilities are already logs, and negative, so their log is NaN. The "
+           "loss is -log_softmax(logits) at the next token.",
            lambda logits, tokens: _ce(logits.log_softmax(-1).log(), tokens)),
-        misconception("sliced alike ([:, 1:])", "You dropped the first position of BOTH logits and tokens, so position i's "
-           "logits are still scored against token i itself. The logits at i predict token i + 1: "
+        misconception("sliced alike ([:, 1:])", "You dropped the first position of BOTH logits and tokens, so position "
+           "i's logits are still scored against token i itself. The logits at i predict token i + 1: "
            "logits[:, :-1] against tokens[:, 1:].",
            lambda logits, tokens: -logits[:, 1:].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]),
-        misconception("sliced alike ([:, :-1])", "You dropped the last position of BOTH logits and tokens, so position i's "
-           "logits are still scored against token i itself. The logits at i predict token i + 1: "
+        misconception("sliced alike ([:, :-1])", "You dropped the last position of BOTH logits and tokens, so position "
+           "i's logits are still scored against token i itself. The logits at i predict token i + 1: "
            "logits[:, :-1] against tokens[:, 1:].",
            lambda logits, tokens: -logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, :-1, None])[..., 0]),
         *_CH00_PER_TOKEN_LOSS.misconceptions,
-        misconception("averaged over the batch", "You averaged over the batch. Return one loss per (sequence, position), "
-           "shape [batch, pos - 1]: the halves of a repeated sequence are compared position by position later.",
+        misconception("averaged over the batch", "You averaged over the batch. Return one loss per (sequence, "
+           "position), shape [batch, pos - 1]: the halves of a repeated sequence are compared position by position "
+           "later.",
            lambda logits, tokens: ref.per_token_loss(logits, tokens).mean(0)),
     ),
 )
@@ -135,28 +136,28 @@ INDUCTION_SCORES = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(pattern=_repeated_run()["last_pattern"], seq_len=REAL_SEQ_LEN),),
     misconceptions=(
-        misconception("offset seq_len (duplicate-token stripe)", "You measured attention from each second-half token to the "
-           "PREVIOUS OCCURRENCE OF ITSELF, key q - seq_len: that is a duplicate-token head. An induction head "
+        misconception("offset seq_len (duplicate-token stripe)", "You measured attention from each second-half token "
+           "to the PREVIOUS OCCURRENCE OF ITSELF, key q - seq_len: that is a duplicate-token head. An induction head "
            "attends to the token AFTER the previous occurrence, key q - seq_len + 1 (diagonal offset "
            "-(seq_len - 1)), because that is the token it predicts comes next.",
            lambda pattern, seq_len: _stripe(pattern, -seq_len, seq_len).mean((0, -1))),
-        misconception("stripe above the diagonal", "Your diagonal offset has the wrong sign: keys AFTER the query are masked "
-           "(their attention is always 0). The induction stripe lies below the main diagonal: "
+        misconception("stripe above the diagonal", "Your diagonal offset has the wrong sign: keys AFTER the query are "
+           "masked (their attention is always 0). The induction stripe lies below the main diagonal: "
            "pattern.diagonal(offset=-(seq_len - 1), dim1=-2, dim2=-1).",
            lambda pattern, seq_len: _stripe(pattern, seq_len - 1, seq_len).mean((0, -1))),
-        misconception("first-half queries included", "You averaged the whole stripe, including queries in the FIRST half, "
-           "where nothing has repeated yet. Only the seq_len second-half queries (the last seq_len entries of the "
-           "stripe) can do induction.",
+        misconception("first-half queries included", "You averaged the whole stripe, including queries in the FIRST "
+           "half, where nothing has repeated yet. Only the seq_len second-half queries (the last seq_len entries of "
+           "the stripe) can do induction.",
            lambda pattern, seq_len: _stripe(pattern, -(seq_len - 1)).mean((0, -1))),
-        misconception("BOS forgotten (queries one too early)", "Your queries are one position too early: with the BOS at "
-           "position 0 the second half is positions seq_len + 1 .. 2 seq_len (the LAST seq_len entries of the "
+        misconception("BOS forgotten (queries one too early)", "Your queries are one position too early: with the BOS "
+           "at position 0 the second half is positions seq_len + 1 .. 2 seq_len (the LAST seq_len entries of the "
            "stripe); you used seq_len .. 2 seq_len - 1.",
            lambda pattern, seq_len: _stripe(pattern, -(seq_len - 1), seq_len, drop_last=1).mean((0, -1))),
-        misconception("averaged over heads", "You averaged over the HEAD axis. pattern is [batch, head, query, key]: average "
-           "over the batch and the queries, one score per head.",
+        misconception("averaged over heads", "You averaged over the HEAD axis. pattern is [batch, head, query, key]: "
+           "average over the batch and the queries, one score per head.",
            lambda pattern, seq_len: _stripe(pattern, -(seq_len - 1), seq_len).mean((1, -1))),
-        misconception("not averaged over the batch", "You returned one score per sequence and head; average over the batch "
-           "too: one score per head.",
+        misconception("not averaged over the batch", "You returned one score per sequence and head; average over the "
+           "batch too: one score per head.",
            lambda pattern, seq_len: _stripe(pattern, -(seq_len - 1), seq_len).mean(-1)),
     ),
 )
@@ -189,21 +190,21 @@ PREVIOUS_TOKEN_SCORES = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(pattern=_repeated_run()["first_pattern"]),),
     misconceptions=(
-        misconception("main diagonal", "You read the MAIN diagonal A[q, q], attention to the current token. The previous "
-           "token is key q - 1: pattern.diagonal(offset=-1, dim1=-2, dim2=-1).",
+        misconception("main diagonal", "You read the MAIN diagonal A[q, q], attention to the current token. The "
+           "previous token is key q - 1: pattern.diagonal(offset=-1, dim1=-2, dim2=-1).",
            lambda pattern: _stripe(pattern, 0).mean((0, -1))),
-        misconception("above the diagonal", "You read A[q, q + 1], the NEXT token, which the causal mask always sets to 0. "
-           "The previous token is key q - 1: offset=-1.",
+        misconception("above the diagonal", "You read A[q, q + 1], the NEXT token, which the causal mask always sets "
+           "to 0. The previous token is key q - 1: offset=-1.",
            lambda pattern: _stripe(pattern, 1).mean((0, -1))),
-        misconception("query 0 included", "You included query 0, which has no previous token: pattern[..., i, i - 1] with "
-           "i = 0 reads key -1, i.e. the LAST key (always 0 under the causal mask), which drags the mean down. "
+        misconception("query 0 included", "You included query 0, which has no previous token: pattern[..., i, i - 1] "
+           "with i = 0 reads key -1, i.e. the LAST key (always 0 under the causal mask), which drags the mean down. "
            "Average over queries 1 .. n - 1 only (the diagonal at offset -1 has exactly those).",
            _previous_with_query_0),
-        misconception("averaged over heads", "You averaged over the HEAD axis. pattern is [batch, head, query, key]: average "
-           "over the batch and the queries, one score per head.",
+        misconception("averaged over heads", "You averaged over the HEAD axis. pattern is [batch, head, query, key]: "
+           "average over the batch and the queries, one score per head.",
            lambda pattern: _stripe(pattern, -1).mean((1, -1))),
-        misconception("not averaged over the batch", "You returned one score per sequence and head; average over the batch "
-           "too: one score per head.",
+        misconception("not averaged over the batch", "You returned one score per sequence and head; average over the "
+           "batch too: one score per head.",
            lambda pattern: _stripe(pattern, -1).mean(-1)),
     ),
 )
@@ -242,23 +243,23 @@ INDUCTION_LOSS_DROP = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_drop_inputs,),
     misconceptions=(
-        misconception("second half minus first", "Your sign is reversed: the drop is FIRST-half loss minus SECOND-half loss, "
-           "positive when the model predicts the repeat better.",
+        misconception("second half minus first", "Your sign is reversed: the drop is FIRST-half loss minus SECOND-half "
+           "loss, positive when the model predicts the repeat better.",
            lambda losses, seq_len: float(losses[:, seq_len + 1:].mean() - losses[:, 1:seq_len].mean())),
         misconception("unpredictable entries included", "You split the losses at seq_len and kept everything. Entry 0 "
            "(r_1 predicted from BOS) and entry seq_len (r_1 of the repeat, predicted from r_n, which has no "
            "earlier occurrence) cannot be predicted in either half; both halves must predict r_2 .. r_n: entries "
            "1 .. seq_len - 1 and seq_len + 1 .. 2 seq_len - 1.",
            lambda losses, seq_len: float(losses[:, :seq_len].mean() - losses[:, seq_len:].mean())),
-        misconception("losses indexed as if unshifted", "You indexed the losses as if entry i were the loss of token i. "
-           "Entry i is the loss of PREDICTING token i + 1 (made at position i): r_2 .. r_n of the first copy are "
+        misconception("losses indexed as if unshifted", "You indexed the losses as if entry i were the loss of token "
+           "i. Entry i is the loss of PREDICTING token i + 1 (made at position i): r_2 .. r_n of the first copy are "
            "entries 1 .. seq_len - 1, and of the second copy entries seq_len + 1 .. 2 seq_len - 1.",
            lambda losses, seq_len: float(losses[:, 2:seq_len + 1].mean() - losses[:, seq_len + 2:].mean())),
-        misconception("sums instead of means", "You subtracted SUMS of losses. Use the mean loss of each half (in nats per "
-           "token), so the drop does not grow with the batch or the sequence length.",
+        misconception("sums instead of means", "You subtracted SUMS of losses. Use the mean loss of each half (in nats "
+           "per token), so the drop does not grow with the batch or the sequence length.",
            lambda losses, seq_len: float(losses[:, 1:seq_len].sum() - losses[:, seq_len + 1:].sum())),
-        misconception("one number per sequence", "You returned one drop per sequence; return a single number, the mean over "
-           "the batch (a float).",
+        misconception("one number per sequence", "You returned one drop per sequence; return a single number, the mean "
+           "over the batch (a float).",
            lambda losses, seq_len: losses[:, 1:seq_len].mean(-1) - losses[:, seq_len + 1:].mean(-1)),
     ),
 )
@@ -324,29 +325,29 @@ ABLATE_HEADS = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_ablate_inputs,),
     misconceptions=(
-        misconception("positions ablated instead of heads", "You indexed the wrong axis: z[:, heads] is POSITIONS. hook_z is "
-           "[batch, pos, head, d_head], so a head is z[:, :, h].",
+        misconception("positions ablated instead of heads", "You indexed the wrong axis: z[:, heads] is POSITIONS. "
+           "hook_z is [batch, pos, head, d_head], so a head is z[:, :, h].",
            _ablate_variant(axis=1)),
-        misconception("every other head ablated", "You ablated every head EXCEPT the listed ones; ablate exactly the heads in "
-           "`heads` and leave the others alone.",
+        misconception("every other head ablated", "You ablated every head EXCEPT the listed ones; ablate exactly the "
+           "heads in `heads` and leave the others alone.",
            _ablate_variant(complement=True)),
-        misconception("mean flag ignored", "With mean=True the heads are not zeroed but replaced by their mean z (over batch "
-           "and positions), so they keep adding their average output and only the information they move is "
+        misconception("mean flag ignored", "With mean=True the heads are not zeroed but replaced by their mean z (over "
+           "batch and positions), so they keep adding their average output and only the information they move is "
            "removed. You zeroed them anyway.",
            _ablate_variant(ignore_mean=True)),
-        misconception("mean over the batch only", "Your mean is over the batch only (one mean per position). Mean-ablation "
-           "here replaces each ablated head's z by its mean over the batch AND the positions: "
+        misconception("mean over the batch only", "Your mean is over the batch only (one mean per position). "
+           "Mean-ablation here replaces each ablated head's z by its mean over the batch AND the positions: "
            "z[:, :, h].mean(dim=(0, 1)).",
            _ablate_variant(mean_dims=(0,))),
         misconception("mean over the positions only", "Your mean is over the positions only (one mean per sequence). "
            "Mean-ablation here replaces each ablated head's z by its mean over the batch AND the positions: "
            "z[:, :, h].mean(dim=(0, 1)).",
            _ablate_variant(mean_dims=(1,))),
-        misconception("mean over the heads too", "Your mean also runs over the heads, mixing them. Each ablated head gets "
-           "ITS OWN mean z over the batch and positions: z[:, :, h].mean(dim=(0, 1)).",
+        misconception("mean over the heads too", "Your mean also runs over the heads, mixing them. Each ablated head "
+           "gets ITS OWN mean z over the batch and positions: z[:, :, h].mean(dim=(0, 1)).",
            _ablate_variant(mean_dims=(0, 1, 2))),
-        misconception("mean of everything", "You replaced the heads by one number, the mean of the whole z. Each ablated head "
-           "gets its own mean VECTOR (d_head numbers) over the batch and positions.",
+        misconception("mean of everything", "You replaced the heads by one number, the mean of the whole z. Each "
+           "ablated head gets its own mean VECTOR (d_head numbers) over the batch and positions.",
            _ablate_variant(mean_dims=None)),
     ),
 )

@@ -203,43 +203,43 @@ INDUCTION_LOGIT_DIFF = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_logit_diff_inputs,),
     misconceptions=(
-        misconception("sign reversed", "Your sign is reversed: the metric is logit(r_(j+1)) - logit(s_(j+1)), the clean first "
-           "copy's next token MINUS the corrupted first copy's, so it is large and positive when the model copies "
-           "from the clean first copy.",
+        misconception("sign reversed", "Your sign is reversed: the metric is logit(r_(j+1)) - logit(s_(j+1)), the "
+           "clean first copy's next token MINUS the corrupted first copy's, so it is large and positive when the model "
+           "copies from the clean first copy.",
            _logit_diff_variant(sign=-1.0)),
-        misconception("targets not shifted", "Off by one: you scored the logits at position n + j against the tokens AT n + j "
-           "(r_j, and s_j). The logits at a position predict the NEXT token: at n + j compare r_(j+1) = "
+        misconception("targets not shifted", "Off by one: you scored the logits at position n + j against the tokens "
+           "AT n + j (r_j, and s_j). The logits at a position predict the NEXT token: at n + j compare r_(j+1) = "
            "clean_tokens[:, n + j + 1] with s_(j+1) = corrupted_tokens[:, j + 1].",
            _logit_diff_variant(right_at=1, wrong_at=1)),
-        misconception("s_j instead of s_(j+1)", "Your wrong token is off by one: you took s_j = corrupted_tokens[:, j], the "
-           "corrupted counterpart of the CURRENT token r_j. The alternative an induction head would copy is the "
-           "token AFTER it in the corrupted first copy, s_(j+1) = corrupted_tokens[:, j + 1] (the same offset as "
+        misconception("s_j instead of s_(j+1)", "Your wrong token is off by one: you took s_j = corrupted_tokens[:, "
+           "j], the corrupted counterpart of the CURRENT token r_j. The alternative an induction head would copy is "
+           "the token AFTER it in the corrupted first copy, s_(j+1) = corrupted_tokens[:, j + 1] (the same offset as "
            "r_(j+1)): corrupted_tokens[:, 2:n + 1].",
            _logit_diff_variant(wrong_at=1)),
-        misconception("first-copy positions included", "You also averaged over the FIRST copy's positions 1 .. n - 1. Nothing "
-           "has repeated there yet, so induction cannot predict anything; average only over the second-copy "
+        misconception("first-copy positions included", "You also averaged over the FIRST copy's positions 1 .. n - 1. "
+           "Nothing has repeated there yet, so induction cannot predict anything; average only over the second-copy "
            "positions n + 1 .. 2n - 1 (logits[:, n + 1:2 * n]).",
            _logit_diff_variant(first=1)),
-        misconception("position n included", "You included position n, the first copy's last token r_n, whose next token is "
-           "the second copy's r_1: nothing earlier predicts that, so it is not an induction prediction. Start at "
-           "n + 1: positions n + 1 .. 2n - 1 (r_1 .. r_(n-1) of the second copy) predicting r_2 .. r_n.",
+        misconception("position n included", "You included position n, the first copy's last token r_n, whose next "
+           "token is the second copy's r_1: nothing earlier predicts that, so it is not an induction prediction. Start "
+           "at n + 1: positions n + 1 .. 2n - 1 (r_1 .. r_(n-1) of the second copy) predicting r_2 .. r_n.",
            _logit_diff_variant(first="n")),
-        misconception("wrong token from the corrupted second copy", "Your metric is 0 whatever the logits: you took the wrong "
-           "token from the corrupted tokens' SECOND copy, which is the same r_(j+1) as the right one (both runs "
-           "end with r_1 .. r_n). The alternative is s_(j+1) from the corrupted FIRST copy: "
+        misconception("wrong token from the corrupted second copy", "Your metric is 0 whatever the logits: you took "
+           "the wrong token from the corrupted tokens' SECOND copy, which is the same r_(j+1) as the right one (both "
+           "runs end with r_1 .. r_n). The alternative is s_(j+1) from the corrupted FIRST copy: "
            "corrupted_tokens[:, j + 1], i.e. corrupted_tokens[:, 2:n + 1].",
            _logit_diff_variant(wrong_second_copy=True)),
-        misconception("each run's next token at every position", "You compared, at every position, the clean tokens' next "
-           "token with the corrupted tokens' next token (clean_tokens[:, 1:] against corrupted_tokens[:, 1:]) and "
+        misconception("each run's next token at every position", "You compared, at every position, the clean tokens' "
+           "next token with the corrupted tokens' next token (clean_tokens[:, 1:] against corrupted_tokens[:, 1:]) and "
            "averaged over the whole sequence. Over the second copy those are the same token, so the positions "
            "that matter contribute 0 and the unpredictable first copy dominates. Average only over the "
            "second-copy positions n + 1 .. 2n - 1, comparing r_(j+1) with s_(j+1) = corrupted_tokens[:, j + 1].",
            _each_runs_next_token),
-        misconception("sum instead of mean", "You summed the logit differences. Average them over the batch and the n - 1 "
-           "positions, so the metric does not grow with the batch size or the sequence length.",
+        misconception("sum instead of mean", "You summed the logit differences. Average them over the batch and the n "
+           "- 1 positions, so the metric does not grow with the batch size or the sequence length.",
            _logit_diff_variant(reduce="sum")),
-        misconception("one number per sequence", "You returned one logit difference per sequence; average over the batch "
-           "too and return a single number (a float).",
+        misconception("one number per sequence", "You returned one logit difference per sequence; average over the "
+           "batch too and return a single number (a float).",
            _logit_diff_variant(reduce="per_sequence")),
     ),
 )
@@ -290,21 +290,21 @@ NORMALISED_PATCHING_METRIC = Exercise(
            "(clean - corrupted) is 0 when patching changed nothing and 1 when it restored the clean behaviour, so "
            "patches (and experiments) can be compared.",
            lambda patched, clean, corrupted: patched),
-        misconception("baseline subtracted, not divided", "You subtracted the corrupted baseline but did not divide by the gap "
-           "between the runs: (patched - corrupted) / (clean - corrupted), so that a full restoration reads 1.",
+        misconception("baseline subtracted, not divided", "You subtracted the corrupted baseline but did not divide by "
+           "the gap between the runs: (patched - corrupted) / (clean - corrupted), so that a full restoration reads 1.",
            lambda patched, clean, corrupted: patched - corrupted),
-        misconception("divided by clean only", "You divided by the clean metric only, ignoring the corrupted baseline: then "
-           "'nothing restored' reads corrupted / clean instead of 0. Subtract the baseline in the numerator and "
+        misconception("divided by clean only", "You divided by the clean metric only, ignoring the corrupted baseline: "
+           "then 'nothing restored' reads corrupted / clean instead of 0. Subtract the baseline in the numerator and "
            "the denominator: (patched - corrupted) / (clean - corrupted).",
            lambda patched, clean, corrupted: patched / clean),
-        misconception("scale reversed (1 = corrupted)", "Your scale is reversed: (clean - patched) / (clean - corrupted) (the "
-           "same as (patched - clean) / (corrupted - clean)) is 0 at the CLEAN run and 1 at the corrupted one, so "
-           "it measures how much was lost. The scale starts at the corrupted run: (patched - corrupted) / "
-           "(clean - corrupted), 0 = corrupted, 1 = clean.",
+        misconception("scale reversed (1 = corrupted)", "Your scale is reversed: (clean - patched) / (clean - "
+           "corrupted) (the same as (patched - clean) / (corrupted - clean)) is 0 at the CLEAN run and 1 at the "
+           "corrupted one, so it measures how much was lost. The scale starts at the corrupted run: (patched - "
+           "corrupted) / (clean - corrupted), 0 = corrupted, 1 = clean.",
            lambda patched, clean, corrupted: (clean - patched) / (clean - corrupted)),
-        misconception("measured from the clean run", "You measured from the clean run: (patched - clean) / (clean - corrupted) "
-           "is 0 at the clean run and -1 at the corrupted one. Subtract the CORRUPTED metric in the numerator: "
-           "(patched - corrupted) / (clean - corrupted).",
+        misconception("measured from the clean run", "You measured from the clean run: (patched - clean) / (clean - "
+           "corrupted) is 0 at the clean run and -1 at the corrupted one. Subtract the CORRUPTED metric in the "
+           "numerator: (patched - corrupted) / (clean - corrupted).",
            lambda patched, clean, corrupted: (patched - clean) / (clean - corrupted)),
         misconception("denominator reversed", "Your denominator is reversed (corrupted - clean): restoring the clean "
            "behaviour then reads -1. Divide by clean - corrupted: (patched - corrupted) / (clean - corrupted).",
@@ -371,34 +371,34 @@ PATCHED_HEAD_OUTPUTS = Exercise(
     rtol=1e-5, atol=1e-6,
     extra_inputs=(_real_head_inputs,),
     misconceptions=(
-        misconception("wrong direction", "You patched the wrong way round: you pasted the CORRUPTED run's head into the clean "
-           "run's z, which measures what breaks, not what restores. Entry h is the corrupted run's hook_z with "
-           "head h's slice taken from the CLEAN run: start from corrupted_cache[...], paste "
+        misconception("wrong direction", "You patched the wrong way round: you pasted the CORRUPTED run's head into "
+           "the clean run's z, which measures what breaks, not what restores. Entry h is the corrupted run's hook_z "
+           "with head h's slice taken from the CLEAN run: start from corrupted_cache[...], paste "
            "clean_cache[...][:, :, h].",
            _head_variant(reverse=True)),
-        misconception("patches accumulate", "Your patches accumulate: entry h has heads 0 .. h all taken from the clean run, "
-           "because you kept editing one tensor (cloned once, before the loop). Each entry patches head h ALONE: "
-           "start every entry from a fresh copy of the corrupted z (corrupted.clone() inside the loop, or "
+        misconception("patches accumulate", "Your patches accumulate: entry h has heads 0 .. h all taken from the "
+           "clean run, because you kept editing one tensor (cloned once, before the loop). Each entry patches head h "
+           "ALONE: start every entry from a fresh copy of the corrupted z (corrupted.clone() inside the loop, or "
            "corrupted.repeat(...) once and edit entry h only).",
            _head_variant(mode="prefix")),
-        misconception("every head patched in every entry", "Every entry of your result has EVERY head taken from the clean run "
-           "(it is the clean z). Either you appended the same tensor each time (z = corrupted; z[:, :, h] = ...; "
-           "out.append(z) without .clone(): the list holds one tensor, edited head after head, and you also "
+        misconception("every head patched in every entry", "Every entry of your result has EVERY head taken from the "
+           "clean run (it is the clean z). Either you appended the same tensor each time (z = corrupted; z[:, :, h] = "
+           "...; out.append(z) without .clone(): the list holds one tensor, edited head after head, and you also "
            "overwrote the cache) or you patched the whole layer. Entry h patches head h alone: a fresh "
            "corrupted.clone() per head.",
            _head_variant(mode="all")),
-        misconception("values patched (hook_v)", "You patched the head's VALUES (blocks.{layer}.attn.hook_v), not its output. "
-           "A head's output before W_O is hook_z, the pattern-weighted sum of the values: patch "
+        misconception("values patched (hook_v)", "You patched the head's VALUES (blocks.{layer}.attn.hook_v), not its "
+           "output. A head's output before W_O is hook_z, the pattern-weighted sum of the values: patch "
            "f\"blocks.{layer}.attn.hook_z\".",
            _head_variant(hook="hook_v")),
-        misconception("queries patched (hook_q)", "You patched the head's QUERIES (blocks.{layer}.attn.hook_q), not its "
-           "output. A head's output before W_O is hook_z: patch f\"blocks.{layer}.attn.hook_z\".",
+        misconception("queries patched (hook_q)", "You patched the head's QUERIES (blocks.{layer}.attn.hook_q), not "
+           "its output. A head's output before W_O is hook_z: patch f\"blocks.{layer}.attn.hook_z\".",
            _head_variant(hook="hook_q")),
         misconception("positions instead of heads", "You indexed the POSITION axis: z[:, h] is position h. hook_z is "
            "[batch, pos, head, d_head], so head h is z[:, :, h].",
            _head_variant(axis=1)),
-        misconception("the other layer", "You patched the other layer's hook_z (a hard-coded layer number?). Use the layer you "
-           "are given: f\"blocks.{layer}.attn.hook_z\" in both caches.",
+        misconception("the other layer", "You patched the other layer's hook_z (a hard-coded layer number?). Use the "
+           "layer you are given: f\"blocks.{layer}.attn.hook_z\" in both caches.",
            _head_variant(layer_of=lambda layer: N_LAYERS - 1 - layer)),
     ),
 )
@@ -463,26 +463,26 @@ PATCHED_RESIDUAL_POSITIONS = Exercise(
     rtol=1e-5, atol=1e-6,
     extra_inputs=(_real_resid_inputs,),
     misconceptions=(
-        misconception("wrong direction", "You patched the wrong way round: you pasted the CORRUPTED run's position into the "
-           "clean run's residual stream. Entry p is the corrupted run's residual stream with position p taken "
+        misconception("wrong direction", "You patched the wrong way round: you pasted the CORRUPTED run's position "
+           "into the clean run's residual stream. Entry p is the corrupted run's residual stream with position p taken "
            "from the CLEAN run: start from corrupted_cache[hook_name], paste clean_cache[hook_name][:, p].",
            _resid_variant(reverse=True)),
-        misconception("patches accumulate (a prefix)", "Entry p of your result has positions 0 .. p all taken from the clean "
-           "run: either your patches accumulated in one tensor you kept editing (cloned once, before the loop) or "
-           "you patched the prefix [:, :p + 1]. Entry p patches position p ALONE (every sequence of the batch): a "
+        misconception("patches accumulate (a prefix)", "Entry p of your result has positions 0 .. p all taken from the "
+           "clean run: either your patches accumulated in one tensor you kept editing (cloned once, before the loop) "
+           "or you patched the prefix [:, :p + 1]. Entry p patches position p ALONE (every sequence of the batch): a "
            "fresh copy of the corrupted residual stream per position, then x[:, p] = clean[:, p].",
            _resid_variant(mode="prefix")),
-        misconception("every position patched in every entry", "Every entry of your result has EVERY position taken from the "
-           "clean run (it is the clean residual stream): you appended the same tensor each time (x = corrupted; "
-           "x[:, p] = ...; out.append(x) without .clone(): the list holds one tensor, edited position after "
+        misconception("every position patched in every entry", "Every entry of your result has EVERY position taken "
+           "from the clean run (it is the clean residual stream): you appended the same tensor each time (x = "
+           "corrupted; x[:, p] = ...; out.append(x) without .clone(): the list holds one tensor, edited position after "
            "position, and you also overwrote the cache). Entry p patches position p alone: a fresh "
            "corrupted.clone() per position.",
            _resid_variant(mode="all")),
-        misconception("batch instead of positions", "You patched along the BATCH axis: x[p] is sequence p of the batch. The "
-           "residual stream is [batch, pos, d_model], so position p is x[:, p] (every sequence at once).",
+        misconception("batch instead of positions", "You patched along the BATCH axis: x[p] is sequence p of the "
+           "batch. The residual stream is [batch, pos, d_model], so position p is x[:, p] (every sequence at once).",
            _resid_variant(axis=0)),
-        misconception("hook_name ignored", "You ignored hook_name and always patched blocks.0.hook_resid_pre. Patch the "
-           "residual stream the argument names: clean_cache[hook_name] and corrupted_cache[hook_name].",
+        misconception("hook_name ignored", "You ignored hook_name and always patched blocks.0.hook_resid_pre. Patch "
+           "the residual stream the argument names: clean_cache[hook_name] and corrupted_cache[hook_name].",
            _resid_variant(hook="blocks.0.hook_resid_pre")),
     ),
 )
@@ -551,30 +551,31 @@ HEAD_LOGIT_ATTRIBUTION = Exercise(
     rtol=1e-4, atol=1e-5,
     extra_inputs=(_real_dla_inputs,),
     misconceptions=(
-        misconception("final LayerNorm scale ignored", "You did not divide by the final LayerNorm's scale. ln_final divides the "
-           "centred residual stream by final_scale (one number per sequence and position) before W_U, so each "
-           "component's share of the logit is divided by it too: centre(result) / final_scale @ W_U[:, token].",
+        misconception("final LayerNorm scale ignored", "You did not divide by the final LayerNorm's scale. ln_final "
+           "divides the centred residual stream by final_scale (one number per sequence and position) before W_U, so "
+           "each component's share of the logit is divided by it too: centre(result) / final_scale @ W_U[:, token].",
            _dla_variant(scale=None)),
-        misconception("scale multiplied", "You multiplied by final_scale. The LayerNorm DIVIDES the centred residual stream by "
-           "its scale: centre(result) / final_scale (final_scale[:, :, None] to broadcast over the components).",
+        misconception("scale multiplied", "You multiplied by final_scale. The LayerNorm DIVIDES the centred residual "
+           "stream by its scale: centre(result) / final_scale (final_scale[:, :, None] to broadcast over the "
+           "components).",
            _dla_variant(scale="multiply")),
-        misconception("not centred", "You did not centre the components. LayerNorm first subtracts the mean over d_model, which "
-           "is linear too: subtract each component's own mean, result - result.mean(-1, keepdim=True), before "
-           "dividing by the scale.",
+        misconception("not centred", "You did not centre the components. LayerNorm first subtracts the mean over "
+           "d_model, which is linear too: subtract each component's own mean, result - result.mean(-1, keepdim=True), "
+           "before dividing by the scale.",
            _dla_variant(centre=False)),
-        misconception("current token instead of next", "Off by one: you used the unembedding of the CURRENT token. The logits "
-           "at position n + j predict the next token r_(j+1) = tokens[:, n + j + 1]: for the positions "
+        misconception("current token instead of next", "Off by one: you used the unembedding of the CURRENT token. The "
+           "logits at position n + j predict the next token r_(j+1) = tokens[:, n + j + 1]: for the positions "
            "n + 1 .. 2n - 1 use the columns W_U[:, tokens[:, n + 2:2 * n + 1]].",
            _dla_variant(offset=0)),
-        misconception("every position averaged", "You averaged over every position, each predicting its next token. Only the "
-           "second-copy predictions are induction (positions n + 1 .. 2n - 1, predicting r_2 .. r_n); the first "
-           "copy is unpredictable and dilutes the attribution.",
+        misconception("every position averaged", "You averaged over every position, each predicting its next token. "
+           "Only the second-copy predictions are induction (positions n + 1 .. 2n - 1, predicting r_2 .. r_n); the "
+           "first copy is unpredictable and dilutes the attribution.",
            _dla_variant(positions="all")),
-        misconception("sum instead of mean", "You summed over the batch and the positions. Average them, so the attribution "
-           "is in logits per prediction and does not grow with the batch or the sequence length.",
+        misconception("sum instead of mean", "You summed over the batch and the positions. Average them, so the "
+           "attribution is in logits per prediction and does not grow with the batch or the sequence length.",
            _dla_variant(reduce="sum")),
-        misconception("rows of W_U", "You indexed W_U's ROWS with the token ids (W_U[tokens], as you would W_E). W_U is "
-           "[d_model, d_vocab]: a token's unembedding direction is its COLUMN, W_U[:, token] (or W_U.T[tokens]).",
+        misconception("rows of W_U", "You indexed W_U's ROWS with the token ids (W_U[tokens], as you would W_E). W_U "
+           "is [d_model, d_vocab]: a token's unembedding direction is its COLUMN, W_U[:, token] (or W_U.T[tokens]).",
            _dla_variant(rows=True)),
     ),
 )

@@ -79,7 +79,8 @@ def _run_student_generator(fn, seen: list):
                                f"[n_instances, batch_size, n_features] = {(inst, batch_size, n)}{hint}.")
         if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise CheckFailure("generate_batch: every value must lie in [0, 1] (0 when the feature is off, "
-                               f"uniform on [0, 1] when on); yours range over [{x.min().item():.3g}, {x.max().item():.3g}].")
+                               f"uniform on [0, 1] when on); yours range over [{x.min().item():.3g}, "
+                               f"{x.max().item():.3g}].")
         stats = batch_statistics(x.float())
         seen[-1] = (feature_probability, stats)
         return stats

@@ -22,7 +22,8 @@ CHAPTER = "06"
 def _acts_inputs(seed: int) -> dict:
     g = rng(seed)
     n_seq, seq_len = randint(g, 5, 8), randint(g, 11, 16)  # never equal
-    acts = torch.relu(torch.randn(n_seq, seq_len, generator=g) - 0.3) * (1 + 3 * torch.rand(n_seq, seq_len, generator=g))
+    acts = torch.relu(torch.randn(n_seq, seq_len, generator=g) - 0.3) \
+        * (1 + 3 * torch.rand(n_seq, seq_len, generator=g))
     # the two largest activations in one sequence, as on real text (a feature fires on a whole span)
     s, p1, p2 = randint(g, 0, n_seq - 1), randint(g, 0, seq_len // 2 - 1), randint(g, seq_len // 2, seq_len - 1)
     acts[s, p1], acts[s, p2] = acts.max() + 1.0, acts.max() + 0.5
