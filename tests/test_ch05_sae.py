@@ -551,23 +551,18 @@ def test_save_load_round_trip(tmp_path, arch):
     assert torch.equal(half.W_dec, sae.W_dec.detach().half().float())
 
 
-def write_legacy_file(sae, stem, metadata=None):
-    """``sae`` saved in the course's old layout (W_enc [d_sae, d_in], W_dec [d_in, d_sae], no
-    ``layout`` metadata unless given), as every SAE file was before the switch to SAELens's."""
+def rewrite_weights(stem, state, metadata):
     from safetensors.torch import save_file
 
-    save_sae(sae, stem)
-    state = {k: v.detach().clone().contiguous() for k, v in sae.state_dict().items()}
-    state["W_enc"], state["W_dec"] = state["W_enc"].T.contiguous(), state["W_dec"].T.contiguous()
-    save_file(state, str(stem) + ".safetensors", metadata=metadata or {"format": "pt"})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(stem) + ".safetensors", metadata=metadata)
 
 
-@pytest.mark.parametrize("d_sae", [10, 6])  # 6 = d_in: the shapes cannot tell the layouts apart
-def test_load_sae_reads_both_layouts(tmp_path, d_sae):
+@pytest.mark.parametrize("d_sae", [10, 6])  # 6 = d_in: the shapes cannot tell a transposed file apart
+def test_load_sae_reads_the_saelens_layout_and_refuses_any_other(tmp_path, d_sae):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from utils.sae.saving import LAYOUT, LEGACY_LAYOUT, state_dict_layout
+    from utils.sae.saving import LAYOUT
 
     sae = random_sae(d_sae=d_sae)
     save_sae(sae, tmp_path / "new")
@@ -576,49 +571,19 @@ def test_load_sae_reads_both_layouts(tmp_path, d_sae):
     stored = load_file(str(tmp_path / "new.safetensors"))
     assert stored["W_enc"].shape == (6, d_sae) and stored["W_dec"].shape == (d_sae, 6)
     assert "layout" in json.loads((tmp_path / "new.json").read_text())
-    write_legacy_file(sae, tmp_path / "old")
-    legacy = load_file(str(tmp_path / "old.safetensors"))
-    assert state_dict_layout(legacy, sae.cfg, {}) == LEGACY_LAYOUT
-    assert state_dict_layout(stored, sae.cfg, {"layout": LAYOUT}) == LAYOUT
-    for stem in ("new", "old"):
-        loaded = load_sae(tmp_path / stem)
-        for (name, p), q in zip(sae.named_parameters(), loaded.parameters()):
-            assert torch.equal(p, q), (stem, name)
-        assert loaded.W_enc.stride() == sae.W_enc.stride() and loaded.W_dec.stride() == sae.W_dec.stride()
-    if d_sae == 6:  # ambiguous shapes: the metadata decides, and a wrong key is an error
-        write_legacy_file(sae, tmp_path / "bad", metadata={"format": "pt", "layout": "sideways"})
-        with pytest.raises(ValueError, match="layout"):
-            load_sae(tmp_path / "bad")
-    else:
-        bad = dict(stored, W_dec=stored["W_dec"][:, :5])
-        with pytest.raises(ValueError, match="neither SAE layout"):
-            state_dict_layout(bad, sae.cfg)
-
-
-def test_convert_script_converts_old_files_once_and_refuses_converted_ones(tmp_path, capsys):
-    """scripts/convert_sae_layout.py: an old-layout file becomes a new-layout one holding the same SAE;
-    a second run (and a file saved by save_sae) is refused and left byte for byte as it was."""
-    import importlib.util
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_sae_layout.py"
-    spec = importlib.util.spec_from_file_location("convert_sae_layout", path)
-    convert = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(convert)
-    sae = random_sae(d_sae=6)
-    write_legacy_file(sae, tmp_path / "old")
-    save_sae(sae, tmp_path / "new")
-    assert convert.convert(tmp_path / "old") is True
-    converted = load_file(str(tmp_path / "old.safetensors"))
-    assert torch.equal(converted["W_enc"], sae.W_enc.detach()) and torch.equal(converted["W_dec"], sae.W_dec.detach())
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert convert.main([str(tmp_path / "old"), str(tmp_path / "new.safetensors")]) == 0
-    assert "refused" in capsys.readouterr().out
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    for (name, p), q in zip(sae.named_parameters(), load_sae(tmp_path / "old").parameters()):
+    loaded = load_sae(tmp_path / "new")
+    for (name, p), q in zip(sae.named_parameters(), loaded.parameters()):
         assert torch.equal(p, q), name
+    assert loaded.W_enc.stride() == sae.W_enc.stride() and loaded.W_dec.stride() == sae.W_dec.stride()
+    # The course's earlier layout (the transposes, no layout key) and unknown keys are refused, by name.
+    transposed = dict(stored, W_enc=stored["W_enc"].T, W_dec=stored["W_dec"].T)
+    for metadata in ({"format": "pt"}, {"format": "pt", "layout": "sideways"}):
+        rewrite_weights(tmp_path / "new", transposed, metadata)
+        with pytest.raises(ValueError, match="layout"):
+            load_sae(tmp_path / "new")
+    rewrite_weights(tmp_path / "new", dict(stored, W_dec=stored["W_dec"][:, :5]), {"format": "pt", "layout": LAYOUT})
+    with pytest.raises(ValueError, match="do not fit"):
+        load_sae(tmp_path / "new")
 
 
 def test_bundled_sae_files_are_in_the_saelens_layout():

@@ -13,8 +13,8 @@ Layout (SAELens's, and the course's: every weight [d_in, d_out], activations as 
 Training takes the plain autograd step unless the config opts in to the faster hand-written CPU
 step (``fast_cpu=True``, ``cpu_step``).
 
-Modules: ``config`` (SAEConfig, presets), ``model`` (the SAE), ``saving`` (save/load, both file
-layouts), ``activations`` (the shuffled activation buffer), ``training`` (the loop), ``resampling``
+Modules: ``config`` (SAEConfig, presets), ``model`` (the SAE), ``saving`` (save/load, SAELens's
+layout), ``activations`` (the shuffled activation buffer), ``training`` (the loop), ``resampling``
 (dead features), ``metrics``, ``cpu_step`` (the opt-in CPU step), ``toy`` (chapter 04's bridge).
 """
 from utils.sae.activations import ActivationStore

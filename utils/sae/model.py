@@ -22,8 +22,8 @@ Memory order: each weight is a transposed view of row-major storage (``W_enc.T``
 are contiguous, ``[d_sae, d_in]`` and ``[d_in, d_sae]``). That is how the course stored them before
 it adopted SAELens's shapes, and the matmuls below run on exactly that memory, so a seeded
 training run gives the numbers it gave then, bit for bit. Only strides differ from a contiguous
-tensor; every indexing and shape is the logical one. Files hold the logical tensors, and files in
-the old transposed layout still load (``utils.sae.saving``).
+tensor; every indexing and shape is the logical one. Files hold the logical tensors
+(``utils.sae.saving``).
 
 Two other activation functions share the same parameters:
 

@@ -2,9 +2,9 @@
 
 Files hold the logical tensors of ``utils.sae.model`` in SAELens's layout, ``W_enc [d_in, d_sae]``
 and ``W_dec [d_sae, d_in]``, and say so: ``layout = "saelens"`` in the safetensors metadata and a
-``"layout"`` line in the JSON card. Files written before the course adopted that layout hold the
-transposes (``W_enc [d_sae, d_in]``, ``W_dec [d_in, d_sae]``) and no key; ``load_sae`` reads both
-(``state_dict_layout``), and ``scripts/convert_sae_layout.py`` rewrites old files once.
+``"layout"`` line in the JSON card. ``load_sae`` reads only such files. (Files from before the course
+adopted that layout held the transposes and no key; none is bundled any more. The one-off converter
+that rewrote them is ``scripts/convert_sae_layout.py`` in the history, commit ab15a71.)
 """
 from __future__ import annotations
 
@@ -21,35 +21,24 @@ from utils.sae.model import SparseAutoencoder
 SAE_DIR = ASSETS / "saes"
 
 LAYOUT = "saelens"  # W_enc [d_in, d_sae], W_dec [d_sae, d_in]
-LEGACY_LAYOUT = "transposed"  # W_enc [d_sae, d_in], W_dec [d_in, d_sae] (columns of W_dec = features)
 LAYOUT_NOTE = "W_enc [d_in, d_sae], W_dec [d_sae, d_in] (row i = feature i's direction), as SAELens"
 
 
-def state_dict_layout(state: dict, cfg: SAEConfig, metadata: Optional[dict] = None) -> str:
-    """``LAYOUT`` or ``LEGACY_LAYOUT``: which layout a state dict's W_enc and W_dec are in.
+def check_layout(state: dict, cfg: SAEConfig, metadata: Optional[dict] = None) -> None:
+    """ValueError unless the file's metadata says ``layout = LAYOUT`` and W_enc, W_dec have its shapes.
 
-    Told by the shapes (d_in from the config); when d_in == d_sae the shapes cannot tell, and the
-    file's ``layout`` metadata decides (no key: a file from before the key existed, so legacy).
+    The metadata decides (when d_in == d_sae the shapes cannot tell a transposed file apart).
     """
-    d_in, d_sae = cfg.d_in, cfg.d_sae
+    layout = (metadata or {}).get("layout")
+    if layout != LAYOUT:
+        raise ValueError(f"SAE file layout {layout!r}: load_sae reads files save_sae writes, layout {LAYOUT!r} "
+                         "(W_enc [d_in, d_sae], W_dec [d_sae, d_in]); a file with no layout key is from before "
+                         "the course adopted it (convert it with scripts/convert_sae_layout.py of commit ab15a71)")
+    expected = ((cfg.d_in, cfg.d_sae), (cfg.d_sae, cfg.d_in))
     shapes = (tuple(state["W_enc"].shape), tuple(state["W_dec"].shape))
-    if shapes not in (((d_in, d_sae), (d_sae, d_in)), ((d_sae, d_in), (d_in, d_sae))):
-        raise ValueError(f"W_enc {shapes[0]} and W_dec {shapes[1]} fit neither SAE layout for "
-                         f"d_in={d_in}, d_sae={d_sae}")
-    if d_in != d_sae:
-        return LAYOUT if shapes[0] == (d_in, d_sae) else LEGACY_LAYOUT
-    layout = (metadata or {}).get("layout", LEGACY_LAYOUT)
-    if layout not in (LAYOUT, LEGACY_LAYOUT):
-        raise ValueError(f"unknown SAE layout {layout!r} in the file's metadata (expected {LAYOUT!r} or {LEGACY_LAYOUT!r})")
-    return layout
-
-
-def to_current_layout(state: dict, cfg: SAEConfig, metadata: Optional[dict] = None) -> dict:
-    """The state dict in ``LAYOUT`` (W_enc and W_dec transposed if it was legacy; a new dict)."""
-    state = dict(state)
-    if state_dict_layout(state, cfg, metadata) == LEGACY_LAYOUT:
-        state["W_enc"], state["W_dec"] = state["W_enc"].T.contiguous(), state["W_dec"].T.contiguous()
-    return state
+    if shapes != expected:
+        raise ValueError(f"W_enc {shapes[0]} and W_dec {shapes[1]} do not fit d_in={cfg.d_in}, d_sae={cfg.d_sae} "
+                         f"in the {LAYOUT!r} layout (expected {expected[0]} and {expected[1]})")
 
 
 def save_sae(sae: SparseAutoencoder, path_stem: Union[str, Path], metrics: Optional[dict] = None,
@@ -79,7 +68,7 @@ def load_sae(path_or_name: Union[str, Path], device: Union[str, torch.device] = 
     """An SAE from ``save_sae`` output: a bundled name (``utils/assets/saes/NAME``) or a path stem.
 
     The path may also end in ``.safetensors`` or ``.json``. ``sae.metrics`` holds the saved
-    metrics (an empty dict if none were saved). Files in either layout load (``state_dict_layout``).
+    metrics (an empty dict if none were saved). Only ``LAYOUT`` files load (``check_layout``).
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -103,7 +92,8 @@ def load_sae(path_or_name: Union[str, Path], device: Union[str, torch.device] = 
     sae = SparseAutoencoder(SAEConfig.from_dict(record["config"]))
     with safe_open(str(weights), framework="pt") as handle:
         metadata = handle.metadata() or {}
-    state = to_current_layout({k: v.float() for k, v in load_file(str(weights)).items()}, sae.cfg, metadata)
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    check_layout(state, sae.cfg, metadata)
     sae.load_state_dict(state, strict=True)  # copied into the parameters' own memory order
     sae.metrics = record.get("metrics", {})
     return sae.to(device)
