@@ -32,6 +32,11 @@ from utils.models.transformer import HookedTinyTransformer, lm_cross_entropy
 from utils.tensors import require_ndim
 
 
+def model_device(model: HookedTinyTransformer) -> torch.device:
+    """Where the model's weights live: tokens compared with its logits (the loss) must be there too."""
+    return next(model.parameters()).device
+
+
 def repeated_random_tokens(model: HookedTinyTransformer, seq_len: int, batch: int, seed: int = 0) -> torch.Tensor:
     """[batch, 1 + 2 * seq_len]: BOS then a random sequence twice (BOS id excluded from the draw)."""
     if 2 * seq_len + 1 > model.cfg.n_ctx:
@@ -39,7 +44,7 @@ def repeated_random_tokens(model: HookedTinyTransformer, seq_len: int, batch: in
     g = torch.Generator().manual_seed(seed)
     random = torch.randint(1, model.cfg.d_vocab, (batch, seq_len), generator=g)
     bos = torch.zeros(batch, 1, dtype=torch.long)
-    return torch.cat([bos, random, random], dim=1)
+    return torch.cat([bos, random, random], dim=1).to(model_device(model))
 
 
 def induction_scores(pattern: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -123,7 +128,7 @@ def held_out_losses(model: HookedTinyTransformer, n_seqs: int = 256, batch_size:
     """
     from utils.data.dataset import analysis_tokens
 
-    data = analysis_tokens(seq_len=model.cfg.n_ctx, n_seqs=n_seqs)
+    data = analysis_tokens(seq_len=model.cfg.n_ctx, n_seqs=n_seqs).to(model_device(model))
     losses = torch.cat([lm_cross_entropy(model(data[i:i + batch_size]), data[i:i + batch_size], per_token=True)
                         for i in range(0, len(data), batch_size)])
     out = {"val_loss": round(losses.mean().item(), 4), "icl_score": None, "loss_early": None, "loss_late": None}
