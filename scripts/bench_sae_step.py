@@ -12,7 +12,12 @@ interval ends synchronised); the first interval (warm-up, kernel selection) is d
 median of the rest is reported as tokens/s and as GFLOP/s = 10·B·D·F·steps/s, beside the median
 rate of ``torch.mm([B, D], [D, F])`` in fp32 on the same device (2·B·D·F FLOP per call).
 
-Measured 2026-11-22 on the CPU only (AMD EPYC, 2 cores, idle; no GPU has been lent to this work
+Measured 2026-12-04 on an NVIDIA H200 (torch 2.11.0+cu130, fp32, TF32 off), the defaults:
+
+    device  d_in  d_sae  batch   tokens/s   GFLOP/s   torch.mm   fraction
+    cuda    512   8192   8192    976,125    40,942    47,697     0.86
+
+Measured 2026-11-22 on the CPU (AMD EPYC, 2 cores, idle; no GPU has been lent to this work
 yet, so the default GPU sizes have not been timed):
 
     device  threads  d_in  d_sae  batch   tokens/s   GFLOP/s   torch.mm   fraction   f non-zero
