@@ -1,14 +1,16 @@
 """What every chapter's check tests assert, written once: a check passes correct implementations
 quietly, names each catalogued mistake, tells the variants apart, uses seeded inputs, explains
-each wrong multiple-choice option, and records progress. Every chapter's test_checks_chNN.py uses
-it (chapters 01-03 keep their own deterministic-input tests, which pin the default-case seeds)."""
+each wrong multiple-choice option, and records progress. tests/test_check_contract.py runs these
+over every chapter of the course registry, on the data each tests/test_chNN_*checks.py supplies;
+the chapter files use them for their own chapter-specific tests too."""
 import pytest
 import torch
+from transformer_lens import FactoredMatrix
 
 from utils import progress
 from utils.build import SOLUTIONS
 from utils.checks import CheckFailure
-from utils.checks.core import outputs_match, seed_for
+from utils.checks.core import Exercise, not_implemented_message, outputs_match, seed_for
 from utils.checks.questions import LETTERS, read_bank
 
 
@@ -25,6 +27,29 @@ def right(chapter: str, name: str) -> str:
 def questions(check_module, chapter: str) -> list:
     """(ask, explanations, right answer) for every question of the chapter's bank."""
     return [(getattr(check_module, name), q.explanations, q.answer) for name, q in bank(chapter).items()]
+
+
+def exercise(check_module, name: str) -> Exercise:
+    """The Exercise called ``name`` among the checks module's attributes (a face module such as
+    ch03 re-exports every part's Exercises)."""
+    found = {id(v): v for v in vars(check_module).values() if isinstance(v, Exercise) and v.name == name}
+    assert len(found) == 1, f"{check_module.__name__} holds {len(found)} Exercises called {name!r}"
+    return next(iter(found.values()))
+
+
+def same_inputs(a, b) -> bool:
+    """Inputs equal all the way down: tensors, FactoredMatrix (by its factors), dicts, lists, tuples."""
+    if isinstance(a, FactoredMatrix) or isinstance(b, FactoredMatrix):
+        return (isinstance(a, FactoredMatrix) and isinstance(b, FactoredMatrix)
+                and torch.equal(a.A, b.A) and torch.equal(a.B, b.B))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_inputs(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return (type(a) is type(b) and len(a) == len(b)
+                and all(same_inputs(x, y) for x, y in zip(a, b)))
+    return a == b
 
 
 def assert_every_function_exercise_covered(check_module, exercise_of: dict, correct) -> None:
@@ -54,21 +79,23 @@ def assert_named(check_fn, wrong, capsys) -> None:
 
 
 def assert_fails_clearly(check_fn, capsys) -> None:
-    """A stub (NotImplementedError), a crashing function and a non-function each fail with a
-    message that says which, and nothing reaches stderr."""
+    """A stub (NotImplementedError: exactly the not-implemented message), a crashing function and a
+    non-function each fail with a message that says which; nothing passes and nothing reaches stderr."""
     def stub(*args, **kwargs):
         raise NotImplementedError()
 
     def crashes(*args, **kwargs):
         return torch.zeros(2, 3) @ torch.zeros(4, 5)
 
-    with pytest.raises(CheckFailure, match="not implemented yet"):
+    with pytest.raises(CheckFailure, match="not implemented yet") as info:
         check_fn(stub)
+    assert str(info.value) == not_implemented_message(check_fn.__name__)
     with pytest.raises(CheckFailure, match="raised RuntimeError"):
         check_fn(crashes)
     with pytest.raises(CheckFailure, match="pass your function"):
         check_fn(None)
-    assert capsys.readouterr().err == ""
+    out = capsys.readouterr()
+    assert out.err == "" and "PASS" not in out.out
 
 
 def explanation(ex, name: str) -> str:
@@ -100,6 +127,26 @@ def assert_explanations_distinct(exercises) -> None:
         assert len(set(texts)) == len(texts) and len(set(names)) == len(names), ex.name
 
 
+def assert_told_apart(ex, every_case: bool = True) -> None:
+    """On the first default case every variant runs, and differs from the truth and from every other
+    variant (so each mistake is named there, unambiguously). With ``every_case``, on the later default
+    cases too, every variant that runs there (a transposition may need square sizes) differs from the
+    truth and from every other one that runs."""
+    assert_distinct(ex, ex.default_cases[:1])
+    later = [ex.make_inputs(seed_for(ex.name, c)) for c in ex.default_cases[1:]] if every_case else []
+    for i, inputs in enumerate(later):
+        outputs = [("reference", ex.reference(**inputs))]
+        for wrong in ex.misconceptions:
+            try:
+                outputs.append((wrong.name, wrong.implementation(**inputs)))
+            except Exception:  # e.g. a transposition that needs square sizes
+                pass
+        for a in range(len(outputs)):
+            for b in range(a + 1, len(outputs)):
+                assert not outputs_match(outputs[a][1], outputs[b][1], ex.rtol, ex.atol), \
+                    (ex.default_cases[i + 1], outputs[a][0], outputs[b][0])
+
+
 def assert_distinct(ex, cases) -> None:
     """On each case, every variant differs from the truth and from every other variant."""
     for case in cases:
@@ -111,12 +158,18 @@ def assert_distinct(ex, cases) -> None:
 
 
 def assert_deterministic(exercises) -> None:
-    """The same seed gives the same inputs."""
+    """The same seed gives the same inputs: the default cases' seeds and two hidden ones; the
+    real-model cases are the same every time; two default cases never share their inputs."""
     for ex in exercises:
-        a, b = ex.make_inputs(123), ex.make_inputs(123)
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+        for seed in [seed_for(ex.name, c) for c in ex.default_cases] + [123, 124]:
+            a, b = ex.make_inputs(seed), ex.make_inputs(seed)
+            assert a.keys() == b.keys() and same_inputs(a, b), (ex.name, seed)
+        for make in ex.extra_inputs:
+            assert same_inputs(make(), make()), ex.name
+        cases = [ex.make_inputs(seed_for(ex.name, c)) for c in ex.default_cases]
+        for i in range(len(cases)):
+            for j in range(i + 1, len(cases)):
+                assert not same_inputs(cases[i], cases[j]), (ex.name, i, j)
 
 
 def assert_multiple_choice(questions, options=LETTERS) -> None:

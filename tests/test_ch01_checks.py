@@ -1,5 +1,7 @@
-"""Chapter 01's checks accept correct implementations written other ways and name each catalogued
-mistake, including the ones that produce NaN."""
+"""Chapter 01's checks: the data tests/test_check_contract.py runs the contract on (correct
+implementations written other ways), and the tests particular to this chapter: the listed mistakes
+as a student writes them (including the ones that produce NaN), the real-model cases, the
+descriptions of unknown wrong answers."""
 import math
 
 import check_harness as harness
@@ -7,23 +9,8 @@ import pytest
 import torch
 
 from utils import attention as at
-from utils import progress
 from utils.checks import CheckFailure, core, toolkit
 from utils.checks import ch01 as check
-
-EXERCISES = {
-    "attention_pattern": check.ATTENTION_PATTERN,
-    "head_output": check.HEAD_OUTPUT,
-    "tensor_head_einsum": check.TENSOR_HEAD_EINSUM,
-    "tensor_head_kron": check.TENSOR_HEAD_KRON,
-    "multihead_residual": check.MULTIHEAD_RESIDUAL,
-    "path_logits": check.PATH_LOGITS,
-    "read_write_weights": check.READ_WRITE_WEIGHTS,
-    "virtual_weight": check.VIRTUAL_WEIGHT,
-    "compose_heads": check.COMPOSE_HEADS,
-}
-QUESTIONS = {name: (q.answer, q.explanations) for name, q in harness.bank("01").items()}
-
 
 # --------------------------------------------------------------------------- other correct versions
 
@@ -166,45 +153,11 @@ CORRECT = {
                        lambda W_O_1, W_V_2: torch.einsum("kd,dl->kl", W_O_1, W_V_2)],
     "compose_heads": [at.compose_heads, compose_einsum, compose_paper_layout],
 }
-CORRECT_CASES = [(name, fn) for name, fns in CORRECT.items() for fn in fns]
-MISTAKES = [(name, wrong) for name, ex in EXERCISES.items() for wrong in ex.misconceptions]
+HIDDEN_CASES = (11, 12, 13, 14)
+EXERCISES = {name: harness.exercise(check, name) for name in CORRECT}
 
 
-# --------------------------------------------------------------------------- both halves
-
-
-def test_every_exercise_is_listed_and_checked():
-    assert set(check.EXERCISES) == set(EXERCISES) | set(QUESTIONS)
-    assert progress.exercises_by_chapter()["01"] == check.EXERCISES
-    for name, ex in EXERCISES.items():
-        assert ex.name == name and ex.chapter == "01" and callable(getattr(check, name))
-    harness.assert_every_function_exercise_covered(check, {getattr(check, n): ex for n, ex in EXERCISES.items()},
-                                                   [(getattr(check, n), fns, n) for n, fns in CORRECT.items()])
-
-
-@pytest.mark.parametrize("name,fn", CORRECT_CASES, ids=lambda v: v if isinstance(v, str) else getattr(v, "__name__", "fn"))
-def test_correct_implementations_pass(name, fn, capsys):
-    ex = EXERCISES[name]  # the default run adds the real-model cases
-    harness.assert_passes(getattr(check, name), fn, "01", name, len(ex.default_cases) + len(ex.extra_inputs), capsys,
-                          (11, 12, 13, 14))
-
-
-@pytest.mark.parametrize("name,wrong", MISTAKES, ids=lambda v: v if isinstance(v, str) else v.name)
-def test_each_misconception_is_named(name, wrong, capsys):
-    harness.assert_named(getattr(check, name), wrong, capsys)
-
-
-@pytest.mark.parametrize("name,wrong", MISTAKES, ids=lambda v: v if isinstance(v, str) else v.name)
-def test_misconceptions_differ_from_the_truth_on_the_first_case(name, wrong):
-    """So every catalogued mistake fails on the very first case, and is named there."""
-    harness.assert_differs_on_first_case(EXERCISES[name], wrong)
-
-
-def test_misconception_explanations_are_distinct():
-    harness.assert_explanations_distinct(EXERCISES.values())
-
-
-# --------------------------------------------------------------------------- the listed mistakes, as a student writes them
+# --------------------------------------------------------------------------- mistakes as a student writes them
 
 
 def _scores(qk_input, W_Q, W_K, b_Q, b_K, scale=True):
@@ -322,11 +275,6 @@ def test_real_model_case_is_the_models_own_activations():
     torch.testing.assert_close(paths.sum(1), model(check._real_tokens()), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_stub_crash_and_non_function_fail_clearly(name, capsys):
-    harness.assert_fails_clearly(getattr(check, name), capsys)
-
-
 def test_unknown_wrong_answers_report_the_difference():
     with pytest.raises(CheckFailure, match="max abs error .* relative error"):
         check.attention_pattern(lambda **kw: at.attention_pattern(**kw) + 0.01)
@@ -365,41 +313,3 @@ def test_in_place_edits_cannot_corrupt_the_reference():
         return out
 
     check.multihead_residual(mutating)
-
-
-def test_checks_are_deterministic():
-    from utils.checks.core import seed_for
-
-    for ex in EXERCISES.values():
-        a = ex.make_inputs(seed_for(ex.name, 0))
-        b = ex.make_inputs(seed_for(ex.name, 0))
-        for key in a:
-            if isinstance(a[key], torch.Tensor):
-                assert torch.equal(a[key], b[key])
-            else:
-                assert a[key] == b[key]
-
-
-# --------------------------------------------------------------------------- questions and progress
-
-
-@pytest.mark.parametrize("name", sorted(QUESTIONS))
-def test_multiple_choice(name, capsys):
-    correct, explanations = QUESTIONS[name]
-    harness.assert_multiple_choice([(getattr(check, name), explanations, correct)])  # each wrong option explained
-    assert capsys.readouterr().out.strip().endswith(f"PASS 01/{name}")
-
-
-def test_progress_is_recorded(isolated_progress, capsys):
-    check.compose_heads(at.compose_heads)
-    check.bias_question(harness.right("01", "bias_question"))
-    progress.show_progress("01")
-    out = capsys.readouterr().out
-    assert f"2/{len(check.EXERCISES)}" in out and "attention_pattern" in out
-
-
-def test_progress_shows_all_done_once_every_check_passes(capsys):
-    harness.assert_progress_recorded(
-        "01", len(check.EXERCISES),
-        lambda: harness.complete_everything([(getattr(check, n), fns, n) for n, fns in CORRECT.items()],
-                                            harness.questions(check, "01")), capsys)

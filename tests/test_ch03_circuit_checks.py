@@ -1,9 +1,11 @@
-"""Chapter 03's circuit checks (utils/checks/ch03_circuit.py) accept correct implementations written
-other ways (loops, einsum, scaled_dot_product_attention, TransformerLens algebra, dense or factored
-circuits, FactoredMatrix or dense inputs, floats or 0-d tensors) and name each catalogued mistake
-with its own explanation: the ICL score's sign, -1 shift and inclusive ends; the positional
-pattern's mask, scale and softmax axis; K- versus Q-composition, the missing previous-token head and
-transposed circuits; top-1 over the wrong axis, counts and row means."""
+"""Chapter 03's circuit checks (utils/checks/ch03_circuit.py): the data tests/test_check_contract.py
+runs the contract on (correct implementations written other ways: loops, einsum,
+scaled_dot_product_attention, TransformerLens algebra, dense or factored circuits, FactoredMatrix or
+dense inputs, floats or 0-d tensors), and the tests particular to them: the brief's mistakes (the ICL
+score's sign, -1 shift and inclusive ends; the positional pattern's mask, scale and softmax axis; K-
+versus Q-composition, the missing previous-token head and transposed circuits; top-1 over the wrong
+axis, counts and row means) catalogued and named as a student writes them, output forms, the cases,
+the real model and the grader."""
 import math
 
 import check_harness as harness
@@ -12,19 +14,12 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import FactoredMatrix
 
-from utils import induction as ic
-from utils import progress
+from utils import induction as ind
 from utils.checks import CheckFailure
 from utils.checks import ch03_circuit as check
-from utils.checks.core import grading_session, not_implemented_message, outputs_match, seed_for
+from utils.checks.core import grading_session, outputs_match, seed_for
 from utils.grading import codec
 
-EXERCISES = {
-    "in_context_learning_score": check.IN_CONTEXT_LEARNING_SCORE,
-    "positional_attention_pattern": check.POSITIONAL_ATTENTION_PATTERN,
-    "k_composition_circuit": check.K_COMPOSITION_CIRCUIT,
-    "top_1_diagonal_accuracy": check.TOP_1_DIAGONAL_ACCURACY,
-}
 N_DEFAULT = 4  # three seeded cases and one real-model case
 
 
@@ -121,30 +116,20 @@ def top1_by_max(M):
 
 
 CORRECT = {
-    "in_context_learning_score": [ic.in_context_learning_score, icl_loops, icl_index_tensor,
+    "in_context_learning_score": [ind.in_context_learning_score, icl_loops, icl_index_tensor,
                                   icl_per_sequence_then_mean],
-    "positional_attention_pattern": [ic.positional_attention_pattern, positional_einsum, positional_sdpa,
+    "positional_attention_pattern": [ind.positional_attention_pattern, positional_einsum, positional_sdpa,
                                      positional_per_head_float64],
-    "k_composition_circuit": [ic.k_composition_circuit, kcomp_dense_einsum, kcomp_transformer_lens,
+    "k_composition_circuit": [ind.k_composition_circuit, kcomp_dense_einsum, kcomp_transformer_lens,
                               kcomp_factors_tuple],
-    "top_1_diagonal_accuracy": [ic.top_1_diagonal_accuracy, top1_dense_tensor, top1_row_loop, top1_by_max],
+    "top_1_diagonal_accuracy": [ind.top_1_diagonal_accuracy, top1_dense_tensor, top1_row_loop, top1_by_max],
 }
-CORRECT_CASES = [(name, fn) for name, fns in CORRECT.items() for fn in fns]
-MISTAKES = [(name, wrong) for name, ex in EXERCISES.items() for wrong in ex.misconceptions]
+HIDDEN_CASES = (11, 12, 13)
+EXERCISES = {name: harness.exercise(check, name) for name in CORRECT}
 
 
 def _id(value):
     return value if isinstance(value, str) else getattr(value, "name", getattr(value, "__name__", "fn"))
-
-
-def _equal(a, b) -> bool:
-    """Inputs equal, FactoredMatrix included (by its factors)."""
-    if isinstance(a, FactoredMatrix) or isinstance(b, FactoredMatrix):
-        return (isinstance(a, FactoredMatrix) and isinstance(b, FactoredMatrix)
-                and torch.equal(a.A, b.A) and torch.equal(a.B, b.B))
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    return a == b
 
 
 def _running_outputs(ex, inputs):
@@ -165,33 +150,10 @@ def _all_inputs(ex):
 # --------------------------------------------------------------------------- both halves
 
 
-def test_every_exercise_has_a_check_of_its_name():
-    assert set(check.EXERCISES) == set(EXERCISES)
-    for name, ex in EXERCISES.items():
-        assert ex.name == name and ex.chapter == "03" == check.CHAPTER
-        assert callable(getattr(check, name)) and getattr(check, name).__name__ == name
-        assert len(ex.default_cases) == 3 and len(ex.extra_inputs) == 1
-    assert set(CORRECT) == set(EXERCISES)
-
-
-@pytest.mark.parametrize("name,fn", CORRECT_CASES, ids=_id)
-def test_correct_implementations_pass(name, fn, capsys):
-    """Default cases (real model included) and three hidden seeds; one PASS line each, no stderr."""
-    harness.assert_passes(getattr(check, name), fn, "03", name, N_DEFAULT, capsys, extra_cases=(11, 12, 13))
-
-
-@pytest.mark.parametrize("name,wrong", MISTAKES, ids=_id)
-def test_each_misconception_is_named(name, wrong, capsys):
-    harness.assert_named(getattr(check, name), wrong, capsys)
-
-
-@pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_every_variant_runs_and_differs_on_the_first_case(name):
-    """So every catalogued mistake fails on the very first case, and is named there."""
-    ex = EXERCISES[name]
-    inputs = ex.make_inputs(seed_for(ex.name, ex.default_cases[0]))
-    assert len(_running_outputs(ex, inputs)) == 1 + len(ex.misconceptions)
-    harness.assert_distinct(ex, [ex.default_cases[0]])
+def test_every_exercise_of_the_part_is_here_with_three_seeded_cases_and_a_real_one():
+    assert set(check.EXERCISES) == set(EXERCISES) and check.CHAPTER == "03"
+    for ex in EXERCISES.values():
+        assert len(ex.default_cases) == 3 and len(ex.extra_inputs) == 1 and N_DEFAULT == 4
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
@@ -207,12 +169,8 @@ def test_variants_differ_from_the_truth_and_each_other_on_every_default_case(nam
                     (i, outputs[a][0], outputs[b][0])
 
 
-def test_misconception_explanations_are_distinct():
-    harness.assert_explanations_distinct(EXERCISES.values())
-
-
 def test_the_briefs_mistakes_are_all_catalogued():
-    names = {(n, m.name) for n, m in MISTAKES}
+    names = {(n, m.name) for n, ex in EXERCISES.items() for m in ex.misconceptions}
     for required in [
         ("in_context_learning_score", "sign reversed (early minus late)"),
         ("in_context_learning_score", "token positions used as loss columns"),
@@ -321,7 +279,7 @@ def test_a_circuit_of_the_wrong_shape_is_told_so():
         check.k_composition_circuit(lambda W_E, W_Q, W_K, W_V, W_O: (W_E @ W_V @ W_O @ W_K).T @ (W_E @ W_Q),
                                     cases=[1])
     with pytest.raises(CheckFailure, match="no head axis"):
-        check.k_composition_circuit(lambda W_E, W_Q, W_K, W_V, W_O: ic.k_composition_circuit(
+        check.k_composition_circuit(lambda W_E, W_Q, W_K, W_V, W_O: ind.k_composition_circuit(
             W_E, W_Q, W_K, W_V, W_O).AB[None], cases=[1])
     with pytest.raises(CheckFailure) as info:
         check.k_composition_circuit(lambda W_E, W_Q, W_K, W_V, W_O: W_E @ W_Q)
@@ -330,7 +288,7 @@ def test_a_circuit_of_the_wrong_shape_is_told_so():
 
 def test_a_circuit_that_is_not_a_matrix_is_refused():
     with pytest.raises(CheckFailure, match="FactoredMatrix \\(or a torch.Tensor\\)"):
-        check.k_composition_circuit(lambda W_E, W_Q, W_K, W_V, W_O: ic.k_composition_circuit(
+        check.k_composition_circuit(lambda W_E, W_Q, W_K, W_V, W_O: ind.k_composition_circuit(
             W_E, W_Q, W_K, W_V, W_O).AB.numpy())
     with pytest.raises(CheckFailure, match="do not multiply"):
         check.k_composition_circuit(lambda W_E, W_Q, W_K, W_V, W_O: (W_E @ W_Q, W_E @ W_K), cases=[1])
@@ -370,7 +328,7 @@ def test_square_first_cases_and_rectangular_others():
 def test_icl_real_case_scores_with_the_functions_own_defaults():
     """The real case passes only the losses: a wrong default range fails there (case 4 of 4)."""
     def wrong_default(losses, early=(5, 15), late=(100, 126)):
-        return ic.in_context_learning_score(losses, early, late)
+        return ind.in_context_learning_score(losses, early, late)
 
     check.in_context_learning_score(wrong_default, cases=[1, 2, 3])
     with pytest.raises(CheckFailure, match="case 4 of 4"):
@@ -379,7 +337,7 @@ def test_icl_real_case_scores_with_the_functions_own_defaults():
 
 def test_in_place_edits_cannot_corrupt_the_reference():
     def mutating(losses, early=(5, 15), late=(100, 127)):
-        out = ic.in_context_learning_score(losses, early, late)
+        out = ind.in_context_learning_score(losses, early, late)
         losses.zero_()
         return out
 
@@ -389,47 +347,16 @@ def test_in_place_edits_cannot_corrupt_the_reference():
 def test_unknown_wrong_answers_report_the_difference():
     with pytest.raises(CheckFailure, match="Got"):
         check.in_context_learning_score(lambda losses, early=(5, 15), late=(100, 127):
-                                        ic.in_context_learning_score(losses, early, late) + 0.01)
+                                        ind.in_context_learning_score(losses, early, late) + 0.01)
     with pytest.raises(CheckFailure, match="shape"):
         check.positional_attention_pattern(lambda W_pos, W_Q, W_K:
-                                           ic.positional_attention_pattern(W_pos, W_Q, W_K)[0])
+                                           ind.positional_attention_pattern(W_pos, W_Q, W_K)[0])
     with pytest.raises(CheckFailure, match="times 2 everywhere"):
-        check.k_composition_circuit(lambda W_E, W_Q, W_K, W_V, W_O: 2 * ic.k_composition_circuit(
+        check.k_composition_circuit(lambda W_E, W_Q, W_K, W_V, W_O: 2 * ind.k_composition_circuit(
             W_E, W_Q, W_K, W_V, W_O).AB)
 
 
 # --------------------------------------------------------------------------- stubs, inputs and the grader
-
-
-@pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_stub_crash_and_non_function_fail_clearly(name, capsys):
-    def stub(*args, **kwargs):
-        raise NotImplementedError()
-
-    with pytest.raises(CheckFailure) as info:
-        getattr(check, name)(stub)
-    assert str(info.value) == not_implemented_message(name)
-
-    def crashes(*args, **kwargs):
-        return torch.zeros(2, 3) @ torch.zeros(4, 5)
-
-    with pytest.raises(CheckFailure, match="raised RuntimeError"):
-        getattr(check, name)(crashes)
-    with pytest.raises(CheckFailure, match="pass your function"):
-        getattr(check, name)(None)
-    out = capsys.readouterr()
-    assert out.err == "" and "PASS" not in out.out
-
-
-def test_inputs_are_deterministic_per_seed():
-    harness.assert_deterministic([check.IN_CONTEXT_LEARNING_SCORE, check.POSITIONAL_ATTENTION_PATTERN,
-                                  check.K_COMPOSITION_CIRCUIT])
-    for ex in EXERCISES.values():
-        for seed in [seed_for(ex.name, c) for c in range(3)] + [123, 124]:
-            a, b = ex.make_inputs(seed), ex.make_inputs(seed)
-            assert a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a), (ex.name, seed)
-        a, b = ex.extra_inputs[0](), ex.extra_inputs[0]()
-        assert a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a), ex.name
 
 
 def test_inputs_are_plain_data_and_travel_through_the_graders_codec():
@@ -456,7 +383,7 @@ def test_inputs_are_plain_data_and_travel_through_the_graders_codec():
 
 
 @pytest.mark.parametrize("name,fn", [
-    ("k_composition_circuit", ic.k_composition_circuit),
+    ("k_composition_circuit", ind.k_composition_circuit),
     ("k_composition_circuit", kcomp_dense_einsum),
     ("top_1_diagonal_accuracy", top1_dense_tensor),
     ("in_context_learning_score", icl_index_tensor),
@@ -490,10 +417,10 @@ def test_real_model_cases_are_the_models_own_pieces():
     assert model.cfg.n_layers == 2 and model.cfg.d_vocab == 4096
     icl = check.IN_CONTEXT_LEARNING_SCORE.extra_inputs[0]()
     assert set(icl) == {"losses"} and icl["losses"].shape == (check.ICL_REAL_SEQS, 127)
-    assert ic.in_context_learning_score(icl["losses"]) < -0.1  # the model learns in context
+    assert ind.in_context_learning_score(icl["losses"]) < -0.1  # the model learns in context
     pos = check.POSITIONAL_ATTENTION_PATTERN.extra_inputs[0]()
     assert torch.equal(pos["W_Q"], model.W_Q[0].detach()) and pos["W_pos"].shape == (128, 128)
-    pattern = ic.positional_attention_pattern(**pos)
+    pattern = ind.positional_attention_pattern(**pos)
     assert pattern[check.REAL_PREV_HEAD].diagonal(offset=-1).mean() > 0.9  # the previous-token head
     kc = check.K_COMPOSITION_CIRCUIT.extra_inputs[0]()
     assert torch.equal(kc["W_K"], model.W_K[1, check.REAL_INDUCTION_HEAD].detach())
@@ -501,10 +428,4 @@ def test_real_model_cases_are_the_models_own_pieces():
     assert not any(v.requires_grad for v in [*icl.values(), *pos.values(), *kc.values()])
     M = check.TOP_1_DIAGONAL_ACCURACY.extra_inputs[0]()["M"]
     assert isinstance(M, FactoredMatrix) and M.shape == (4096, 4096)
-    assert abs(ic.top_1_diagonal_accuracy(M) - 0.075) < 0.005
-
-
-def test_progress_is_recorded(isolated_progress, capsys):
-    check.top_1_diagonal_accuracy(ic.top_1_diagonal_accuracy)
-    check.in_context_learning_score(ic.in_context_learning_score)
-    assert set(progress._load()["03"]) == {"top_1_diagonal_accuracy", "in_context_learning_score"}
+    assert abs(ind.top_1_diagonal_accuracy(M) - 0.075) < 0.005
