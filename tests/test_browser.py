@@ -28,6 +28,8 @@ import pytest
 from utils.notebook_setup import SETUP_CELL
 from utils.paths import REPO
 
+pytestmark = pytest.mark.slow  # scripts/test.sh --quick leaves these out
+
 CHROMIUM = Path("/usr/bin/chromium")
 REQUIRED = os.environ.get("DEMYSTIFY_REQUIRE_BROWSER") == "1"
 try:
@@ -37,7 +39,7 @@ except ImportError:  # pragma: no cover - the [dev] extra has it
 if not (CHROMIUM.exists() and sync_playwright):
     if REQUIRED:
         raise RuntimeError("DEMYSTIFY_REQUIRE_BROWSER=1 but /usr/bin/chromium or playwright is missing")
-    pytestmark = pytest.mark.skip(reason="needs Debian's chromium and the playwright package")
+    pytestmark = [pytestmark, pytest.mark.skip(reason="needs Debian's chromium and the playwright package")]
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -179,7 +181,8 @@ def test_chapter_00_runs_to_the_end_with_every_check_passing(browser, course):
         n_checks = sum(1 for c in nb.cells if c.cell_type == "code" and "check." in c.source
                        and c.metadata.get("nbgrader", {}).get("grade"))
         assert text.count("PASS") >= n_checks > 0, text[-3000:]
-        assert re.search(r"^00 .*all done", text, re.M), f"show_progress() does not show chapter 00 done:\n{text[-2000:]}"
+        assert re.search(r"^00 .*all done", text, re.M), \
+            f"show_progress() does not show chapter 00 done:\n{text[-2000:]}"
         progress = json.loads((course[2] / "progress.json").read_text())
         assert progress, "nothing was recorded in the progress file"
         page.close()

@@ -4,8 +4,9 @@ A wheel is built from this tree and installed into a fresh virtual environment; 
 solution notebook then runs from an empty folder in that environment, and every bundled model and
 SAE loads from the installed package. The venv sees the test environment's site-packages for the
 dependencies (torch, transformer-lens, ...) through a .pth file, so nothing is downloaded (not
-``system_site_packages``: inside a virtual environment that means the BASE interpreter's packages); the course package itself
-comes only from the wheel, which the notebook proves by printing where `utils` was imported from.
+``system_site_packages``: inside a virtual environment that means the BASE interpreter's packages);
+the course package itself comes only from the wheel, which the notebook proves by printing where
+`utils` was imported from.
 
 What this does not check about Colab itself: its preinstalled package versions (other numpy,
 transformers), its GPU runtime, and GitHub as the install source (a local git URL stands in).
@@ -23,6 +24,8 @@ import pytest
 from nbclient import NotebookClient
 
 from utils.paths import REPO
+
+pytestmark = pytest.mark.slow  # scripts/test.sh --quick leaves these out
 
 CHAPTER_00 = REPO / "solutions" / "00_orientation" / "00_orientation.ipynb"
 

@@ -20,8 +20,9 @@ import pytest
 from utils.paths import REPO
 
 SLUG = "00_orientation"
-pytestmark = pytest.mark.skipif(subprocess.run(["which", "nbgrader"], capture_output=True).returncode != 0,
-                                reason="nbgrader is not installed")
+pytestmark = [pytest.mark.slow,  # scripts/test.sh --quick leaves these out
+              pytest.mark.skipif(subprocess.run(["which", "nbgrader"], capture_output=True).returncode != 0,
+                                 reason="nbgrader is not installed")]
 
 
 def guide_commands() -> list[str]:

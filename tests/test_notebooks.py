@@ -12,6 +12,8 @@ from utils.course import SKIP_WHEN_GRADING as SKIP_TAG
 from utils.notebook_setup import SETUP_CELL
 from utils.paths import REPO
 
+pytestmark = pytest.mark.slow  # scripts/test.sh --quick leaves these out
+
 SOLUTIONS = [ch.solution for ch in CHAPTERS]
 # Each chapter's budget (utils/course.py: seconds its solution notebook should take on a 2-core CPU,
 # the chapter's "done means"). The test prints the time against it; it fails only past SLACK times
@@ -21,7 +23,9 @@ SLACK = 2.5
 BUDGET_SECONDS = {ch.number: ch.budget_seconds for ch in CHAPTERS}
 # Kernels run on one thread for stable timings, except where a chapter trains live (course.py's
 # kernel_threads: chapter 05's SAE training is promised as minutes on a 2-core CPU, timed on both).
-KERNEL_THREADS = {ch.number: ch.kernel_threads for ch in CHAPTERS}
+# Under pytest-xdist every core already runs a test, so each kernel gets one thread.
+PARALLEL = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+KERNEL_THREADS = {ch.number: 1 if PARALLEL else ch.kernel_threads for ch in CHAPTERS}
 
 
 def _execute(path: Path, tmp_path: Path, allow_errors: bool, as_grader: bool = False) -> nbformat.NotebookNode:
