@@ -180,3 +180,41 @@ def test_both_readme_commands_from_a_fresh_clone_on_a_pep_668_system_python(tmp_
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-3000:]
     assert f"using the virtual environment at {venv}" in tests.stdout
     assert " passed" in tests.stdout and "full run finished in" in tests.stdout
+
+
+# ---------------------------------------------------------------- supported Python versions
+SUPPORTED = ("3.10", "3.11", "3.12", "3.13")  # the README's list; Colab runs 3.13
+
+
+def _interpreter(version: str) -> str | None:
+    """A working python<version>: pyenv's build if there is one, else one on PATH."""
+    import glob
+    import shutil
+
+    pyenv = sorted(glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python"))
+    for python in [*pyenv, shutil.which(f"python{version}")]:
+        if python and subprocess.run([python, "-c", "pass"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+def test_requires_python_and_the_readme_name_the_supported_versions():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == f">={SUPPORTED[0]}"
+    assert f"Python {SUPPORTED[0]} to {SUPPORTED[-1]}" in (REPO / "README.md").read_text()
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_the_package_compiles_on_each_supported_python(version):
+    """Syntax and compile errors on another interpreter (torch for it is not installed here, so
+    this is not a run: it catches syntax newer than the oldest supported version)."""
+    python = _interpreter(version)
+    if python is None:
+        pytest.skip(f"no python{version} on this machine")
+    compile_all = ("import pathlib, sys\n"
+                   "for f in sorted(pathlib.Path(sys.argv[1]).rglob('*.py')):\n"
+                   "    compile(f.read_text(), str(f), 'exec')\n")
+    out = subprocess.run([python, "-c", compile_all, REPO / "utils"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -12,16 +12,32 @@ import os, subprocess, sys
 REPO_URL = os.environ.get("DEMYSTIFY_REPO_URL", "{REPO_URL}")
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
-    import torch  # Colab's own build (with CUDA): pinned below so that pip never replaces it
-    with open("/tmp/demystify-torch.txt", "w") as pin:
-        pin.write(f"torch=={{torch.__version__}}\\n")
+    import time
+
+    started = time.time()
+    # Colab's packages stay as they are (its CUDA torch, ipywidgets 7, ...): everything installed
+    # is pinned at its version, so pip only adds what is missing. No kernel restart is needed.
+    pins = subprocess.run([sys.executable, "-m", "pip", "list", "--format=freeze"],
+                          capture_output=True, text=True, check=True).stdout
+    with open("/tmp/demystify-runtime.txt", "w") as file:
+        file.write("\\n".join(line for line in pins.splitlines() if "==" in line) + "\\n")
     # A clone: the package to install, and the chapters' question banks for the self-checks.
     COURSE = os.environ.get("DEMYSTIFY_COURSE", "/content/demystify")
     if not os.path.isdir(COURSE):
         subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, COURSE], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "/tmp/demystify-torch.txt", COURSE],
-                   check=True)
+    install = [sys.executable, "-m", "pip", "install", "-q", COURSE, "-c", "/tmp/demystify-runtime.txt"]
+    if subprocess.run(install).returncode != 0:
+        print("A package of this runtime is older than the course needs: installing with only torch kept.")
+        import torch  # Colab's own build (with CUDA), never replaced
+        with open("/tmp/demystify-runtime.txt", "w") as file:
+            file.write(f"torch=={{torch.__version__}}\\n")
+        subprocess.run(install, check=True)
     os.environ["DEMYSTIFY_COURSE"] = COURSE
+    import ipywidgets
+    if int(ipywidgets.__version__.split(".")[0]) >= 8:
+        from google.colab import output
+        output.enable_custom_widget_manager()  # Colab shows ipywidgets 8 only through it
+    print(f"course installed in {{time.time() - started:.0f}} s")
 try:
     import utils
 except ImportError as exc:
