@@ -13,7 +13,7 @@ from utils.sae import (
     per_input_loss,
     resample_dead_features_,
 )
-from utils.sae import exercises as ex
+from utils.sae import exercises as ref
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,7 +31,7 @@ def randn(*shape, seed=0):
 def test_forward_matches_the_module_and_a_loop():
     sae = random_sae()
     x = randn(7, 6, seed=1) + 1.0
-    f, x_hat = ex.sae_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    f, x_hat = ref.sae_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
     with torch.no_grad():
         assert torch.allclose(f, sae.encode(x), atol=1e-6)
         assert torch.allclose(x_hat, sae.decode(sae.encode(x)), atol=1e-6)
@@ -48,9 +48,9 @@ def test_loss_matches_the_module():
     x = randn(9, 6, seed=2)
     with torch.no_grad():
         x_hat, f, losses = sae(x, sparsity_coeff=1.7)
-    assert ex.sae_loss(x, x_hat, f, sae.W_dec, 1.7).item() == pytest.approx(losses["loss"].item(), rel=1e-6)
+    assert ref.sae_loss(x, x_hat, f, sae.W_dec, 1.7).item() == pytest.approx(losses["loss"].item(), rel=1e-6)
     by_hand = sum(((x[b] - x_hat[b]) ** 2).sum() + 1.7 * f[b].abs().sum() for b in range(len(x))) / len(x)
-    assert ex.sae_loss(x, x_hat, f, sae.W_dec, 1.7).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert ref.sae_loss(x, x_hat, f, sae.W_dec, 1.7).item() == pytest.approx(by_hand.item(), rel=1e-6)
 
 
 def test_decoder_constraint_matches_the_module():
@@ -61,23 +61,23 @@ def test_decoder_constraint_matches_the_module():
     grad = randn(10, 6, seed=4)
     sae.W_dec.grad = grad.clone()
     sae.remove_parallel_decoder_grad_()
-    projected = ex.remove_parallel_grad(W, grad)
+    projected = ref.remove_parallel_grad(W, grad)
     assert torch.allclose(projected, sae.W_dec.grad, atol=1e-6)
     assert torch.allclose((projected * W).sum(1), torch.zeros(10), atol=1e-5)  # orthogonal to each row
     removed = grad - projected  # parallel to each row: removing its own projection leaves nothing
     assert torch.allclose(removed - ((removed * W).sum(1) / (W * W).sum(1))[:, None] * W, torch.zeros(10, 6),
                           atol=1e-5)
     sae.normalize_decoder_()
-    assert torch.allclose(ex.normalize_decoder(W), sae.W_dec.detach(), atol=1e-6)
-    assert torch.allclose(ex.normalize_decoder(W).norm(dim=1), torch.ones(10), atol=1e-6)
+    assert torch.allclose(ref.normalize_decoder(W), sae.W_dec.detach(), atol=1e-6)
+    assert torch.allclose(ref.normalize_decoder(W).norm(dim=1), torch.ones(10), atol=1e-6)
 
 
 def test_metrics_match_the_module():
     ce = {"ce_clean": 3.1, "ce_sae": 3.4, "ce_zero_ablation": 5.0}
-    assert ex.ce_loss_recovered(**ce) == pytest.approx(ce_loss_recovered(ce))
-    assert ex.ce_loss_recovered(3.0, 3.0, 4.0) == 1.0 and ex.ce_loss_recovered(3.0, 4.0, 4.0) == 0.0
+    assert ref.ce_loss_recovered(**ce) == pytest.approx(ce_loss_recovered(ce))
+    assert ref.ce_loss_recovered(3.0, 3.0, 4.0) == 1.0 and ref.ce_loss_recovered(3.0, 4.0, 4.0) == 0.0
     density = torch.tensor([0.0, 0.0, 1e-7, 0.05, 0.1, 0.2, 0.5, 0.01])
-    dead, dense = ex.dead_dense_fractions(density, 0.1)
+    dead, dense = ref.dead_dense_fractions(density, 0.1)
     assert dead == pytest.approx(dead_fraction(density)) == pytest.approx(2 / 8)
     assert dense == pytest.approx(dense_fraction(density, 0.1)) == pytest.approx(2 / 8)
 
@@ -103,7 +103,7 @@ def test_resampling_matches_the_trainer_and_touches_only_dead_features():
     m = {n: optimizer.state[p]["exp_avg"].clone() for n, p in params.items()}
     v = {n: optimizer.state[p]["exp_avg_sq"].clone() for n, p in params.items()}
     m_before = {n: t.clone() for n, t in m.items()}
-    out = ex.resample_dead_features(*(before[n] for n in names), sae.b_dec.detach(), dead, inputs[chosen], m, v)
+    out = ref.resample_dead_features(*(before[n] for n in names), sae.b_dec.detach(), dead, inputs[chosen], m, v)
     assert all(torch.equal(m[n], m_before[n]) for n in names)  # the arguments are left alone
 
     n = resample_dead_features_(sae, dead, inputs, optimizer, generator=torch.Generator().manual_seed(9))
@@ -131,13 +131,13 @@ def test_feature_recovery_is_the_best_signed_cosine_per_true_feature():
     true = randn(5, 7, seed=11) * torch.linspace(0.5, 2.0, 7)
     W_dec = randn(12, 5, seed=12) * torch.linspace(0.3, 3.0, 12)[:, None]  # [d_sae, d_in]: rows are features
     W_dec[3] = -true[:, 0]  # pointing away: not a match
-    best = ex.feature_recovery(true, randn(5, 12, seed=13), W_dec)
+    best = ref.feature_recovery(true, randn(5, 12, seed=13), W_dec)
     for i in range(7):
         cosines = [float(true[:, i] @ W_dec[j] / (true[:, i].norm() * W_dec[j].norm())) for j in range(12)]
         assert best[i].item() == pytest.approx(max(cosines), abs=1e-6)
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))  # SAE features in any order, any length
-    assert torch.allclose(ex.feature_recovery(true, None, 4 * W_dec[perm]), best, atol=1e-6)
-    assert torch.allclose(ex.feature_recovery(true, None, true.T), torch.ones(7), atol=1e-6)
+    assert torch.allclose(ref.feature_recovery(true, None, 4 * W_dec[perm]), best, atol=1e-6)
+    assert torch.allclose(ref.feature_recovery(true, None, true.T), torch.ones(7), atol=1e-6)
 
 
 def test_the_toy_sae_recovers_every_toy_feature():
@@ -145,5 +145,5 @@ def test_the_toy_sae_recovers_every_toy_feature():
 
     run = bridge_run()
     for name in ("resampled", "plain"):
-        best = ex.feature_recovery(run["true_directions"], run[name]["W_enc"], run[name]["W_dec"])
+        best = ref.feature_recovery(run["true_directions"], run[name]["W_enc"], run[name]["W_dec"])
         assert (best > 0.9).all() and best.min() > 0.99, name

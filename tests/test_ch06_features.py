@@ -32,7 +32,7 @@ from utils.features import (
     steered_generate,
     top_tokens,
 )
-from utils.features import exercises as ex
+from utils.features import exercises as ref
 from utils.features.effects import ablation_hook, steering_hook
 from utils.sae import SAEConfig, SparseAutoencoder, load_sae, preset
 
@@ -111,7 +111,7 @@ def live_feature(f_all, rank=0):
 @pytest.mark.parametrize("k", [1, 9, 35])
 def test_top_activating_matches_brute_force_sort_over_seq_and_pos(k):
     acts = randn(5, 7, seed=k)  # non-square: a row/column mix-up cannot pass
-    seqs, pos, values = ex.top_activating(acts, k)
+    seqs, pos, values = ref.top_activating(acts, k)
     brute = sorted(((acts[s, p].item(), s, p) for s in range(5) for p in range(7)), reverse=True)[:k]
     assert seqs.tolist() == [s for _, s, _ in brute]
     assert pos.tolist() == [p for _, _, p in brute]
@@ -125,14 +125,14 @@ def test_logit_weights_match_a_triple_loop():
     dec, out, unembed = W_dec.tolist(), W_out.tolist(), W_U.tolist()
     for f in (0, 4, 8):
         loop = [sum(dec[f][m] * out[m][d] * unembed[d][v] for m in range(6) for d in range(4)) for v in range(11)]
-        torch.testing.assert_close(ex.logit_weights(W_dec, W_out, W_U, f), torch.tensor(loop, dtype=torch.float64),
+        torch.testing.assert_close(ref.logit_weights(W_dec, W_out, W_U, f), torch.tensor(loop, dtype=torch.float64),
                                    rtol=1e-12, atol=1e-12)
 
 
 def test_pearson_matches_numpy_corrcoef_column_by_column():
     a, b = randn(50, 4, seed=4), randn(50, 3, seed=5)
     b[:, 1] += 0.8 * a[:, 2]  # one strongly correlated pair
-    got = ex.pearson_correlation(a, b)
+    got = ref.pearson_correlation(a, b)
     want = torch.tensor([[np.corrcoef(a[:, i].numpy(), b[:, j].numpy())[0, 1] for j in range(3)] for i in range(4)],
                         dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
@@ -144,39 +144,39 @@ def test_pearson_constant_columns_give_zero_not_nan():
     a[:, 3] = 0.1  # constant but not 0: centering leaves rounding noise, not zeros
     b[:, 2] = 0.3
     for dtype in (torch.float32, torch.float64):
-        got = ex.pearson_correlation(a.to(dtype), b.to(dtype))
+        got = ref.pearson_correlation(a.to(dtype), b.to(dtype))
         assert not got.isnan().any()
         assert (got[[1, 3]] == 0).all() and (got[:, 2] == 0).all()
         assert (got[[0, 2]][:, :2] != 0).all()
     # A constant column against itself is still 0: no variance, no correlation.
-    assert ex.pearson_correlation(a[:, 3:], a[:, 3:]).item() == 0
+    assert ref.pearson_correlation(a[:, 3:], a[:, 3:]).item() == 0
 
 
 def test_pearson_is_invariant_to_positive_affine_maps_and_flips_sign_with_negative_scale():
     a, b = randn(40, 3, seed=8), randn(40, 2, seed=9)
-    base = ex.pearson_correlation(a, b)
+    base = ref.pearson_correlation(a, b)
     shifted = a.clone()
     shifted[:, 0] = 3.5 * a[:, 0] + 7.0
-    torch.testing.assert_close(ex.pearson_correlation(shifted, b), base, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ref.pearson_correlation(shifted, b), base, rtol=1e-10, atol=1e-12)
     flipped = a.clone()
     flipped[:, 1] = -2.0 * a[:, 1] + 1.0
     want = base.clone()
     want[1] = -want[1]
-    torch.testing.assert_close(ex.pearson_correlation(flipped, b), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ref.pearson_correlation(flipped, b), want, rtol=1e-10, atol=1e-12)
 
 
 def test_specificity_sensitivity_against_hand_counts():
     acts = torch.tensor([0.0, 0.5, 2.0, 0.0, 3.0, 0.1])
     hyp = torch.tensor([True, True, False, False, True, False])
     # fires (> 0): tokens 1, 2, 4, 5; of them the hypothesis covers 1 and 4; it covers 0, 1, 4.
-    assert ex.specificity_sensitivity(acts, hyp) == pytest.approx((2 / 4, 2 / 3))
+    assert ref.specificity_sensitivity(acts, hyp) == pytest.approx((2 / 4, 2 / 3))
     # threshold 0.5 is strict: token 1 (exactly 0.5) no longer fires; tokens 2 and 4 do.
-    assert ex.specificity_sensitivity(acts, hyp, threshold=0.5) == pytest.approx((1 / 2, 1 / 3))
+    assert ref.specificity_sensitivity(acts, hyp, threshold=0.5) == pytest.approx((1 / 2, 1 / 3))
     # never fires: specificity undefined; the hypothesis's tokens are all missed.
-    spec, sens = ex.specificity_sensitivity(acts, hyp, threshold=3.0)
+    spec, sens = ref.specificity_sensitivity(acts, hyp, threshold=3.0)
     assert math.isnan(spec) and sens == 0
     # empty hypothesis: sensitivity undefined; none of the firing tokens is covered.
-    spec, sens = ex.specificity_sensitivity(acts, torch.zeros(6, dtype=torch.bool))
+    spec, sens = ref.specificity_sensitivity(acts, torch.zeros(6, dtype=torch.bool))
     assert spec == 0 and math.isnan(sens)
 
 
@@ -187,7 +187,7 @@ def test_feature_activation_is_a_column_of_sae_encode():
         f = sae.encode(x)
     assert (f > 0).any() and (f == 0).any()  # both sides of the ReLU are exercised
     for i in range(sae.d_sae):
-        torch.testing.assert_close(ex.feature_activation(x, sae.W_enc.detach(), sae.b_enc.detach(),
+        torch.testing.assert_close(ref.feature_activation(x, sae.W_enc.detach(), sae.b_enc.detach(),
                                                          sae.b_dec.detach(), i), f[:, i], rtol=1e-12, atol=1e-12)
 
 
@@ -200,7 +200,7 @@ def test_ablate_feature_subtracts_its_term_row_by_row():
         for t in range(len(x)):
             z = sum((x[t, j] - b_dec[j]) * W_enc[j, i] for j in range(6)) + b_enc[i]
             want[t] = x[t] - max(z.item(), 0.0) * W_dec[i]
-        torch.testing.assert_close(ex.ablate_feature(x, W_enc, b_enc, W_dec, b_dec, i), want,
+        torch.testing.assert_close(ref.ablate_feature(x, W_enc, b_enc, W_dec, b_dec, i), want,
                                    rtol=1e-12, atol=1e-12)
 
 
@@ -214,23 +214,23 @@ def test_steer_feature_identity_ablation_and_linearity():
         args = (W_enc, b_enc, W_dec, b_dec, i)
         for t in range(len(x)):  # clamped to its own value, the feature changes nothing
             row = x[t:t + 1]
-            own = ex.feature_activation(row, W_enc, b_enc, b_dec, i).item()
-            assert torch.equal(ex.steer_feature(row, *args, value=own), row)
-        assert torch.equal(ex.steer_feature(x, *args, value=0.0), ex.ablate_feature(x, *args))
-        s0, s1, s2 = (ex.steer_feature(x, *args, value=v) for v in (0.0, 1.5, -4.0))
+            own = ref.feature_activation(row, W_enc, b_enc, b_dec, i).item()
+            assert torch.equal(ref.steer_feature(row, *args, value=own), row)
+        assert torch.equal(ref.steer_feature(x, *args, value=0.0), ref.ablate_feature(x, *args))
+        s0, s1, s2 = (ref.steer_feature(x, *args, value=v) for v in (0.0, 1.5, -4.0))
         torch.testing.assert_close(s1 - s0, (1.5 * W_dec[i]).expand_as(x), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(s1 + s2 - s0, ex.steer_feature(x, *args, value=-2.5), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(s1 + s2 - s0, ref.steer_feature(x, *args, value=-2.5), rtol=1e-12, atol=1e-12)
         # The change is what the SAE's decoder says clamping f_i to 3 does to the reconstruction.
         g = f.clone()
         g[:, i] = 3.0
         with torch.no_grad():
-            torch.testing.assert_close(ex.steer_feature(x, *args, value=3.0) - x, sae.decode(g) - sae.decode(f),
+            torch.testing.assert_close(ref.steer_feature(x, *args, value=3.0) - x, sae.decode(g) - sae.decode(f),
                                        rtol=1e-10, atol=1e-12)
 
 
 def test_match_features_is_a_per_row_max_and_argmax():
     corr = randn(5, 7, seed=13)
-    values, indices = ex.match_features(corr)
+    values, indices = ref.match_features(corr)
     for r in range(5):
         row = corr[r].tolist()
         best = max(range(7), key=lambda j: row[j])
@@ -297,7 +297,7 @@ def test_feature_acts_runs_the_full_encoder_for_topk(topk_sae, corpus):
         acts = feature_acts(topk_sae, corpus, f)
         assert (acts[:, 0] == 0).all()
         torch.testing.assert_close(acts[:, 1:], full[:, 1:, f], rtol=1e-5, atol=1e-5)
-        relu_only = ex.feature_activation(corpus.mlp[:, 1:].reshape(-1, 512), W_enc, b_enc, b_dec, f)
+        relu_only = ref.feature_activation(corpus.mlp[:, 1:].reshape(-1, 512), W_enc, b_enc, b_dec, f)
         gated_somewhere |= bool(((relu_only > 0) & (acts[:, 1:].reshape(-1) == 0)).any())
     assert gated_somewhere  # one encoder column alone would have been wrong
 
@@ -312,7 +312,7 @@ def test_hypothesis_scores_match_specificity_sensitivity_per_feature(sae, corpus
     assert fires[dead] == 0
     on_hyp = (f_all[hyp] > threshold).sum(0)
     for f in [live_feature(f_all), live_feature(f_all, 30), int(on_hyp.argmax()), dead]:
-        spec, sens = ex.specificity_sensitivity(f_all[:, f], hyp, threshold)
+        spec, sens = ref.specificity_sensitivity(f_all[:, f], hyp, threshold)
         assert scores["fires"][f].item() == fires[f].item()
         if fires[f] == 0:  # documented convention: specificity 0, not NaN
             assert math.isnan(spec) and scores["specificity"][f].item() == 0
@@ -325,11 +325,11 @@ def test_hypothesis_scores_match_specificity_sensitivity_per_feature(sae, corpus
 
 def test_cross_correlation_equals_pearson_on_full_activation_matrices(sae, topk_sae, corpus, f_all):
     got = cross_correlation(sae, sae, corpus)
-    want = ex.pearson_correlation(f_all[:, :64].double(), f_all[:, :64].double()).float()
+    want = ref.pearson_correlation(f_all[:, :64].double(), f_all[:, :64].double()).float()
     torch.testing.assert_close(got[:64, :64], want, rtol=0, atol=1e-4)
     with torch.no_grad():
         f_topk = topk_sae.encode(corpus.flat_mlp())
-    want_ab = ex.pearson_correlation(f_all[:, :64].double(), f_topk.double()).float()
+    want_ab = ref.pearson_correlation(f_all[:, :64].double(), f_topk.double()).float()
     torch.testing.assert_close(cross_correlation(sae, topk_sae, corpus)[:64], want_ab, rtol=0, atol=1e-4)
     # The diagonal: 1 for a feature that varies over the corpus, exactly 0 for one that never fires.
     diag, var = got.diagonal(), f_all.double().var(0)
@@ -381,7 +381,7 @@ def test_logit_weights_on_the_model_are_the_direct_path(model, sae, corpus, f_al
     feature = live_feature(f_all)
     W_dec, W_out, W_U = sae.W_dec.detach().double(), model.W_out[0].detach().double(), model.W_U.detach().double()
     want = torch.einsum("m,md,dv->v", W_dec[feature], W_out, W_U).float()
-    got = ex.logit_weights(sae.W_dec.detach(), model.W_out[0].detach(), model.W_U.detach(), feature)
+    got = ref.logit_weights(sae.W_dec.detach(), model.W_out[0].detach(), model.W_U.detach(), feature)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(feature_logit_weights(sae, model, feature), got, rtol=0, atol=0)
     # Run the model with one unit of the feature added to the MLP's hidden layer: the MLP's output
@@ -413,7 +413,7 @@ def manual_ablation_hook(sae, feature):
     def hook(act, hook):
         out = act.clone()
         x = act[:, 1:].reshape(-1, act.shape[-1])
-        out[:, 1:] = ex.ablate_feature(x, W_enc, b_enc, W_dec, b_dec, feature).view(act[:, 1:].shape)
+        out[:, 1:] = ref.ablate_feature(x, W_enc, b_enc, W_dec, b_dec, feature).view(act[:, 1:].shape)
         return out
     return hook
 
@@ -459,7 +459,7 @@ def test_steering_hook_replaces_the_feature_term_and_leaves_bos(sae, corpus, f_a
         f = sae.encode(act[:, 1:])[..., feature]
     assert torch.equal(out[:, 0], act[:, 0])
     W_enc, b_enc, W_dec, b_dec = weights(sae)
-    want = ex.steer_feature(act[:, 1:].reshape(-1, 512), W_enc, b_enc, W_dec, b_dec, feature, value)
+    want = ref.steer_feature(act[:, 1:].reshape(-1, 512), W_enc, b_enc, W_dec, b_dec, feature, value)
     torch.testing.assert_close(out[:, 1:], want.view(act[:, 1:].shape), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[:, 1:] - act[:, 1:], (value - f)[..., None] * W_dec[feature],
                                rtol=1e-4, atol=1e-4)
@@ -572,12 +572,13 @@ def test_rubric_agreement_against_scipy_and_a_hand_example():
     rated = torch.tensor([7, 2, 9, 4, 5])
     auto_features = torch.tensor([4, 9, 7, 1, 2, 5])  # the table's own order, one feature unrated
     auto_scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.1])
-    fraction, rho = ex.rubric_agreement(ratings, rated, auto_features, auto_scores, threshold=8)
+    fraction, rho = ref.rubric_agreement(ratings, rated, auto_features, auto_scores, threshold=8)
     assert fraction == pytest.approx(3 / 5)  # 8 is not above 8
     assert rho == pytest.approx(spearmanr(ratings.tolist(), [0.7, 0.5, 0.8, 0.9, 0.1])[0])
     # scores that follow the ratings' order exactly, on another scale: rho is 1
     other_scale = torch.tensor([0.3, 0.2, 0.4, 0.0, 0.0, 0.1])
-    assert ex.rubric_agreement(ratings[[0, 2, 4]], rated[[0, 2, 4]], auto_features, other_scale)[1] == pytest.approx(1.0)
+    rho = ref.rubric_agreement(ratings[[0, 2, 4]], rated[[0, 2, 4]], auto_features, other_scale)[1]
+    assert rho == pytest.approx(1.0)
 
 
 def test_feature_logit_attribution_matches_a_loop_with_an_explicit_layernorm():
@@ -587,7 +588,7 @@ def test_feature_logit_attribution_matches_a_loop_with_an_explicit_layernorm():
     W_dec, W_out = torch.randn(d_sae, d_mlp, generator=g), torch.randn(d_mlp, d_model, generator=g) + 1
     W_U, scale = torch.randn(d_model, d_vocab, generator=g), 1 + torch.rand(seq, generator=g)
     tokens, position = torch.randint(0, d_vocab, (seq,), generator=g), 2
-    got = ex.feature_logit_attribution(f, W_dec, W_out, W_U, scale, tokens, position)
+    got = ref.feature_logit_attribution(f, W_dec, W_out, W_U, scale, tokens, position)
     target = int(tokens[position + 1])
     for i in range(d_sae):
         write = [sum(f[position, i] * W_dec[i, m] * W_out[m, d] for m in range(d_mlp)) for d in range(d_model)]
@@ -605,7 +606,8 @@ def test_mlp_logit_attribution_parts_add_up_to_the_mlp_and_the_logit(model, sae,
     from utils.induction import folded_unembed
 
     tokens = corpus.tokens[0, :40]
-    names = ("hook_embed", "hook_pos_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post")
+    names = ("hook_embed", "hook_pos_embed", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out",
+             "blocks.0.hook_resid_post")
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens[None], names_filter=lambda n: n in names)
         W_U = folded_unembed(model).float()

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from random_models import randomized  # biases and LayerNorm weights random too: no term hides behind a zero
 
 from utils.models import HookedTinyTransformer, ModelConfig, lm_cross_entropy
 from utils.models.loading import config_from_tl_json, load_pretrained, state_dict_from_tl
@@ -21,16 +22,6 @@ CONFIGS = {
     "gelu2_shortformer_new": ModelConfig(n_layers=2, d_model=12, n_heads=2, d_head=3, d_mlp=20, d_vocab=17,
                                          n_ctx=7, act_fn="gelu_new"),
 }
-
-
-def randomized(cfg: ModelConfig, seed: int = 0) -> HookedTinyTransformer:
-    """A model whose biases and LayerNorm weights are random too, so no term hides behind a zero."""
-    torch.manual_seed(seed)
-    model = HookedTinyTransformer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
-    return model
 
 
 def loop_forward(model: HookedTinyTransformer, tokens: torch.Tensor) -> torch.Tensor:
