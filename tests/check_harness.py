@@ -70,11 +70,12 @@ def assert_passes(check_fn, fn, chapter: str, name: str, n_default: int, capsys,
                                             f"PASS {chapter}/{name}: {len(extra_cases)} cases"]
 
 
-def assert_named(check_fn, wrong, capsys) -> None:
-    """A catalogued wrong implementation fails with its own explanation, and nothing on stderr."""
+def assert_named(check_fn, wrong, capsys, submitted=None) -> None:
+    """A catalogued wrong implementation (or ``submitted``, the same mistake as a student submits it)
+    fails with its own explanation, and nothing on stderr."""
     with pytest.raises(CheckFailure) as info:
-        check_fn(wrong.implementation)
-    assert wrong.explanation in str(info.value)
+        check_fn(wrong.implementation if submitted is None else submitted)
+    assert wrong.explanation in str(info.value), str(info.value)
     assert capsys.readouterr().err == ""
 
 

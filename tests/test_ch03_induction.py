@@ -99,7 +99,8 @@ def test_gate_failures_name_each_unmet_condition():
 
     good = {"second_copy": {63: {"mean": 1.0, "chunks": [1.2, 0.9]}, 50: {"mean": 1.1, "chunks": [2.0]}},
             "previous_token_scores_layer0": [0.1, 0.6], "induction_scores_last_layer": [0.7, 0.0],
-            "held_out": {"val_loss": 3.4, "icl_score": -0.5}, "baseline_held_out": {"val_loss": 3.54, "icl_score": -0.3}}
+            "held_out": {"val_loss": 3.4, "icl_score": -0.5},
+            "baseline_held_out": {"val_loss": 3.54, "icl_score": -0.3}}
     assert gate_failures(good) == []
     bad = {**good, "second_copy": {63: {"mean": 1.6, "chunks": [1.0, 2.6]}, 50: good["second_copy"][50]},
            "previous_token_scores_layer0": [0.39], "induction_scores_last_layer": [0.49],

@@ -115,7 +115,8 @@ def test_model_init_is_seeded_and_broadcasts_settings():
     assert torch.equal(a.b, torch.zeros(3, 4))
     assert a.W.std().item() == pytest.approx(math.sqrt(2 / 6), rel=0.5)
     m = sp.ToyModel(cfg, feature_probability=torch.tensor([[1.0], [0.1], [0.01]]), importance=[1, 0.5, 0.25, 0.1])
-    assert m.feature_probability.shape == (3, 4) and torch.equal(m.feature_probability[:, 2], torch.tensor([1.0, 0.1, 0.01]))
+    assert m.feature_probability.shape == (3, 4)
+    assert torch.equal(m.feature_probability[:, 2], torch.tensor([1.0, 0.1, 0.01]))
     assert torch.equal(m.importance[2], torch.tensor([1, 0.5, 0.25, 0.1]))
 
 

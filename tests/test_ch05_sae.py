@@ -492,10 +492,12 @@ def test_store_rejects_bad_settings(model):
 
 
 @pytest.mark.parametrize("changes, field", [
-    (dict(d_sae=0), "d_sae"), (dict(architecture="relu"), "architecture"), (dict(architecture="topk", k=11), "k"), (dict(k=0), "k"),
+    (dict(d_sae=0), "d_sae"), (dict(architecture="relu"), "architecture"), (dict(architecture="topk", k=11), "k"),
+    (dict(k=0), "k"),
     (dict(l1_coeff=-1.0), "l1_coeff"), (dict(lr=0.0), "lr"), (dict(adam_betas=(0.9, 1.0)), "adam_betas"),
     (dict(buffer_size=10), "buffer_size"), (dict(training_tokens=4), "training_tokens"),
-    (dict(resample_steps=(8,)), "resample_steps"), (dict(resample_steps=(4, 2)), "resample_steps"), (dict(device="tpu"), "device"),
+    (dict(resample_steps=(8,)), "resample_steps"), (dict(resample_steps=(4, 2)), "resample_steps"),
+    (dict(device="tpu"), "device"),
     (dict(b_dec_init="median"), "b_dec_init"), (dict(lr_decay_fraction=1.5), "lr_decay_fraction"),
     (dict(encoder_init_norm=0.0), "encoder_init_norm"), (dict(grad_clip_norm=0.0), "grad_clip_norm"),
     (dict(grad_clip_norm=float("inf")), "grad_clip_norm"),

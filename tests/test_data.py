@@ -94,7 +94,8 @@ def test_bundled_models_load_and_predict(name):
     # Untrained is ln(4096) = 8.32; the bundled models reach 3.1-3.8 nats held out. The bar is loose
     # on purpose: it catches an untrained or corrupted file, the gates elsewhere judge quality.
     assert loss < math.log(model.cfg.d_vocab) - 2.0, f"{name} looks untrained (loss {loss:.2f})"
-    assert abs(card["final_val_loss"] - model(analysis_tokens(seq_len=128, n_seqs=256), return_type="loss").item()) < 0.05
+    held_out_loss = model(analysis_tokens(seq_len=128, n_seqs=256), return_type="loss").item()
+    assert abs(card["final_val_loss"] - held_out_loss) < 0.05
     text = model.generate("def main():", max_new_tokens=5, seed=0)
     assert isinstance(text, str) and text.startswith("def main():")
 
@@ -163,7 +164,8 @@ def test_the_gate_is_recorded_beside_the_weights_and_in_the_model_card(tmp_path,
     monkeypatch.setattr(loading, "MODEL_DIR", tmp_path / "models")
     out = {"second_copy": {63: {"mean": 0.93, "chunks": [1.0, 1.46]}, 50: {"mean": 0.9, "chunks": [1.17]}},
            "previous_token_scores_layer0": [0.1, 0.99], "induction_scores_last_layer": [0.93, 0.2],
-           "held_out": {"val_loss": 3.25, "icl_score": -0.67}, "baseline_held_out": {"val_loss": 3.54, "icl_score": -0.32}}
+           "held_out": {"val_loss": 3.25, "icl_score": -0.67},
+           "baseline_held_out": {"val_loss": 3.54, "icl_score": -0.32}}
     induction.record_gate("attn-only-2l", out, [])
     gate = json.loads((tmp_path / "models" / "attn-only-2l.train.json").read_text())["gate"]
     assert gate["passed"] and gate["second_copy"]["63"]["mean"] == 0.93
@@ -180,7 +182,8 @@ def test_the_gate_names_every_unmet_condition():
 
     failing = {"second_copy": {63: {"mean": 2.0, "chunks": [1.0, 3.0]}, 50: {"mean": 1.0, "chunks": [1.0]}},
                "previous_token_scores_layer0": [0.1, 0.3], "induction_scores_last_layer": [0.2],
-               "held_out": {"val_loss": 3.6, "icl_score": -0.2}, "baseline_held_out": {"val_loss": 3.54, "icl_score": -0.3}}
+               "held_out": {"val_loss": 3.6, "icl_score": -0.2},
+               "baseline_held_out": {"val_loss": 3.54, "icl_score": -0.3}}
     words = " | ".join(gate_failures(failing))
     for needle in ("n=63 is 2.0", "chunk at n=63 has loss 3.0", "previous-token score 0.3", "induction score 0.2",
                    "not below the baseline's 3.54", "not more negative than the baseline's -0.3"):

@@ -163,6 +163,7 @@ def test_drop_code_hints_keeps_what_is_not_the_full_code():
     assert build.drop_code_hints(one_verbal) == one_verbal
     one_code = "Do it.\n\n<details><summary>Hint</summary>\n\n```python\nx = 1\n```\n</details>"
     assert build.drop_code_hints(one_code) == "Do it."
-    two = "Do it.\n\n<details><summary>Hint 1</summary>\nrows\n</details>\n\n<details><summary>Hint 2</summary>\n`x`\n</details>"
+    two = ("Do it.\n\n<details><summary>Hint 1</summary>\nrows\n</details>\n\n"
+           "<details><summary>Hint 2</summary>\n`x`\n</details>")
     assert build.drop_code_hints(two) == "Do it.\n\n<details><summary>Hint 1</summary>\nrows\n</details>"
     assert build.drop_code_hints("No hints.") == "No hints."
