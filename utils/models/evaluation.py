@@ -192,7 +192,8 @@ def gate_failures(out: dict) -> list[str]:
     base = out.get("baseline_held_out")
     if base is not None:
         if not out["held_out"]["val_loss"] < base["val_loss"]:
-            failures.append(f"held-out loss {out['held_out']['val_loss']} is not below the baseline's {base['val_loss']}")
+            failures.append(f"held-out loss {out['held_out']['val_loss']} is not below "
+                            f"the baseline's {base['val_loss']}")
         if not out["held_out"]["icl_score"] < base["icl_score"]:
             failures.append(f"in-context-learning score {out['held_out']['icl_score']} is not more negative "
                             f"than the baseline's {base['icl_score']}")
