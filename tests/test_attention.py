@@ -226,7 +226,8 @@ def test_multihead_residual_equals_resid_post(cfg):
     tokens = tokens_for(cfg)
     _, cache = model.run_with_cache(tokens)
     x1 = at.multihead_residual(cache["blocks.0.hook_resid_pre"], cache["blocks.0.attn.hook_pattern"],
-                               model.W_V[0].detach(), model.W_O[0].detach(), model.b_V[0].detach(), model.b_O[0].detach())
+                               model.W_V[0].detach(), model.W_O[0].detach(),
+                               model.b_V[0].detach(), model.b_O[0].detach())
     torch.testing.assert_close(x1, cache["blocks.0.hook_resid_post"], rtol=1e-5, atol=1e-5)
 
 
