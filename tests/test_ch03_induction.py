@@ -1,4 +1,5 @@
 """Induction metrics against explicit loops."""
+import pytest
 import torch
 
 from utils.induction import induction_report, induction_scores, previous_token_scores, repeated_random_tokens
@@ -125,6 +126,7 @@ def test_exercises_gathers_every_graded_reference_of_the_chapter():
         assert getattr(exercises, name) is getattr(induction, name), name
 
 
+@pytest.mark.slow
 def test_the_model_level_code_imports_no_chapter_package():
     """The LM trainer and the model loader measure induction through utils.models.evaluation, not
     through chapter 03's package."""
@@ -137,6 +139,7 @@ def test_the_model_level_code_imports_no_chapter_package():
     assert out.stdout.strip() == "[]", out.stdout
 
 
+@pytest.mark.slow
 def test_the_command_line_is_documented():
     import subprocess
     import sys

@@ -329,6 +329,7 @@ def test_almost_orthogonal_count():
     assert sp.jl_experiment((4, 8), (0.5,), n_candidates=4000)[0.5] == counts[:2]
 
 
+@pytest.mark.slow
 def test_plots_and_explorer_run():
     W = random_W(inst=3, m=2, n=5)
     p = torch.tensor([1.0, 0.1, 0.01])
@@ -369,6 +370,7 @@ def sweep20():
     return relu.W.detach(), linear.W.detach()
 
 
+@pytest.mark.slow
 def test_dense_relu_model_represents_the_top_m_features_orthogonally(sweep20):
     W = sweep20[0][0]
     norms = sp.feature_norms(W)
@@ -377,6 +379,7 @@ def test_dense_relu_model_represents_the_top_m_features_orthogonally(sweep20):
     assert sp.dims_per_feature(W[None]).item() == pytest.approx(1.0, abs=0.05)
 
 
+@pytest.mark.slow
 def test_intermediate_sparsity_superposes_in_antipodal_pairs(sweep20):
     W = sweep20[0][1]
     assert sp.n_represented(W[None]).item() > 5
@@ -422,6 +425,7 @@ def small_models():
     return model.W.detach()
 
 
+@pytest.mark.slow
 def test_geometry_goes_from_orthogonal_to_pairs_to_pentagon(small_models):
     W = small_models[:4]
     D = sp.dimensionality(W)
@@ -450,6 +454,7 @@ def test_anti_aligned_importance_and_sparsity_leave_no_feature_alone(small_model
         assert alone == [] and len(shared) >= 3
 
 
+@pytest.mark.slow
 def test_features_align_with_neurons_only_in_a_privileged_basis():
     models = sp.privileged_basis_experiment(n_features=10, d_hidden=5, feature_probability=(1.0, 1.0, 1.0),
                                             steps=8_000)
@@ -539,6 +544,7 @@ def test_group_geometry_on_known_configurations():
         sp.group_geometry(W, 3)
 
 
+@pytest.mark.slow
 def test_anticorrelated_features_pair_up_and_correlated_ones_do_not():
     """The chapter's correlation experiment, shrunk: the claims its text makes, at the denser level
     (anti-correlated pairs antipodal, correlated pairs collapsed onto one direction) and the

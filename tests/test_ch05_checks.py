@@ -281,6 +281,7 @@ def test_resampling_answer_shape_is_explained():
         check.resample_dead_features(lambda **kw: ref.resample_dead_features(**kw)[:4] + ([1, 2, 3],))
 
 
+@pytest.mark.slow
 def test_recovery_real_case_is_the_chapters_toy_run():
     """The check's real case: chapter 04's toy model and the SAE trained on its hidden layer, in which
     every true feature is found (so a correct answer there is all cosines near 1)."""

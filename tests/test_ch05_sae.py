@@ -270,6 +270,7 @@ def test_per_input_loss_matches_loop():
     torch.testing.assert_close(per_input_loss(sae, x, 0.3), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_resampling_changes_exactly_the_dead_features_and_zeroes_exactly_their_adam_state():
     sae = random_sae(d_sae=12)
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
@@ -638,6 +639,7 @@ class SyntheticStore:
 
 
 @pytest.mark.parametrize("arch, extra", [("l1", dict(l1_coeff=0.3)), ("topk", dict(k=4))])
+@pytest.mark.slow
 def test_training_recovers_features_in_superposition(arch, extra):
     g = torch.Generator().manual_seed(0)
     n_true, d_in = 48, 24  # twice as many features as dimensions
@@ -710,6 +712,7 @@ BUNDLED = {  # name: (architecture, d_sae)
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLED))
+@pytest.mark.slow
 def test_bundled_saes_meet_the_quality_bar_on_fresh_tokens(name, model):
     """Each shipped SAE, re-measured here on held-out text, matches the metrics saved beside it and
     meets the chapter's bar for the CPU preset: L0 5-50, CE loss recovered >= 0.85, dead < 15%

@@ -140,6 +140,7 @@ def test_feature_recovery_is_the_best_signed_cosine_per_true_feature():
     assert torch.allclose(ref.feature_recovery(true, None, true.T), torch.ones(7), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_toy_sae_recovers_every_toy_feature():
     from utils.sae.toy import bridge_run
 

@@ -83,6 +83,7 @@ def test_the_one_layer_models_ship():
 
 
 @pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.slow
 def test_bundled_models_load_and_predict(name):
     from utils.models import load_model
 
@@ -107,6 +108,7 @@ def test_unknown_model_name_is_a_clear_error():
         load_model("gpt2")
 
 
+@pytest.mark.slow
 def test_load_model_offline_in_a_fresh_process_is_quick():
     """Import plus load inside a fresh interpreter with the hub marked offline. CPU seconds are
     asserted (wall time on a shared 2-core machine measures the neighbours); both are printed.
@@ -124,6 +126,7 @@ def test_load_model_offline_in_a_fresh_process_is_quick():
 
 
 @pytest.mark.skipif("attn-only-2l" not in SHIPPED, reason="attn-only-2l is not bundled yet")
+@pytest.mark.slow
 def test_two_layer_model_passes_the_induction_gate():
     """Issue 21's bar, as `python -m utils.induction --gate` prints it: the second copy of BOS, r, r
     (r uniform over the vocabulary) predicted at n = 63 and 50 (mean < 1.5 nats, every 10-token

@@ -131,6 +131,7 @@ def test_without_a_bank_a_check_records_and_with_a_key_it_grades(tmp_path, monke
         ch00.hook_question(wrong)
 
 
+@pytest.mark.slow
 def test_exam_build_drops_the_bank_and_the_full_code_hints(tmp_path):
     out = tmp_path / "exam"
     done = subprocess.run([sys.executable, "-m", "utils.build", "--exam", "--out", str(out), "01", "00"],
