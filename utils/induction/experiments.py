@@ -2,8 +2,12 @@
 
 1. copying: ``ov_weights`` (the arguments of the eigenvalue exercises), ``random_init_copy`` (the
    untrained baseline), ``copying_summary``
-2. induction: ``ablated_induction_loss_drop`` (the loss drop with heads ablated through hooks)
-3. composition: ``attn_weights``, ``random_composition_scores``, ``random_composition_baseline``
+2. induction: ``ablated_induction_loss_drop`` (the loss drop with heads ablated through hooks);
+   where attn-only-2l's induction heads came from: ``training_report`` (its training log),
+   ``synthetic_share``, ``TEXT_ONLY_RUNS`` (what text-only runs did, measured) and
+   ``plot_training_trajectory`` (the log, every synthetic window shaded)
+3. composition: ``attn_weights``, ``ln_folded_attn_weights``, ``random_composition_scores``,
+   ``random_composition_baseline``
 4. patching: ``corrupted_first_copy`` (the corrupted run's tokens), ``folded_unembed`` (W_U with the
    final LayerNorm's weight folded in, also used by chapter 06), ``head_patching_table``,
    ``residual_patching_table``, ``residual_hook_names``
@@ -11,7 +15,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+import json
+from typing import Callable, Optional, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -93,12 +98,119 @@ def ablated_induction_loss_drop(model, heads: Sequence[tuple[int, int]] = (), se
     return induction_loss_drop(per_token_loss(logits, tokens), seq_len)
 
 
+# Runs of attn-only-2l's preset on the course's text with no synthetic rows. They are not the bundled
+# model's history (that is in attn-only-2l.train.json); they are recorded here, as measured, because
+# they say why the bundled model needed synthetic rows. Both ran the course trainer, so their scores
+# are the training log's (utils.models.evaluation.trajectory_point): held-out loss and
+# in-context-learning score on 256 held-out rows, the second-copy loss on BOS, r, r filling the
+# context (n = 63), and the best layer-0 previous-token and layer-1 induction scores on such rows.
+TEXT_ONLY_RUNS = (
+    {"name": "CPU, text only",
+     "source": "utils/models/train.py, the attn-only-2l preset's comment (a CPU run, batch 32)",
+     "batch_size": 32, "seq_len": 128,
+     "trajectory": [{"step": 4750, "best_previous_token_score": 0.16, "best_induction_score": 0.01}]},
+    {"name": "GPU, text only, 10x the tokens",
+     "source": "2026-12-04 on an NVIDIA H200: python -m utils.models.train attn-only-2l --device cuda --no-save "
+               "--steps 40000 --set 'synthetic_schedule=[]' --set decay_steps=null --set lr=0.002 "
+               "--set batch_size=64 --set eval_every=2000 (stopped by a time limit after step 24000)",
+     "batch_size": 64, "seq_len": 128,
+     "trajectory": [
+         {"step": 2000, "val_loss": 3.307, "icl_score": -0.498, "second_copy_loss": 14.4,
+          "best_previous_token_score": 0.139, "best_induction_score": None},
+         {"step": 8000, "val_loss": 3.163, "icl_score": -0.465, "second_copy_loss": 17.9,
+          "best_previous_token_score": 0.198, "best_induction_score": 0.009},
+         {"step": 16000, "val_loss": 3.177, "icl_score": -0.428, "second_copy_loss": 20.2,
+          "best_previous_token_score": 0.222, "best_induction_score": 0.013},
+         {"step": 24000, "val_loss": 3.190, "icl_score": -0.403, "second_copy_loss": 21.3,
+          "best_previous_token_score": 0.228, "best_induction_score": 0.015},
+     ]},
+)
+
+
+def training_report(name: str = "attn-only-2l", model_dir=None) -> dict:
+    """The training report a bundled model ships with (``NAME.train.json``): ``train_config``
+    (``synthetic_schedule`` included), ``tokens_seen`` (text tokens), ``synthetic_tokens`` and the
+    logged ``history``."""
+    from utils.models.loading import MODEL_DIR
+
+    path = (model_dir or MODEL_DIR) / f"{name}.train.json"
+    return json.loads(path.read_text())
+
+
+def synthetic_share(report: dict) -> float:
+    """The fraction of all training tokens that were synthetic rows (0 for a text-only run)."""
+    synthetic = report.get("synthetic_tokens", 0)
+    return synthetic / (synthetic + report["tokens_seen"])
+
+
+def plot_training_trajectory(report: dict, baseline_icl: Optional[float] = None,
+                             highlight: Optional[tuple[int, int, str]] = None):
+    """Four panels of a run's logged ``history`` against the training step: the best previous-token
+    and induction scores, the second-copy loss on repeated random tokens, the held-out text loss and
+    the held-out in-context-learning score. Every window of the ``synthetic_schedule`` is shaded
+    (darker where every row is synthetic); ``highlight`` = (first, last, label) marks one more
+    stretch; a dotted line marks where the learning rate drops. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    history, cfg = report["history"], report["train_config"]
+    steps = [p["step"] for p in history]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6), sharex=True)
+    axes[0].plot(steps, [p["best_previous_token_score"] for p in history], marker=".", label="best previous-token")
+    axes[0].plot(steps, [p["best_induction_score"] for p in history], marker=".", label="best induction")
+    axes[0].legend(fontsize=8)
+    panels = (("second_copy_loss", "second-copy loss, random tokens (nats)"),
+              ("val_loss", "held-out text loss (nats)"), ("icl_score", "held-out text ICL score (nats)"))
+    for ax, (key, title) in zip(axes[1:], panels):
+        ax.plot(steps, [p[key] for p in history], marker=".", color="black")
+        ax.set_title(title, fontsize=10)
+    axes[0].set_title("head scores", fontsize=10)
+    if baseline_icl is not None:
+        axes[3].axhline(baseline_icl, color="tab:red", linestyle="--", label="attn-only-1l, final")
+        axes[3].legend(fontsize=8)
+    drop = next((p["step"] for p, q in zip(history, history[1:]) if q["lr"] < 0.5 * p["lr"]), None)
+    legend = []
+    for first, end, rows in cfg.get("synthetic_schedule") or ():
+        full = rows >= cfg["batch_size"]
+        for ax in axes:
+            ax.axvspan(first, end, color="gray", alpha=0.35 if full else 0.15, linewidth=0)
+        label = "all rows synthetic" if full else f"{rows} of {cfg['batch_size']} rows synthetic"
+        if label not in [patch.get_label() for patch in legend]:
+            legend.append(Patch(color="gray", alpha=0.35 if full else 0.15, label=label))
+    if highlight is not None:
+        first, last, label = highlight
+        for ax in axes:
+            ax.axvspan(first, last, color="tab:orange", alpha=0.2, linewidth=0)
+        legend.append(Patch(color="tab:orange", alpha=0.2, label=label))
+    if drop is not None:
+        for ax in axes:
+            ax.axvline(drop, color="gray", linestyle=":", linewidth=1)
+        legend.append(plt.Line2D([], [], color="gray", linestyle=":", label=f"learning rate drops (step {drop})"))
+    for ax in axes:
+        ax.set_xlabel("training step")
+    fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
 # --------------------------------------------------------------------------- 3. composition
 
 
 def attn_weights(model) -> dict:
     """{W_Q, W_K, W_V, W_O} stacked over layers, detached: ``composition_scores(**attn_weights(m), kind="K")``."""
     return {name: getattr(model, name).detach() for name in ("W_Q", "W_K", "W_V", "W_O")}
+
+
+def ln_folded_attn_weights(model) -> dict:
+    """``attn_weights`` with each layer's LayerNorm weight folded into the matrices that read its
+    output: W_Q, W_K and W_V of layer l become diag(w_l) W (w_l: ``blocks.l.ln1.w``). What LayerNorm
+    does besides (centring, dividing by each position's scale, its bias) is left out. Without
+    LayerNorm this is ``attn_weights`` itself."""
+    weights = attn_weights(model)
+    if model.cfg.normalization_type != "LN":
+        return weights
+    w = torch.stack([block.ln1.w.detach() for block in model.blocks])[:, None, :, None]  # [layer, 1, d_model, 1]
+    return {**weights, **{name: w * weights[name] for name in ("W_Q", "W_K", "W_V")}}
 
 
 def random_composition_scores(d_model: int, d_head: int, n_samples: int = 1000, seed: int = 0,
