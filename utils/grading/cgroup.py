@@ -49,7 +49,7 @@ class SubmissionCgroup:
                 if key == "oom_kill":
                     return int(value)
         except (OSError, ValueError):
-            pass
+            pass  # gone, or a kernel without the counter: no kill it can tell of
         return 0
 
     def peak_bytes(self) -> int:
@@ -65,7 +65,7 @@ class SubmissionCgroup:
             try:
                 os.rmdir(d)
             except OSError:
-                pass
+                pass  # already gone; or a process is still in it (EBUSY), and the empty folder stays behind
 
 
 def _write(path: Path, text: str) -> bool:

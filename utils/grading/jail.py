@@ -29,13 +29,17 @@ import ctypes
 import errno
 import os
 import resource
+import shutil
 import sys
+import tempfile
 from typing import Callable, Iterable
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
 MS_REC, MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 16384, 1 << 18, 1 << 21, 1 << 24
-CLONE_NEWUSER, CLONE_NEWNS = 0x10000000, 0x00020000
+CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x00020000, 0x20000000, 0x40000000
+CLONE_NEWIPC = 0x08000000  # System V IPC objects die with the submission
+SUBMISSION_NAMESPACES = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC
 MNT_DETACH = 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, -1)
 PR_SET_DUMPABLE = 4
@@ -56,6 +60,27 @@ def _mount(libc, source, target: str, fstype, flags: int, data=None) -> None:
     if libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def enter_user_namespace(libc, flags: int) -> None:
+    """unshare(flags), CLONE_NEWUSER among them, and become root of the new user namespace, mapped to
+    the user we were."""
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare: {os.strerror(err)}")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def fork_into_namespaces(libc) -> int:
+    """The runner's first step of the namespace sandbox: new user, mount, pid, network and IPC
+    namespaces, then a fork, since only a child enters the new pid namespace (as its pid 1). Returns
+    like ``os.fork``: 0 in that child, the child's pid in the caller. ``enter_namespace`` comes next,
+    in the child."""
+    enter_user_namespace(libc, SUBMISSION_NAMESPACES)
+    return os.fork()
 
 
 def _mountinfo() -> list[tuple[str, list[str]]]:
@@ -176,15 +201,36 @@ def enter_namespace(scratch: str, hide_dirs: Iterable[str], hide_files: Iterable
                     raise
                 # a mount we may not touch (already locked by the host) stays as the host made it
         # A second user namespace owned by this one: the mounts above become locked for it.
-        if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"unshare: {os.strerror(err)}")
-        for name, text in (("setgroups", "deny"), ("uid_map", "0 0 1"), ("gid_map", "0 0 1")):
-            with open(f"/proc/self/{name}", "w") as fh:
-                fh.write(text)
+        enter_user_namespace(libc, CLONE_NEWUSER | CLONE_NEWNS)
         os.chdir(scratch)
     except OSError as e:
         raise JailError(f"namespace sandbox setup failed: {e}") from None
+
+
+def probe() -> int:
+    """Whether the kernel allows the namespace sandbox: the very steps a submission's process takes
+    (``fork_into_namespaces``, then ``enter_namespace`` with nothing to hide), in a throwaway scratch
+    folder. Returns an exit status, 0 where every step worked. It forks, so ``sandbox`` runs it in a
+    process of its own: ``python -I -c "from utils.grading import jail; raise SystemExit(jail.probe())"``."""
+    base = tempfile.mkdtemp(prefix="demystify-probe-")
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1  # whatever goes wrong: no namespace sandbox here
+            try:
+                child = fork_into_namespaces(_libc())
+                if child == 0:  # pid 1 of the new pid namespace
+                    enter_namespace(os.path.join(base, "scratch"), (), (), scratch_mb=1)
+                    code = 0
+                else:
+                    code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+            except (OSError, JailError) as e:  # the kernel or the container refused a step
+                print(f"namespace probe: {e}", file=sys.stderr)
+            finally:
+                os._exit(code)  # a forked copy never returns into the caller's code
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the empty folders the probe made; its mounts died with it
 
 
 def set_limits(memory_bytes: int, fsize_bytes: int, cpu_seconds: int) -> None:
@@ -206,7 +252,7 @@ def set_limits(memory_bytes: int, fsize_bytes: int, cpu_seconds: int) -> None:
     try:
         _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     except (OSError, AttributeError):
-        pass
+        pass  # a C library without prctl (not Linux): there is no PR_SET_DUMPABLE to set
 
 
 # --------------------------------------------------------------------------- the audit hook
@@ -261,7 +307,10 @@ def install_guard(scratch: str, protected: Iterable[str], report: Callable[[str]
     def refuse(what: str):
         if reported[0] < 20:
             reported[0] += 1
-            report(what)
+            try:
+                report(what)
+            except OSError:  # the result pipe is gone (a submission can close it): the refusal stands
+                reported[0] = 20
         raise PermissionError(errno.EACCES, f"not allowed while grading: {what}")
 
     def trusted_frame(filename: str) -> bool:
@@ -332,9 +381,9 @@ def install_guard(scratch: str, protected: Iterable[str], report: Callable[[str]
                         if not readable(p):
                             refuse(f"{event} {p}")
         except PermissionError:
-            raise
-        except Exception:
-            pass  # an unresolvable path (a closed fd, a deleted cwd): nothing to protect there
+            raise  # a refusal
+        except (OSError, ValueError):
+            pass  # an unresolvable path (a closed fd, a deleted cwd, a null byte): nothing to protect there
         finally:
             busy[0] = False
 

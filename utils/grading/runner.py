@@ -31,8 +31,6 @@ import struct
 import sys
 import time
 
-CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x00020000, 0x20000000, 0x40000000
-CLONE_NEWIPC = 0x08000000  # System V IPC objects die with the submission
 PR_SET_PDEATHSIG = 1
 
 
@@ -92,8 +90,10 @@ def _preload(work: dict):
     for name in work.get("imports", []):  # what the chapter itself imports (the trusted notebook's list)
         try:
             importlib.import_module(name)
-        except Exception:
-            pass  # "from X import name" where name is not a module
+        except ImportError:
+            continue  # "from X import name" where name is not a module
+        except Exception as e:  # a broken module: the cell that imports it reports the error itself
+            print(f"zygote: importing {name} failed ({type(e).__name__}: {e})", file=sys.stderr)
     from IPython.core.interactiveshell import InteractiveShell
     from traitlets.config import Config
 
@@ -129,7 +129,7 @@ def zygote(control_fd: int) -> None:
                     try:
                         os.killpg(pid, signal.SIGKILL)
                     except OSError:
-                        pass
+                        pass  # that submission has already ended
                 os._exit(0)
             sys.stdout.flush()
             sys.stderr.flush()
@@ -186,13 +186,9 @@ def _child(fds: list, work: dict, tensors: dict, shell) -> None:
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
         if config["sandbox"] == "namespace":
-            uid, gid = os.getuid(), os.getgid()
-            if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC) != 0:
-                raise OSError(ctypes.get_errno(), "unshare")
-            for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-                with open(f"/proc/self/{name}", "w") as f:
-                    f.write(text)
-            pid = os.fork()  # the grandchild is pid 1 of the new pid namespace
+            from utils.grading import jail
+
+            pid = jail.fork_into_namespaces(libc)  # the grandchild is pid 1 of the new pid namespace
             if pid:
                 send({"t": "pid", "pid": pid})
                 os.close(0)
@@ -203,8 +199,6 @@ def _child(fds: list, work: dict, tensors: dict, shell) -> None:
                     os.kill(os.getpid(), os.WTERMSIG(status))
                 os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 71)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            from utils.grading import jail
-
             jail.enter_namespace(config["scratch"], config["hide_dirs"], config["hide_files"], config["scratch_mb"],
                                  mount_proc=True)
         else:
@@ -335,10 +329,9 @@ def serve(header: dict, work: dict, tensors: dict, shell, send) -> None:
             send({"t": "result", "k": k, "error": {"kind": "unsendable", "type": "header"}, "seconds": dt})
     send({"t": "done", "cells_s": cells_s, "calls_s": calls_s})
     try:
-        sys.stdout.flush()
-    except BaseException:
-        pass
-    os._exit(0)  # skip atexit handlers and finalizers a submission may have registered
+        sys.stdout.flush()  # sys.stdout may be the submission's own object, raising anything
+    finally:
+        os._exit(0)  # whatever it raised; and skip atexit handlers and finalizers a submission may have registered
 
 
 if __name__ == "__main__":

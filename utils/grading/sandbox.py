@@ -95,37 +95,11 @@ def child_env(scratch: str, threads: int) -> dict:
 @functools.lru_cache(maxsize=1)
 def namespaces_available() -> bool:
     """Whether a forked child may enter new user, mount, pid, network and IPC namespaces and pivot
-    into a new root (checked once, in a throwaway process, with the very syscalls the runner and
-    ``jail`` use)."""
+    into a new root (checked once, in a throwaway process, by ``jail.probe``: the very steps the
+    runner takes)."""
     if not sys.platform.startswith("linux"):
         return False
-    from utils.grading import jail
-
-    probe = ("import ctypes, os, tempfile\n"
-             "libc = ctypes.CDLL(None, use_errno=True)\n"
-             "root = tempfile.mkdtemp(prefix='demystify-probe-')\n"
-             "pid = os.fork()\n"
-             "if pid == 0:\n"
-             "    uid, gid = os.getuid(), os.getgid()\n"
-             f"    ok = libc.unshare({0x10000000 | 0x00020000 | 0x20000000 | 0x40000000 | 0x08000000}) == 0\n"
-             "    if ok:\n"
-             "        open('/proc/self/setgroups', 'w').write('deny')\n"
-             "        open('/proc/self/uid_map', 'w').write(f'0 {uid} 1')\n"
-             "        open('/proc/self/gid_map', 'w').write(f'0 {gid} 1')\n"
-             "        if os.fork() == 0:\n"
-             f"            r = libc.mount(None, b'/', None, ctypes.c_ulong({16384 | (1 << 18)}), None)\n"
-             f"            r = r or libc.mount(b'proc', b'/proc', b'proc', ctypes.c_ulong(14), None)\n"
-             "            r = r or libc.mount(b'tmpfs', root.encode(), b'tmpfs', ctypes.c_ulong(0), b'size=64k')\n"
-             "            os.chdir(root)\n"  # the allow-list root: pivot into a fresh tmpfs, detach the old one
-             f"            r = r or libc.syscall({jail.SYS_PIVOT_ROOT}, b'.', b'.') or libc.umount2(b'.', 2)\n"
-             f"            r = r or libc.unshare({0x10000000 | 0x00020000})\n"
-             "            os._exit(0 if r == 0 else 1)\n"
-             "        _, st = os.wait()\n"
-             "        os._exit(os.waitstatus_to_exitcode(st))\n"
-             "    os._exit(1)\n"
-             "_, st = os.waitpid(pid, 0)\n"
-             "os.rmdir(root)\n"
-             "raise SystemExit(os.waitstatus_to_exitcode(st))\n")
+    probe = "from utils.grading import jail; raise SystemExit(jail.probe())"
     try:
         return subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.SubprocessError):
@@ -196,7 +170,7 @@ class Zygote:
             self.proc.stdin.write(work_frame)
             self.proc.stdin.close()
         except OSError:
-            pass
+            pass  # the zygote died while starting: no "ready" comes, and the error below quotes its log
         with self.lock:
             message = self._receive(timeout)
         if not message or not message.get("ready"):
@@ -248,13 +222,14 @@ class Zygote:
             return self.exits.pop(pid, None)
 
     def close(self) -> None:
+        # Each step goes ahead whatever the one before it met: an OSError here means already closed or gone.
         if not self.ready and self.proc.poll() is None:  # still importing: nothing to wait for
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except OSError:
                 pass
         try:
-            self.sock.close()
+            self.sock.close()  # the zygote sees the grader go and kills what it still runs
         except OSError:
             pass
         try:
@@ -298,7 +273,7 @@ def _threads(pid: Optional[int]) -> int:
                 if line.startswith("Threads:"):
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError):
-        pass
+        pass  # it has just ended
     return 0
 
 
@@ -397,220 +372,289 @@ class FrameOrder:
             raise ProtocolError(f"a message of unknown type {str(kind)[:20]!r}")
 
 
+# Until the child reports its own footprint ("ready"), its memory limit is the submission's budget
+# plus this headroom: it already holds Python, torch and the course package (pages of the zygote it
+# was forked from, which its RSS counts) and imports the rest before any student code runs. After
+# "ready" the limit is that measured footprint plus the budget.
+STARTUP_HEADROOM_MB = 2048
+
+
 def run(*, zygote: Zygote, submission: dict, limits: Limits) -> RunResult:
     """Run one submission; never raises for anything the submission does (SandboxError when the
     grader itself cannot start it)."""
-    from utils.grading import cgroup
+    watch = _Watch(zygote, submission, limits)
+    watch.start()
+    watch.watch()
+    return watch.collect()
 
-    result = RunResult()
-    start = time.monotonic()
-    scratch_bytes = limits.scratch_mb * 2**20
-    group = cgroup.create((limits.memory_mb + 2048) * 2**20 + scratch_bytes, limits.max_threads + 8) \
-        if limits.cgroup else None
-    if group is not None:  # the process joins it itself, before any student code runs (runner._child)
-        submission = dict(submission, config=dict(submission["config"], cgroups=group.procs_files))
-    result.cgroup = group is not None
-    stdin_r, stdin_w = os.pipe()
-    result_r, result_w = os.pipe()
-    out_r, out_w = os.pipe()
+
+def _send_request(fd: int, submission: dict) -> None:
+    """Thread: write the submission's request to its stdin."""
     try:
-        leader = zygote.spawn([stdin_r, result_w, out_w])
-    finally:
-        for fd in (stdin_r, result_w, out_w):
-            os.close(fd)
-    frames: queue.Queue = queue.Queue()
-    tail: list[bytes] = []
+        with os.fdopen(fd, "wb") as f:
+            f.write(codec.pack_frame(submission))
+    except OSError:
+        pass  # the process died before reading it: the watch loop reports how it ended
 
-    def feed():
+
+def _read_results(fd: int, budget: int, frames: queue.Queue) -> None:
+    """Thread: queue each frame from the result pipe, at most ``budget`` bytes of tensors; the
+    reader's own notes (``_output``, ``_protocol``) and a final None end the stream."""
+    with os.fdopen(fd, "rb", buffering=1 << 16) as stream:
         try:
-            with os.fdopen(stdin_w, "wb") as f:
-                f.write(codec.pack_frame(submission))
-        except OSError:
-            pass
+            while True:
+                frame = codec.read_frame(stream, max_blob=budget)
+                if frame is None:
+                    break
+                budget -= len(frame[1])
+                frames.put(frame)
+                if budget < 0:
+                    frames.put(({"t": "_output"}, b""))
+                    break
+        except codec.CodecError as e:
+            frames.put(({"t": "_protocol", "error": str(e)}, b""))
+    frames.put(None)
 
-    def read():
-        budget = limits.output_mb * 2**20
-        with os.fdopen(result_r, "rb", buffering=1 << 16) as stream:
-            try:
-                while True:
-                    frame = codec.read_frame(stream, max_blob=budget)
-                    if frame is None:
-                        break
-                    budget -= len(frame[1])
-                    frames.put(frame)
-                    if budget < 0:
-                        frames.put(({"t": "_output"}, b""))
-                        break
-            except codec.CodecError as e:
-                frames.put(({"t": "_protocol", "error": str(e)}, b""))
-        frames.put(None)
 
-    def drain():
-        size = 0
-        with os.fdopen(out_r, "rb") as stream:
-            for chunk in iter(lambda: stream.read1(4096), b""):
-                tail.append(chunk)
-                size += len(chunk)
-                while size > 16384 and len(tail) > 1:
-                    size -= len(tail.pop(0))
+def _keep_tail(fd: int, tail: list) -> None:
+    """Thread: read the process's stdout and stderr, keeping about the last 16 kB in ``tail``."""
+    size = 0
+    with os.fdopen(fd, "rb") as stream:
+        for chunk in iter(lambda: stream.read1(4096), b""):
+            tail.append(chunk)
+            size += len(chunk)
+            while size > 16384 and len(tail) > 1:
+                size -= len(tail.pop(0))
 
-    threads = [threading.Thread(target=f, daemon=True) for f in (feed, read, drain)]
-    for t in threads:
-        t.start()
 
-    pid: Optional[int] = None  # the process that runs the notebook (pid 1 of its namespace)
-    phase: Optional[tuple] = ("setup", None)
-    phase_start = start
-    interrupted_at: Optional[float] = None
-    rss_limit = (limits.memory_mb + 2048) * 2**20  # until the child reports its own footprint
-    reader_done = False
-    status: Optional[int] = None
-    exited_at: Optional[float] = None
-    done = False
-    killed: Optional[tuple] = None
-    order = FrameOrder(submission.get("cells", []))
+class _Watch:
+    """One submission's process from start to end: ``start`` forks it and starts the threads that
+    feed it and read it; ``watch`` handles each frame it sends and enforces the limits (the
+    watchdogs) until it has ended; ``collect`` says how it ended, in the RunResult."""
 
-    def kill(reason: str, detail: str):
-        nonlocal killed
-        if killed is None:
-            killed = (reason, detail)
-            result.last_phase = phase
-        _kill_group(leader, signal.SIGKILL)
+    def __init__(self, zygote: Zygote, submission: dict, limits: Limits):
+        from utils.grading import cgroup
 
-    try:
-        while True:
-            try:
-                item = frames.get(timeout=0.05)
-            except queue.Empty:
-                item = "idle"
-            now = time.monotonic()
-            if item is None:
-                reader_done = True
-            elif item != "idle":
-                header, blob = item
-                kind = header.get("t")
-                if kind in ("_output", "_protocol"):
-                    pass  # the reader's own notes, handled below
-                elif result.ready and kind in ("pid", "ready", "fatal"):
-                    # only the runner sends these, before any student code runs: a later one is forged
-                    kill("protocol", f"sent a forged {kind!r} control message")
-                    continue
-                elif result.ready:
-                    try:
-                        order.check(header)
-                    except ProtocolError as e:
-                        kill("protocol", f"sent a message the grader never asked for ({e})")
+        self.zygote, self.limits = zygote, limits
+        self.result = RunResult()
+        self.started = time.monotonic()
+        self.scratch_bytes = limits.scratch_mb * 2**20
+        self.group = cgroup.create((limits.memory_mb + STARTUP_HEADROOM_MB) * 2**20 + self.scratch_bytes,
+                                   limits.max_threads + 8) if limits.cgroup else None
+        if self.group is not None:  # the process joins it itself, before any student code runs (runner._child)
+            submission = dict(submission, config=dict(submission["config"], cgroups=self.group.procs_files))
+        self.submission = submission
+        self.result.cgroup = self.group is not None
+        self.frames: queue.Queue = queue.Queue()
+        self.tail: list[bytes] = []
+        self.pid: Optional[int] = None  # the process that runs the notebook (pid 1 of its namespace)
+        self.phase: Optional[tuple] = ("setup", None)
+        self.phase_start = self.started
+        self.interrupted_at: Optional[float] = None
+        self.rss_limit = (limits.memory_mb + STARTUP_HEADROOM_MB) * 2**20  # until the child reports its footprint
+        self.reader_done = False
+        self.status: Optional[int] = None
+        self.exited_at: Optional[float] = None
+        self.done = False
+        self.killed: Optional[tuple] = None
+        self.order = FrameOrder(submission.get("cells", []))
+
+    # ----------------------------------------------------------------------- start
+
+    def start(self) -> None:
+        stdin_r, stdin_w = os.pipe()
+        result_r, result_w = os.pipe()
+        out_r, out_w = os.pipe()
+        try:
+            self.leader = self.zygote.spawn([stdin_r, result_w, out_w])
+        finally:
+            for fd in (stdin_r, result_w, out_w):
+                os.close(fd)
+        self.threads = [threading.Thread(target=_send_request, args=(stdin_w, self.submission), daemon=True),
+                        threading.Thread(target=_read_results, daemon=True,
+                                         args=(result_r, self.limits.output_mb * 2**20, self.frames)),
+                        threading.Thread(target=_keep_tail, args=(out_r, self.tail), daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def kill(self, reason: str, detail: str) -> None:
+        if self.killed is None:
+            self.killed = (reason, detail)
+            self.result.last_phase = self.phase
+        _kill_group(self.leader, signal.SIGKILL)
+
+    # ----------------------------------------------------------------------- the loop
+
+    def watch(self) -> None:
+        """Until the process has ended: a frame (or 50 ms of silence), then the watchdogs."""
+        try:
+            while True:
+                try:
+                    item = self.frames.get(timeout=0.05)
+                except queue.Empty:
+                    item = "idle"
+                now = time.monotonic()
+                if item is None:
+                    self.reader_done = True
+                elif item != "idle":
+                    header, blob = item
+                    if not self._accept(header):
                         continue
-                if kind == "pid" and pid is None:
-                    pid = header.get("pid") if isinstance(header.get("pid"), int) and header["pid"] > 0 else None
-                elif kind == "ready":
-                    result.ready = True
-                    result.setup_s = float(header.get("setup_s", 0))
-                    rss_limit = int(header.get("rss", 0)) + limits.memory_mb * 2**20 + 256 * 2**20
-                    if group is not None:  # every page it allocates from now on, its scratch files included
-                        group.set_memory_limit(rss_limit + scratch_bytes)
-                    phase, phase_start, interrupted_at = ("between", None), now, None
-                elif kind == "cell":
-                    i = header.get("i")
-                    if header.get("phase") == "start":
-                        phase, phase_start, interrupted_at = ("cell", i), now, None
-                    else:
-                        result.cells[i] = {"error": header.get("error"), "seconds": float(header.get("seconds", 0.0))}
-                        phase, phase_start, interrupted_at = ("between", None), now, None
-                elif kind == "call":
-                    phase, phase_start, interrupted_at = ("call", header.get("k")), now, None
-                elif kind == "result":
-                    k = header.get("k")
-                    try:
-                        result.results[k] = (header, codec.tensors_from_bytes(blob))
-                    except codec.CodecError as e:
-                        result.results[k] = ({"t": "result", "k": k,
-                                              "error": {"kind": "unsendable", "type": str(e)[:100]}}, {})
-                    phase, phase_start, interrupted_at = ("between", None), now, None
-                elif kind == "violation":
-                    if len(result.violations) < 50:
-                        result.violations.append(str(header.get("what", ""))[:300])
-                elif kind == "done":
-                    result.cells_s = float(header.get("cells_s", 0))
-                    result.calls_s = float(header.get("calls_s", 0))
-                    done = True
-                    phase = None
-                elif kind == "fatal":
-                    kill("fatal", str(header.get("error", ""))[:500])
-                elif kind == "_output":
-                    kill("output", f"sent back more than {limits.output_mb} MB")
-                elif kind == "_protocol":
-                    kill("protocol", f"broke the result stream ({header.get('error')})")
-            if status is None:
-                status = zygote.exit_status(leader)
-                if status is not None:
-                    exited_at = now
-            if killed is None and status is None:
-                if now - start > limits.timeout_total:
-                    kill("timeout", f"the whole notebook ran longer than {limits.timeout_total:g} s")
-                elif phase is not None:
-                    limit = limits.setup_timeout if phase[0] == "setup" else limits.timeout_cell
-                    if now - phase_start > limit:
-                        if phase[0] == "setup":
-                            kill("timeout", f"start-up took longer than {limit:g} s")
-                        elif phase[0] == "between":  # the runner moves on at once; silence here is forged
-                            kill("timeout", f"sent nothing for {limit:g} s between cells")
-                        elif interrupted_at is None:
-                            (result.timed_out_cells if phase[0] == "cell" else result.timed_out_calls).append(
-                                phase[1])
-                            interrupted_at = now
-                            if pid is not None:
-                                try:  # like Jupyter's interrupt: the next cell still runs
-                                    os.kill(pid, signal.SIGINT)
-                                except ProcessLookupError:
-                                    pass
-                        elif now - interrupted_at > min(limits.grace, limit / 2):
-                            what = f"cell {phase[1]}" if phase[0] == "cell" else "a call of your function"
-                            kill("timeout", f"{what} ran longer than {limit:g} s and ignored the interrupt")
-                rss = _rss(pid)
-                result.peak_rss_mb = max(result.peak_rss_mb, rss / 2**20)
-                if rss > rss_limit:
-                    kill("memory", f"used more than the {limits.memory_mb} MB memory limit")
-                elif _threads(pid) > limits.max_threads:
-                    kill("threads", f"ran more than {limits.max_threads} threads at once")
-            if status is not None and (reader_done or now - exited_at > 5):
-                break  # (a leftover grandchild holding the pipe open cannot keep us here)
-            if not zygote.alive() and status is None:
-                kill("fatal", "the grader's zygote process died")
-                break
-    finally:
-        if status is None:
-            _kill_group(leader, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while status is None and time.monotonic() < deadline and zygote.alive():
-                status = zygote.exit_status(leader)
-                time.sleep(0.01)
-    for t in threads:
-        t.join(timeout=2)
-    if group is not None:
-        if killed is None and not done and group.oom_kills() > 0:
-            killed = ("memory", f"used more than the {limits.memory_mb} MB memory limit (the kernel's memory "
-                                "cgroup stopped it)")
-        group.remove()
-    result.wall_s = time.monotonic() - start
-    result.output_tail = b"".join(tail).decode("utf-8", errors="replace")[-4000:]
-    if status is not None:
-        result.exit_code = os.waitstatus_to_exitcode(status)
-    if killed is not None:
-        result.ended, result.detail = killed
-    elif not done:
-        result.last_phase = phase
-        code = result.exit_code
-        if code is not None and code < 0:
+                    self._handle(header, blob, now)
+                if self.status is None:
+                    self.status = self.zygote.exit_status(self.leader)
+                    if self.status is not None:
+                        self.exited_at = now
+                if self.killed is None and self.status is None:
+                    self._watch_time(now)
+                    self._watch_memory_and_threads()
+                if self.status is not None and (self.reader_done or now - self.exited_at > 5):
+                    break  # (a leftover grandchild holding the pipe open cannot keep us here)
+                if not self.zygote.alive() and self.status is None:
+                    self.kill("fatal", "the grader's zygote process died")
+                    break
+        finally:
+            if self.status is None:
+                _kill_group(self.leader, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while self.status is None and time.monotonic() < deadline and self.zygote.alive():
+                    self.status = self.zygote.exit_status(self.leader)
+                    time.sleep(0.01)
+
+    def _accept(self, header: dict) -> bool:
+        """False (and the process killed) for a frame the runner would never send at this point."""
+        kind = header.get("t")
+        if kind in ("_output", "_protocol"):
+            return True  # the reader's own notes, handled with the others
+        if self.result.ready and kind in ("pid", "ready", "fatal"):
+            # only the runner sends these, before any student code runs: a later one is forged
+            self.kill("protocol", f"sent a forged {kind!r} control message")
+            return False
+        if self.result.ready:
             try:
-                how = f"was killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-        else:
-            how = f"exited with status {code}"
-        where = f" during cell {phase[1]}" if phase and phase[0] == "cell" else (
-            " while a function of yours ran" if phase and phase[0] == "call" else "")
-        result.ended, result.detail = "crashed", f"the notebook's process {how}{where} before it finished"
-        if code == -signal.SIGXCPU:
-            result.ended, result.detail = "timeout", "ran out of CPU time"
-    return result
+                self.order.check(header)
+            except ProtocolError as e:
+                self.kill("protocol", f"sent a message the grader never asked for ({e})")
+                return False
+        return True
+
+    def _enter(self, phase: tuple, now: float) -> None:
+        self.phase, self.phase_start, self.interrupted_at = phase, now, None
+
+    def _handle(self, header: dict, blob: bytes, now: float) -> None:
+        result, kind = self.result, header.get("t")
+        if kind == "pid" and self.pid is None:
+            self.pid = header.get("pid") if isinstance(header.get("pid"), int) and header["pid"] > 0 else None
+        elif kind == "ready":
+            result.ready = True
+            result.setup_s = float(header.get("setup_s", 0))
+            self.rss_limit = int(header.get("rss", 0)) + self.limits.memory_mb * 2**20 + 256 * 2**20
+            if self.group is not None:  # every page it allocates from now on, its scratch files included
+                self.group.set_memory_limit(self.rss_limit + self.scratch_bytes)
+            self._enter(("between", None), now)
+        elif kind == "cell":
+            i = header.get("i")
+            if header.get("phase") == "start":
+                self._enter(("cell", i), now)
+            else:
+                result.cells[i] = {"error": header.get("error"), "seconds": float(header.get("seconds", 0.0))}
+                self._enter(("between", None), now)
+        elif kind == "call":
+            self._enter(("call", header.get("k")), now)
+        elif kind == "result":
+            k = header.get("k")
+            try:
+                result.results[k] = (header, codec.tensors_from_bytes(blob))
+            except codec.CodecError as e:
+                result.results[k] = ({"t": "result", "k": k, "error": {"kind": "unsendable", "type": str(e)[:100]}}, {})
+            self._enter(("between", None), now)
+        elif kind == "violation":
+            if len(result.violations) < 50:
+                result.violations.append(str(header.get("what", ""))[:300])
+        elif kind == "done":
+            result.cells_s = float(header.get("cells_s", 0))
+            result.calls_s = float(header.get("calls_s", 0))
+            self.done = True
+            self.phase = None
+        elif kind == "fatal":
+            self.kill("fatal", str(header.get("error", ""))[:500])
+        elif kind == "_output":
+            self.kill("output", f"sent back more than {self.limits.output_mb} MB")
+        elif kind == "_protocol":
+            self.kill("protocol", f"broke the result stream ({header.get('error')})")
+
+    # ----------------------------------------------------------------------- the watchdogs
+
+    def _watch_time(self, now: float) -> None:
+        """The total and per-phase clocks: a slow cell or call is interrupted first, killed after the grace."""
+        limits, phase = self.limits, self.phase
+        if now - self.started > limits.timeout_total:
+            self.kill("timeout", f"the whole notebook ran longer than {limits.timeout_total:g} s")
+            return
+        if phase is None:
+            return
+        limit = limits.setup_timeout if phase[0] == "setup" else limits.timeout_cell
+        if now - self.phase_start <= limit:
+            return
+        if phase[0] == "setup":
+            self.kill("timeout", f"start-up took longer than {limit:g} s")
+        elif phase[0] == "between":  # the runner moves on at once; silence here is forged
+            self.kill("timeout", f"sent nothing for {limit:g} s between cells")
+        elif self.interrupted_at is None:
+            (self.result.timed_out_cells if phase[0] == "cell" else self.result.timed_out_calls).append(phase[1])
+            self.interrupted_at = now
+            if self.pid is not None:
+                try:  # like Jupyter's interrupt: the next cell still runs
+                    os.kill(self.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass  # it has just ended: the loop sees its exit status next
+        elif now - self.interrupted_at > min(limits.grace, limit / 2):
+            what = f"cell {phase[1]}" if phase[0] == "cell" else "a call of your function"
+            self.kill("timeout", f"{what} ran longer than {limit:g} s and ignored the interrupt")
+
+    def _watch_memory_and_threads(self) -> None:
+        rss = _rss(self.pid)
+        self.result.peak_rss_mb = max(self.result.peak_rss_mb, rss / 2**20)
+        if rss > self.rss_limit:
+            self.kill("memory", f"used more than the {self.limits.memory_mb} MB memory limit")
+        elif _threads(self.pid) > self.limits.max_threads:
+            self.kill("threads", f"ran more than {self.limits.max_threads} threads at once")
+
+    # ----------------------------------------------------------------------- collect
+
+    def collect(self) -> RunResult:
+        """How the process ended (it has, or was killed), once the threads are done with its pipes."""
+        result, group = self.result, self.group
+        for t in self.threads:
+            t.join(timeout=2)
+        if group is not None:
+            if self.killed is None and not self.done and group.oom_kills() > 0:
+                self.killed = ("memory", f"used more than the {self.limits.memory_mb} MB memory limit (the "
+                                         "kernel's memory cgroup stopped it)")
+            group.remove()
+        result.wall_s = time.monotonic() - self.started
+        result.output_tail = b"".join(self.tail).decode("utf-8", errors="replace")[-4000:]
+        if self.status is not None:
+            result.exit_code = os.waitstatus_to_exitcode(self.status)
+        if self.killed is not None:
+            result.ended, result.detail = self.killed
+        elif not self.done:
+            result.last_phase = self.phase
+            result.ended, result.detail = _crash(result.exit_code, self.phase)
+        return result
+
+
+def _crash(code: Optional[int], phase: Optional[tuple]) -> tuple[str, str]:
+    """``ended`` and ``detail`` for a process that stopped before it finished, unasked."""
+    if code == -signal.SIGXCPU:
+        return "timeout", "ran out of CPU time"
+    if code is not None and code < 0:
+        try:
+            how = f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with status {code}"
+    where = f" during cell {phase[1]}" if phase and phase[0] == "cell" else (
+        " while a function of yours ran" if phase and phase[0] == "call" else "")
+    return "crashed", f"the notebook's process {how}{where} before it finished"
