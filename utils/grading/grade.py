@@ -219,7 +219,7 @@ def _parse_quietly(source: str) -> Optional[ast.Module]:
                 from IPython.core.inputtransformer2 import TransformerManager
 
                 return ast.parse(TransformerManager().transform_cell(source))
-            except Exception:
+            except Exception:  # a student's cell that IPython cannot read either, whatever it raises
                 return None
         except (ValueError, RecursionError, MemoryError):  # null bytes, absurd nesting
             return None
@@ -354,7 +354,9 @@ MAX_NOTES = 10
 
 def quoted(text: str) -> str:
     text = str(text)
-    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + f"... ({len(text) - QUOTED_CHARS} more characters)"
+    if len(text) <= QUOTED_CHARS:
+        return text
+    return text[:QUOTED_CHARS] + f"... ({len(text) - QUOTED_CHARS} more characters)"
 
 
 def _cap_notes(notes: list) -> list:
@@ -471,7 +473,8 @@ def score_cell(cell, plan: ChapterPlan, run_result: RunResult, limits: Limits) -
                     final = str(e)
             outcomes = session.outcomes
         if len(outcomes) != call.n_cases:
-            raise GraderError(f"{cell.grade_id}: {call.check} produced {len(outcomes)} outcomes, planned {call.n_cases}")
+            raise GraderError(f"{cell.grade_id}: {call.check} produced {len(outcomes)} outcomes, "
+                              f"planned {call.n_cases}")
         passed = sum(o.passed for o in outcomes)
         tally = hidden if call.hidden else visible
         tally[0] += passed

@@ -130,7 +130,8 @@ def _figures(summaries: list[ExerciseSummary], facts: dict) -> dict[str, str]:
     out["totals"] = _figure_png(fig)
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(summaries) + 1))
     names = [s.grade_id for s in summaries][::-1]
-    means = [(sum(s.scores) / len(s.scores) / s.max_points if s.scores and s.max_points else 0) for s in summaries][::-1]
+    means = [(sum(s.scores) / len(s.scores) / s.max_points if s.scores and s.max_points else 0)
+             for s in summaries][::-1]
     ax.barh(names, means, color="#5a9e6f")
     ax.set_xlim(0, 1)
     ax.set_xlabel("mean score (fraction of the cell's points)")

@@ -38,7 +38,8 @@ def _in_package(filename: str) -> bool:
 def _course_code(filename: str) -> bool:
     """Code of the course package that may call a reference: not the grader's own runner, which
     calls the student's function (when that function IS the reference, the runner is its caller)."""
-    return _in_package(filename) and not os.path.realpath(filename).startswith(os.path.join(PACKAGE_DIR, "grading") + os.sep)
+    grading = os.path.join(PACKAGE_DIR, "grading") + os.sep
+    return _in_package(filename) and not os.path.realpath(filename).startswith(grading)
 
 
 def references(checks_module: str) -> dict[str, list]:
@@ -52,7 +53,8 @@ def references(checks_module: str) -> dict[str, list]:
         if isinstance(value, Exercise) and isinstance(value.reference, types.FunctionType):
             found.setdefault(value.name, []).append(value.reference)
     for mod_name, mod in list(sys.modules.items()):
-        if not (mod_name == "utils" or mod_name.startswith("utils.")) or mod_name.startswith(("utils.grading", "utils.checks")):
+        in_course = mod_name == "utils" or mod_name.startswith("utils.")
+        if not in_course or mod_name.startswith(("utils.grading", "utils.checks")):
             continue
         for name in found:
             fn = getattr(mod, name, None) if isinstance(mod, types.ModuleType) else None
