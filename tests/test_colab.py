@@ -17,7 +17,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from venv_kernel import canonical_pin, execute, installed_versions, run, stdout
+from venv_kernel import canonical_pin, execute, fake_colab_cell, installed_versions, run, stdout
 
 from utils.paths import REPO
 
@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slow  # scripts/test.sh --quick leaves these out
 
 FREEZE = REPO / "tests" / "data" / "colab" / "pip-freeze.gpu.txt"
 CUDA_BUILDS = re.compile(r"^(torch|torchvision|torchaudio|torchcodec|torchao|triton|nvidia-.*|cupy-.*|jax-cuda.*)$")
+# Build tooling: the stand-in torch 2.13 needs a newer setuptools than Colab's (its torch 2.11 does not).
+TOOLING = {"pip", "setuptools", "wheel"}
 # Colab's kernel side, which our own install does not name but the notebooks run on.
 KERNEL_SIDE = ("ipykernel", "ipython", "ipywidgets", "widgetsnbextension", "jupyterlab-widgets")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -69,19 +71,13 @@ def colab_venv(tmp_path_factory):
     python = root / "venv" / "bin" / "python"
     pins = colab_pins()
     touched = (dependency_closure(["demystify", *KERNEL_SIDE]) & set(pins)) - {"demystify"}
-    stand_in = sorted(name for name in touched if not CUDA_BUILDS.match(name))
+    stand_in = sorted(name for name in touched - TOOLING if not CUDA_BUILDS.match(name))
     constraints = root / "colab-constraints.txt"
-    constraints.write_text("".join(f"{n}=={v}\n" for n, v in pins.items() if not CUDA_BUILDS.match(n)))
+    constraints.write_text("torch==2.13.0\n" + "".join(f"{n}=={v}\n" for n, v in pins.items()
+                                                       if not CUDA_BUILDS.match(n) and n not in TOOLING))
     run(python, "-m", "pip", "install", "-q", "torch==2.13.0", timeout=900)
     run(python, "-m", "pip", "install", "-q", "-c", constraints, *(f"{n}=={pins[n]}" for n in stand_in), timeout=1800)
     return root, python, stand_in
-
-
-def fake_colab(clone: Path, course: Path) -> str:
-    return ("import os, sys, types\n"
-            "sys.modules['google.colab'] = types.ModuleType('google.colab')  # what Colab has loaded\n"
-            f"os.environ['DEMYSTIFY_REPO_URL'] = {('file://localhost' + str(clone))!r}\n"
-            f"os.environ['DEMYSTIFY_COURSE'] = {str(course)!r}  # /content/demystify on Colab")
 
 
 def widget_views(nb) -> list[str]:
@@ -97,7 +93,7 @@ def test_setup_cell_keeps_colabs_packages_and_chapters_00_02_04_run(colab_venv, 
     clone = tmp_path / "clone"
     run("git", "clone", "-q", REPO, clone)
     course = tmp_path / "content" / "demystify"
-    cell = fake_colab(clone, course)
+    cell = fake_colab_cell(clone, course)
 
     started = time.time()
     nb00 = execute(REPO / "solutions" / "00_orientation" / "00_orientation.ipynb", python, root, [cell])

@@ -18,7 +18,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from venv_kernel import execute, run, stdout
+from venv_kernel import execute, fake_colab_cell, run, stdout
 
 from utils.paths import REPO
 
@@ -93,12 +93,7 @@ def test_colab_setup_cell_installs_from_the_repo_url_and_keeps_torch(fresh_venv,
     clone = tmp_path / "clone"
     run("git", "clone", "-q", REPO, clone)
     run(python, "-m", "pip", "uninstall", "-y", "-q", "demystify", cwd=tmp_path)
-    fake_colab = ("import os, sys, types\n"
-                  "sys.modules['google.colab'] = types.ModuleType('google.colab')  # what Colab has loaded\n"
-                  "sys.modules['google.colab'].output = types.SimpleNamespace(\n"
-                  "    enable_custom_widget_manager=lambda: print('custom widget manager enabled'))\n"
-                  f"os.environ['DEMYSTIFY_REPO_URL'] = {('file://localhost' + str(clone))!r}\n"
-                  f"os.environ['DEMYSTIFY_COURSE'] = {str(tmp_path / 'content' / 'demystify')!r}  # /content on Colab")
+    fake_colab = fake_colab_cell(clone, tmp_path / "content" / "demystify")
     nb = execute(CHAPTER_00, python, root, [fake_colab], [LOAD_EVERYTHING])
     report = _assert_ran_from_the_install(nb, root / "venv")
     assert (tmp_path / "content" / "demystify" / "chapters").is_dir()

@@ -65,3 +65,18 @@ def execute(notebook: Path, python: Path, root: Path, cells_before: list[str] = 
 
 def stdout(cell) -> str:
     return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.output_type == "stream")
+
+
+def fake_colab_cell(clone: Path, course: Path) -> str:
+    """A first cell that makes the kernel look like Colab's to the setup cell: ``google.colab``
+    imported (with a module spec, as a real import leaves it: libraries probe it with find_spec),
+    its ``output.enable_custom_widget_manager`` recording the call, the repository URL pointing
+    at a local clone and the course folder standing in for /content/demystify."""
+    return ("import importlib.machinery, os, sys, types\n"
+            "colab = types.ModuleType('google.colab')\n"
+            "colab.__spec__ = importlib.machinery.ModuleSpec('google.colab', None)\n"
+            "colab.output = types.SimpleNamespace(\n"
+            "    enable_custom_widget_manager=lambda: print('custom widget manager enabled'))\n"
+            "sys.modules['google.colab'] = colab\n"
+            f"os.environ['DEMYSTIFY_REPO_URL'] = {('file://localhost' + str(clone))!r}\n"
+            f"os.environ['DEMYSTIFY_COURSE'] = {str(course)!r}")
