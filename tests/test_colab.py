@@ -109,7 +109,7 @@ def test_setup_cell_keeps_colabs_packages_and_chapters_00_02_04_run(colab_venv, 
     assert any("PASS" in stdout(c) for c in nb00.cells), "chapter 00's checks printed no PASS"
 
     import_path = run(python, "-c", "import utils, ipywidgets; print(utils.__file__); "
-                      "print(ipywidgets._version.__jupyter_widgets_controls_version__)").stdout.split()
+                      "print(ipywidgets._version.__jupyter_widgets_controls_version__)", cwd=root).stdout.split()
     assert Path(import_path[0]).is_relative_to(root / "venv"), "utils was not imported from the install"
     controls_version = import_path[1]
     for slug in ("02_qk_ov_circuits", "04_superposition"):
