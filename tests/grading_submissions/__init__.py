@@ -166,7 +166,8 @@ def overwrite_all():
     for path in glob.glob({victim_root!r} + "/*/00_orientation/00_orientation.ipynb"):
         open(path, "w").write(stub)
 attempt("overwrite all", overwrite_all)
-attempt("python write", lambda: open({victim_root!r} + "/honest_correct/00_orientation/00_orientation.ipynb", "w").write(stub))
+victim_notebook = {victim_root!r} + "/honest_correct/00_orientation/00_orientation.ipynb"
+attempt("python write", lambda: open(victim_notebook, "w").write(stub))
 attempt("append gradebook", lambda: open({gradebook!r}, "a").write("honest_correct,graded,0\\n"))
 attempt("feedback", lambda: open({feedback!r} + "/honest_correct.md", "w").write("0 points"))
 attempt("mkdir", lambda: os.makedirs({victim_root!r} + "/intruder"))
