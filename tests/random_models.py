@@ -5,14 +5,15 @@ import torch
 from utils.models import HookedTinyTransformer, ModelConfig
 
 
-def randomized(cfg: ModelConfig, seed: int = 0) -> HookedTinyTransformer:
-    """A model of ``cfg`` whose parameters are all N(0, 0.5^2), seeded through torch's global RNG."""
+def randomized(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float32) -> HookedTinyTransformer:
+    """A model of ``cfg`` whose parameters are all N(0, 0.5^2), seeded through torch's global RNG, drawn in
+    float32 and then cast to ``dtype``."""
     torch.manual_seed(seed)
     model = HookedTinyTransformer(cfg)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
-    return model.eval()
+    return model.to(dtype).eval()
 
 
 def randomize_sae_(sae, seed: int = 0):

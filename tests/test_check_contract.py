@@ -5,8 +5,8 @@ fails with its own explanation; each differs from the reference on the first cas
 are told apart; a check's inputs are deterministic; stubs, crashes and non-functions fail clearly;
 every wrong multiple-choice option is explained; and progress is recorded.
 
-The data comes from the chapter's ``tests/test_chNN_*checks.py`` files (chapter 03 has three), in one
-style; each of them keeps only its chapter-specific tests beside it:
+The data comes from the chapter's ``tests/test_chNN_*checks.py`` files (``Chapter.check_tests``; chapter 03
+has three), in one style; each of them keeps only its chapter-specific tests beside it:
 
 ``CORRECT``
     {exercise name: [correct implementations]}; every function exercise of the chapter is in exactly
@@ -21,7 +21,6 @@ style; each of them keeps only its chapter-specific tests beside it:
     exercises whose variants may coincide on a later default case (the first case names them all).
 """
 import importlib
-from pathlib import Path
 
 import check_harness as harness
 import pytest
@@ -31,9 +30,7 @@ from utils import course, progress
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CHECKS = {ch.number: importlib.import_module(ch.checks) for ch in course.CHAPTERS}
-DATA = {ch.number: [importlib.import_module(path.stem)
-                    for path in sorted(Path(__file__).parent.glob(f"test_ch{ch.number}_*checks.py"))]
-        for ch in course.CHAPTERS}
+DATA = {ch.number: [importlib.import_module(path.stem) for path in ch.check_tests] for ch in course.CHAPTERS}
 DATA_OF = {(number, name): data for number, modules in DATA.items() for data in modules for name in data.CORRECT}
 EXERCISES = sorted(DATA_OF)  # (chapter, exercise name) of every function exercise
 QUESTIONS = [(number, name) for number in CHECKS for name in harness.bank(number)]

@@ -14,8 +14,8 @@ def test_every_chapter_has_all_its_parts(ch):
     assert ch.slug.startswith(ch.number + "_")
     assert ch.solution.is_file(), f"no solution notebook {ch.solution}"
     assert ch.notebook.is_file(), f"no student notebook {ch.notebook}"
-    check_tests = REPO / "tests" / f"test_ch{ch.number}_checks.py"  # its data for tests/test_check_contract.py
-    assert check_tests.is_file(), f"no tests of the checks {check_tests}"
+    main = REPO / "tests" / f"test_ch{ch.number}_checks.py"  # its data for tests/test_check_contract.py
+    assert ch.check_tests and ch.check_tests[0] == main, f"no tests of the checks {main}"
     package = importlib.import_module(ch.package)
     assert package.__doc__, f"{ch.package} has no docstring saying what it holds"
     checks = importlib.import_module(ch.checks)

@@ -49,8 +49,12 @@ class Chapter:
         return REPO / "chapters" / self.slug / f"{self.slug}.ipynb"
 
     @property
-    def check_tests(self) -> Path:
-        return REPO / "tests" / f"test_checks_ch{self.number}.py"
+    def check_tests(self) -> tuple[Path, ...]:
+        """The tests of this chapter's checks: tests/test_chNN_checks.py first, then any
+        tests/test_chNN_<part>_checks.py (chapter 03 has three); tests/test_check_contract.py reads its
+        data from them. Empty outside a repository checkout (an installed wheel has no tests/)."""
+        return tuple(sorted((REPO / "tests").glob(f"test_ch{self.number}_*checks.py"),
+                            key=lambda path: (path.name != f"test_ch{self.number}_checks.py", path.name)))
 
     @property
     def colab_url(self) -> str:

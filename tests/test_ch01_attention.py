@@ -10,6 +10,7 @@ import math
 import matplotlib
 import pytest
 import torch
+from random_models import randomized
 
 from utils import attention as at
 from utils.models import HookedTinyTransformer, ModelConfig
@@ -19,16 +20,6 @@ matplotlib.use("Agg")
 SHORT = ModelConfig(n_layers=1, d_model=16, n_heads=3, d_head=4, d_vocab=23, n_ctx=9)
 STANDARD = ModelConfig(n_layers=1, d_model=16, n_heads=3, d_head=4, d_vocab=23, n_ctx=9,
                        positional_embedding_type="standard")
-
-
-def randomized(cfg: ModelConfig, seed: int = 0, dtype=torch.float32) -> HookedTinyTransformer:
-    """Every parameter random, biases included, so no term of an expansion hides behind a zero."""
-    torch.manual_seed(seed)
-    model = HookedTinyTransformer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
-    return model.to(dtype).eval()
 
 
 def tokens_for(cfg, batch=2, seed=1):
