@@ -16,7 +16,7 @@ from utils.sae import (
     SAEConfig,
     SparseAutoencoder,
     StepFunction,
-    ce_loss_recovered,
+    ce_loss_recovered_from,
     ce_losses,
     dead_fraction,
     dense_fraction,
@@ -387,14 +387,14 @@ def test_ce_loss_recovered_is_one_for_identity_and_zero_for_zero_reconstruction(
     assert ce["ce_sae"] == pytest.approx(ce["ce_clean"], abs=1e-5)
     assert ce["ce_clean"] == pytest.approx(model(tokens, return_type="loss").item(), abs=1e-6)
     assert ce["ce_zero_ablation"] > ce["ce_clean"] + 0.3
-    assert ce_loss_recovered(ce) == pytest.approx(1.0, abs=1e-4)
+    assert ce_loss_recovered_from(ce) == pytest.approx(1.0, abs=1e-4)
 
     zero = identity_sae()
     with torch.no_grad():
         zero.W_dec.zero_()
     ce0 = ce_losses(zero, model, tokens, HOOK)
     assert ce0["ce_sae"] == pytest.approx(ce0["ce_zero_ablation"], abs=1e-6)
-    assert ce_loss_recovered(ce0) == pytest.approx(0.0, abs=1e-5)
+    assert ce_loss_recovered_from(ce0) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_evaluate_sae_matches_direct_computation(model):

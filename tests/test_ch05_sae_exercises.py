@@ -7,7 +7,7 @@ import torch
 from utils.sae import (
     SAEConfig,
     SparseAutoencoder,
-    ce_loss_recovered,
+    ce_loss_recovered_from,
     dead_fraction,
     dense_fraction,
     per_input_loss,
@@ -74,7 +74,7 @@ def test_decoder_constraint_matches_the_module():
 
 def test_metrics_match_the_module():
     ce = {"ce_clean": 3.1, "ce_sae": 3.4, "ce_zero_ablation": 5.0}
-    assert ref.ce_loss_recovered(**ce) == pytest.approx(ce_loss_recovered(ce))
+    assert ref.ce_loss_recovered(**ce) == pytest.approx(ce_loss_recovered_from(ce))
     assert ref.ce_loss_recovered(3.0, 3.0, 4.0) == 1.0 and ref.ce_loss_recovered(3.0, 4.0, 4.0) == 0.0
     density = torch.tensor([0.0, 0.0, 1e-7, 0.05, 0.1, 0.2, 0.5, 0.01])
     dead, dense = ref.dead_dense_fractions(density, 0.1)

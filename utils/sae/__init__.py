@@ -36,12 +36,6 @@ from utils.sae.resampling import per_input_loss, resample_dead_features_
 from utils.sae.saving import SAE_DIR, load_sae, save_sae
 from utils.sae.training import lr_at, make_store, pick_device, sparsity_coeff_at, train_sae
 
-# TRANSITIONAL: the old name of ce_loss_recovered_from (a dict), which clashed with chapter 05's
-# exercise ce_loss_recovered(ce_clean, ce_sae, ce_zero_ablation) in utils.sae.exercises. Kept only
-# because tests/test_ch05_sae.py and tests/test_ch05_sae_exercises.py still import it; delete it when
-# they import ce_loss_recovered_from instead. Not in __all__.
-ce_loss_recovered = ce_loss_recovered_from
-
 __all__ = [
     "SAEConfig", "PRESETS", "preset",
     "SparseAutoencoder", "geometric_median", "topk_relu", "JumpReLUFunction", "StepFunction",
