@@ -400,12 +400,12 @@ def test_real_cases_work_with_a_two_layer_model(monkeypatch, capsys):
 
     family = ModelConfig(n_layers=2, d_model=128, n_heads=8, d_head=32, d_vocab=4096, n_ctx=128, seed=11)
     stand_in = HookedTinyTransformer(family).eval()
-    cached = (ch03_induction._repeated_run, ch03_composition._real_score_inputs)
+    cached = (ch03_induction.repeated_run, ch03_composition.real_score_inputs)
     for fn in cached:
         fn.cache_clear()
     monkeypatch.setattr(ch03_induction, "attn_only_2l", lambda: stand_in)
     try:
-        run = ch03_induction._repeated_run()
+        run = ch03_induction.repeated_run()
         assert run["z"].shape == (2, 1 + 2 * check.REAL_SEQ_LEN, 8, 32)
         for name in ("per_token_loss", "induction_scores", "previous_token_scores", "induction_loss_drop",
                      "ablate_heads", "composition_score", "composition_scores"):

@@ -308,7 +308,7 @@ def model():
 
 
 def test_real_run_inputs(model):
-    run = check._real_run()
+    run = check.real_run()
     assert not any(block.attn.use_attn_result for block in model.blocks)  # switched back off
     assert list(run["clean_cache"]) == list(run["corrupted_cache"]) == check.cache_keys(2)
     assert set(check.cache_keys(2)) == {f"blocks.{l}.attn.{h}" for l in (0, 1) for h in check._ATTN_HOOKS} \
@@ -394,7 +394,7 @@ def test_inputs_are_copied_all_the_way_down():
 def test_writing_into_the_caches_cannot_corrupt_later_calls(capsys):
     """A correct function that then zeroes every tensor of both caches passes, twice, and the next
     call (here: the same real case again) still gets the real activations."""
-    run = check._real_run()
+    run = check.real_run()
     before = {k: v.clone() for k, v in run["clean_cache"].items()}
     seen = []
 

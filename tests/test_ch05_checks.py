@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from utils.checks import CheckFailure
 from utils.checks import ch05 as check
+from utils.checks.ch05_recovery import real_recovery_inputs
 from utils.sae import exercises as ref
 from utils.sae import fraction_variance_explained, geometric_median, l0, topk_relu
 
@@ -285,7 +286,7 @@ def test_resampling_answer_shape_is_explained():
 def test_recovery_real_case_is_the_chapters_toy_run():
     """The check's real case: chapter 04's toy model and the SAE trained on its hidden layer, in which
     every true feature is found (so a correct answer there is all cosines near 1)."""
-    inputs = check._real_recovery_inputs()
+    inputs = real_recovery_inputs()
     assert inputs["true_directions"].shape == (10, 40) and inputs["W_dec"].shape == (80, 10)
     assert inputs["W_enc"].shape == (10, 80)
     assert ref.feature_recovery(**inputs).min() > 0.9

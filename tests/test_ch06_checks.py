@@ -7,6 +7,8 @@ import torch
 
 from utils.checks import CheckFailure
 from utils.checks import ch06 as check
+from utils.checks.ch06_effects import edit_inputs
+from utils.checks.ch06_hunt import attribution_inputs, rubric_inputs
 from utils.checks.core import seed_for
 from utils.features import exercises as ref
 
@@ -171,7 +173,7 @@ def test_rubric_cases_hold_a_rating_at_the_threshold_and_a_tie():
     """Every case can tell > from >= and averaged from arbitrary tie ranks, and needs a look-up:
     the table is in its own order and longer than the ratings."""
     for case in (*check.RUBRIC.default_cases, 101, 102):
-        inputs = check._rubric_inputs(seed_for("rubric_agreement", case))
+        inputs = rubric_inputs(seed_for("rubric_agreement", case))
         ratings = inputs["ratings"]
         assert (ratings == inputs["threshold"]).any() and len(ratings.unique()) < len(ratings)
         assert len(inputs["auto_features"]) > len(ratings)
@@ -181,7 +183,7 @@ def test_rubric_cases_hold_a_rating_at_the_threshold_and_a_tie():
 def test_attribution_cases_catch_the_transposed_decoder_by_shape_too():
     """The first case is square (d_sae = d_mlp) so a decoder column runs and is named; the others are
     rectangular, where it fails on shape."""
-    shapes = [tuple(check._attribution_inputs(seed_for("feature_logit_attribution", c))["W_dec"].shape)
+    shapes = [tuple(attribution_inputs(seed_for("feature_logit_attribution", c))["W_dec"].shape)
               for c in check.ATTRIBUTION.default_cases]
     assert shapes[0][0] == shapes[0][1] and all(a != b for a, b in shapes[1:])
 
@@ -189,7 +191,7 @@ def test_attribution_cases_catch_the_transposed_decoder_by_shape_too():
 def test_edit_inputs_switch_the_feature_on_and_off():
     """Ablation cases must have rows where the feature is off and rows where it is on."""
     for case in check.ABLATE.default_cases:
-        inputs = check._edit_inputs(seed_for("ablate_feature", case))
+        inputs = edit_inputs(seed_for("ablate_feature", case))
         f = ref.feature_activation(inputs["x"], inputs["W_enc"], inputs["b_enc"], inputs["b_dec"], inputs["feature"])
         assert (f == 0).any() and (f > 0).any()
 

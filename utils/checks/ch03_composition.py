@@ -44,7 +44,7 @@ def _score_inputs(seed: int) -> dict:
 
 
 @lru_cache(maxsize=1)
-def _real_score_inputs() -> dict:
+def real_score_inputs() -> dict:
     w = ref.attn_weights(_induction.attn_only_2l())
     ov0 = w["W_V"][0] @ w["W_O"][0]  # [head, d_model, d_model]
     qk1_t = w["W_K"][1] @ w["W_Q"][1].transpose(-1, -2)  # (W_Q W_K^T)^T: K-composition
@@ -61,7 +61,7 @@ COMPOSITION_SCORE = Exercise(
     reference=ref.composition_score,
     make_inputs=_score_inputs,
     rtol=1e-4, atol=1e-5,
-    extra_inputs=(lambda: dict(_real_score_inputs()),),
+    extra_inputs=(lambda: dict(real_score_inputs()),),
     misconceptions=(
         misconception("product in the wrong order", "Your product is in the wrong order: W_B W_A. The earlier head "
            "WRITES with W_A and the later head READS with W_B, and in our row-vector code data flows left to right: "

@@ -34,7 +34,7 @@ def attn_only_2l():
 
 
 @lru_cache(maxsize=1)
-def _repeated_run() -> dict:
+def repeated_run() -> dict:
     model = attn_only_2l()
     tokens = ref.repeated_random_tokens(model, REAL_SEQ_LEN, batch=2, seed=0)
     keep = lambda n: n.endswith("hook_pattern") or n.endswith("hook_z")  # noqa: E731
@@ -65,7 +65,7 @@ PER_TOKEN_LOSS = Exercise(
     reference=ref.per_token_loss,
     make_inputs=_loss_inputs,
     rtol=1e-4, atol=1e-5,
-    extra_inputs=(lambda: dict(logits=_repeated_run()["logits"], tokens=_repeated_run()["tokens"]),),
+    extra_inputs=(lambda: dict(logits=repeated_run()["logits"], tokens=repeated_run()["tokens"]),),
     misconceptions=(
         misconception("softmax twice", "You normalised twice: the probabilities (softmax) went into a function that "
            "normalises again (F.cross_entropy or log_softmax expect raw LOGITS). The result is squashed towards "
@@ -134,7 +134,7 @@ INDUCTION_SCORES = Exercise(
     reference=ref.induction_scores,
     make_inputs=_induction_inputs,
     rtol=1e-4, atol=1e-5,
-    extra_inputs=(lambda: dict(pattern=_repeated_run()["last_pattern"], seq_len=REAL_SEQ_LEN),),
+    extra_inputs=(lambda: dict(pattern=repeated_run()["last_pattern"], seq_len=REAL_SEQ_LEN),),
     misconceptions=(
         misconception("offset seq_len (duplicate-token stripe)", "You measured attention from each second-half token "
            "to the PREVIOUS OCCURRENCE OF ITSELF, key q - seq_len: that is a duplicate-token head. An induction head "
@@ -188,7 +188,7 @@ PREVIOUS_TOKEN_SCORES = Exercise(
     reference=ref.previous_token_scores,
     make_inputs=_previous_inputs,
     rtol=1e-4, atol=1e-5,
-    extra_inputs=(lambda: dict(pattern=_repeated_run()["first_pattern"]),),
+    extra_inputs=(lambda: dict(pattern=repeated_run()["first_pattern"]),),
     misconceptions=(
         misconception("main diagonal", "You read the MAIN diagonal A[q, q], attention to the current token. The "
            "previous token is key q - 1: pattern.diagonal(offset=-1, dim1=-2, dim2=-1).",
@@ -231,7 +231,7 @@ def _drop_inputs(seed: int) -> dict:
 
 
 def _real_drop_inputs() -> dict:
-    run = _repeated_run()
+    run = repeated_run()
     return dict(losses=ref.per_token_loss(run["logits"], run["tokens"]), seq_len=REAL_SEQ_LEN)
 
 
@@ -283,7 +283,7 @@ def _ablate_inputs(seed: int) -> dict:
 
 
 def _real_ablate_inputs() -> dict:
-    return dict(z=_repeated_run()["z"], heads=[1, 2], mean=True)
+    return dict(z=repeated_run()["z"], heads=[1, 2], mean=True)
 
 
 def _ablate_variant(*, axis=2, complement=False, ignore_mean=False, mean_dims=(0, 1)):

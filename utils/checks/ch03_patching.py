@@ -26,7 +26,7 @@ A mismatch is explained by the first catalogued mistake whose output the student
 reproduces. Every variant differs from the reference on the first default case.
 
 Why one module of ~580 lines: it is the catalogue of over 30 named mistakes for five exercises
-that share one experiment (the clean and corrupted runs, their caches, ``_real_run``); split further,
+that share one experiment (the clean and corrupted runs, their caches, ``real_run``); split further,
 each part would import the others' private case builders.
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _repeated_tokens(g: torch.Generator, batch: int, n: int, vocab: int) -> torc
 
 
 @lru_cache(maxsize=1)
-def _real_run() -> dict:
+def real_run() -> dict:
     """attn-only-2l on clean and corrupted repeated random tokens, with use_attn_result on.
     The caches are plain dicts of cache_keys(); the rest is for the DLA case and the tests."""
     model = attn_only_2l()
@@ -154,7 +154,7 @@ def _logit_diff_inputs(seed: int) -> dict:
 
 
 def _real_logit_diff_inputs() -> dict:
-    run = _real_run()
+    run = real_run()
     return dict(logits=run["clean_logits"], clean_tokens=run["clean_tokens"],
                 corrupted_tokens=run["corrupted_tokens"], seq_len=REAL_SEQ_LEN)
 
@@ -269,7 +269,7 @@ def _metric_inputs(seed: int) -> dict:
 def _real_metric_inputs() -> dict:
     """The clean and corrupted logit differences, and the corrupted run's with the layer-1 head that
     restores the most patched from the clean run."""
-    run, model = _real_run(), attn_only_2l()
+    run, model = real_run(), attn_only_2l()
     tokens = dict(clean_tokens=run["clean_tokens"], corrupted_tokens=run["corrupted_tokens"], seq_len=REAL_SEQ_LEN)
     metric = lambda logits: ref.induction_logit_diff(logits, **tokens)  # noqa: E731
     clean, corrupted = metric(run["clean_logits"]), metric(run["corrupted_logits"])
@@ -339,7 +339,7 @@ def _head_inputs(seed: int) -> dict:
 
 
 def _real_head_inputs() -> dict:
-    return dict(_caches(_real_run()), layer=REAL_LAYER)
+    return dict(_caches(real_run()), layer=REAL_LAYER)
 
 
 def _head_variant(*, hook="hook_z", layer_of=lambda layer: layer, reverse=False, axis=2, mode="one"):
@@ -434,7 +434,7 @@ def _resid_inputs(seed: int) -> dict:
 
 
 def _real_resid_inputs() -> dict:
-    return dict(_caches(_real_run()), hook_name=REAL_HOOK)
+    return dict(_caches(real_run()), hook_name=REAL_HOOK)
 
 
 def _resid_variant(*, hook=None, reverse=False, axis=1, mode="one"):
@@ -519,7 +519,7 @@ def _dla_inputs(seed: int) -> dict:
 
 
 def _real_dla_inputs() -> dict:
-    run = _real_run()
+    run = real_run()
     return dict(results=run["results"], final_scale=run["final_scale"], W_U=run["W_U"], tokens=run["clean_tokens"],
                 seq_len=REAL_SEQ_LEN)
 

@@ -28,7 +28,6 @@ The conceptual questions live here (their options and keys are in the solutions'
 """
 from __future__ import annotations
 
-from utils.checks import ch05_recovery as _recovery
 from utils.checks.ch05_metrics import (  # noqa: F401
     CE_RECOVERED,
     DEAD_DENSE,
@@ -67,9 +66,6 @@ EXERCISES = ["feature_recovery", "sae_forward", "sae_loss", "normalize_decoder",
              "geometric_median", "l0", "fraction_variance_explained", "ce_loss_recovered", "dead_dense_fractions",
              "resample_dead_features", "topk_activation",
              "l0_question", "shrinkage_question", "resampling_question"]
-
-# tests/test_ch05_checks.py reads the real-model case of feature_recovery here.
-_real_recovery_inputs = _recovery._real_recovery_inputs
 
 
 # =========================================================================== multiple choice

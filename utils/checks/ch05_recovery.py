@@ -49,7 +49,7 @@ def _recovery_inputs(seed: int) -> dict:
     return {"true_directions": true, "W_enc": W_enc[perm].T.contiguous(), "W_dec": W_dec[:, perm].T.contiguous()}
 
 
-def _real_recovery_inputs() -> dict:
+def real_recovery_inputs() -> dict:
     """The chapter's toy model of superposition and the SAE it trains on its hidden layer."""
     from utils.sae.toy import bridge_run
 
@@ -68,7 +68,7 @@ FEATURE_RECOVERY = Exercise(
     name="feature_recovery",
     reference=lambda true_directions, W_enc, W_dec: ref.feature_recovery(true_directions, W_enc, W_dec),
     make_inputs=_recovery_inputs,
-    extra_inputs=(_real_recovery_inputs,),
+    extra_inputs=(real_recovery_inputs,),
     misconceptions=(
         Misconception(
             "dot products, not cosines",

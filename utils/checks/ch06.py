@@ -26,8 +26,6 @@ The conceptual questions live here (their options and keys are in the solutions'
 """
 from __future__ import annotations
 
-from utils.checks import ch06_effects as _effects
-from utils.checks import ch06_hunt as _hunt
 from utils.checks.ch06_correlation import MATCH, NAN_EXPLANATION, PEARSON, match_features, pearson_correlation  # noqa: F401
 from utils.checks.ch06_dashboard import (  # noqa: F401
     LOGIT_WEIGHTS,
@@ -45,11 +43,6 @@ CHAPTER = "06"
 EXERCISES = ["top_activating", "logit_weights", "pearson_correlation", "specificity_sensitivity",
              "ablate_feature", "steer_feature", "match_features", "rubric_agreement",
              "feature_logit_attribution", "neuron_question", "specificity_question", "universality_question"]
-
-# tests/test_ch06_checks.py draws these random cases here.
-_edit_inputs = _effects._edit_inputs
-_rubric_inputs = _hunt._rubric_inputs
-_attribution_inputs = _hunt._attribution_inputs
 
 
 # =========================================================================== multiple choice

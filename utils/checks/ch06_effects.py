@@ -18,7 +18,7 @@ CHAPTER = "06"
 # =========================================================================== 5-6. ablation and steering
 
 
-def _edit_inputs(seed: int) -> dict:
+def edit_inputs(seed: int) -> dict:
     g = rng(seed)
     batch, d_in, d_sae = randint(g, 9, 12), randint(g, 4, 7), randint(g, 14, 18)
     b_dec = torch.randn(d_in, generator=g)
@@ -45,7 +45,7 @@ ABLATE = Exercise(
     chapter=CHAPTER,
     name="ablate_feature",
     reference=ref.ablate_feature,
-    make_inputs=_edit_inputs,
+    make_inputs=edit_inputs,
     misconceptions=(
         Misconception(
             "whole reconstruction subtracted",
@@ -90,7 +90,7 @@ def ablate_feature(fn, cases: Cases = None) -> None:
 
 
 def _steer_inputs(seed: int) -> dict:
-    inputs = _edit_inputs(seed)
+    inputs = edit_inputs(seed)
     inputs["value"] = 2.0 + 6.0 * float(torch.rand((), generator=rng(seed + 1)))
     return inputs
 

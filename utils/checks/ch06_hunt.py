@@ -19,7 +19,7 @@ CHAPTER = "06"
 # =========================================================================== 8. human ratings vs an automatic score
 
 
-def _rubric_inputs(seed: int) -> dict:
+def rubric_inputs(seed: int) -> dict:
     g = rng(seed)
     n, m = randint(g, 6, 9), 0
     m = n + randint(g, 2, 4)  # the automatic table holds more features than were rated
@@ -63,7 +63,7 @@ RUBRIC = Exercise(
     chapter=CHAPTER,
     name="rubric_agreement",
     reference=ref.rubric_agreement,
-    make_inputs=_rubric_inputs,
+    make_inputs=rubric_inputs,
     rtol=1e-4, atol=1e-6,
     misconceptions=(
         Misconception(
@@ -107,7 +107,7 @@ def rubric_agreement(fn, cases: Cases = None) -> None:
 # =========================================================================== 9. direct logit attribution to features
 
 
-def _attribution_inputs(seed: int) -> dict:
+def attribution_inputs(seed: int) -> dict:
     g = rng(seed)
     if square_case("feature_logit_attribution", seed):  # d_sae = d_mlp: a decoder column still runs
         d_mlp = d_sae = randint(g, 8, 10)
@@ -145,7 +145,7 @@ ATTRIBUTION = Exercise(
     chapter=CHAPTER,
     name="feature_logit_attribution",
     reference=ref.feature_logit_attribution,
-    make_inputs=_attribution_inputs,
+    make_inputs=attribution_inputs,
     misconceptions=(
         Misconception(
             "LayerNorm scale ignored",
