@@ -602,17 +602,19 @@ def test_bundled_sae_files_are_in_the_saelens_layout():
         assert "W_dec [d_sae, d_in]" in json.loads((SAE_DIR / f"{name}.json").read_text())["layout"]
 
 
-def test_initialisation_is_the_old_layouts_transposed():
-    """The seeded initialisation is the course's earlier one, transposed, in the same memory: so a
-    seeded training run reproduces the numbers it gave before the switch to SAELens's layout."""
+def test_initialisation_is_the_seeded_draw_stored_contiguously():
+    """The seeded initialisation draws [d_in, d_sae] unit columns, one feature each (the draw the
+    course has always made, so a seed gives the same dictionary), and stores them in the current
+    layout, every parameter contiguous: W_dec [d_sae, d_in] their transpose, W_enc [d_in, d_sae]
+    them scaled by initial_encoder_norm."""
     cfg = tiny_cfg(d_sae=10)
     sae = SparseAutoencoder(cfg)
     g = torch.Generator().manual_seed(cfg.seed)
-    old_dec = torch.randn(cfg.d_in, cfg.d_sae, generator=g)
-    old_dec /= old_dec.norm(dim=0, keepdim=True)
-    old_enc = (0.1 * old_dec.T).contiguous()
-    assert torch.equal(sae.W_dec.detach(), old_dec.T) and torch.equal(sae.W_enc.detach(), old_enc.T)
-    assert sae.W_dec.T.is_contiguous() and sae.W_enc.T.is_contiguous()
+    directions = torch.randn(cfg.d_in, cfg.d_sae, generator=g)
+    directions /= directions.norm(dim=0, keepdim=True)
+    assert cfg.initial_encoder_norm == 0.1
+    assert torch.equal(sae.W_dec.detach(), directions.T) and torch.equal(sae.W_enc.detach(), 0.1 * directions)
+    assert all(p.is_contiguous() for p in sae.parameters())
 
 
 # --------------------------------------------------------------------------- training, end to end
@@ -827,21 +829,26 @@ def test_cpu_step_refuses_what_it_does_not_handle():
         cpu_step.step_gradients_(sae, x[:, :5], 1.0)
 
 
-def test_fused_adam_gets_gradients_in_its_parameters_layout():
-    """torch's fused Adam reads a gradient as if it had its parameter's strides: a transposed
-    parameter given a row-major gradient trains on scrambled numbers. cpu_step's _set_grad copies
-    into the parameter's layout, so fused and per-tensor Adam make the same step."""
-    from utils.sae.cpu_step import _set_grad
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_fused_adam_gets_gradients_in_its_parameters_layout(path, monkeypatch):
+    """torch's fused Adam reads a gradient as if it had its parameter's strides (a row-major gradient
+    on a transposed parameter trains on scrambled numbers). The SAE's parameters are contiguous, and
+    the CPU step hands each one a contiguous gradient of its shape, on both paths, so fused and
+    per-tensor Adam make the same step."""
+    from utils.sae import cpu_step
 
-    grad = randn(6, 4, seed=1)
+    monkeypatch.setattr(cpu_step, "SPARSE_MAX_DENSITY", 0.0 if path == "dense" else 1.0)
     updated = []
     for fused in (False, True):
-        param = torch.nn.Parameter(randn(4, 6).T)  # strides (1, 6): column-major
-        _set_grad(param, grad.clone())
-        assert param.grad.stride() == param.stride()
-        torch.optim.Adam([param], lr=0.1, fused=fused).step()
-        updated.append(param.detach().clone())
-    torch.testing.assert_close(updated[1], updated[0])
+        sae, x = sae_firing_on_a_tenth("l1")
+        sae.float()
+        cpu_step.step_gradients_(sae, x.float(), 1.0)
+        for p in sae.parameters():
+            assert p.is_contiguous() and p.grad.shape == p.shape and p.grad.stride() == p.stride()
+        torch.optim.Adam(sae.parameters(), lr=0.1, fused=fused).step()
+        updated.append([p.detach().clone() for p in sae.parameters()])
+    for fused, unfused in zip(updated[1], updated[0]):
+        torch.testing.assert_close(fused, unfused)
 
 
 @pytest.mark.parametrize("architecture", ["l1", "topk"])

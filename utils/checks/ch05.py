@@ -3,8 +3,7 @@ notebook imports, ``from utils.checks import ch05 as check``.
 
 Layout as in utils.sae (and SAELens): W_enc [d_in, d_sae] (column i = what feature i reads),
 W_dec [d_sae, d_in] whose ROWS are the feature directions, b_enc [d_sae], b_dec [d_in]; activations
-are rows, x [batch, d_in], f [batch, d_sae]. Random inputs are drawn as they were when the course
-stored the transposes, then transposed, so every case holds the same numbers as before.
+are rows, x [batch, d_in], f [batch, d_sae]. Random weights are drawn in that layout.
 The reference answers are utils.sae's own functions (utils/sae/exercises.py for the ones whose
 shape differs from the trainer's).
 

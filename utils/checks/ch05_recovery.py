@@ -30,23 +30,22 @@ def _recovery_inputs(seed: int) -> dict:
     The true directions (columns) and the decoder's rows have lengths far from 1 (so a forgotten
     normalisation changes the answer); some decoder rows point almost exactly AWAY from a true
     feature while its best same-way match is weaker (so an absolute value changes it); the encoder
-    columns are the decoder's directions plus strong noise (so reading them changes it). Built with
-    the features along columns of both, then W_enc and W_dec are transposed to the course layout.
+    columns are the decoder's directions plus strong noise (so reading them changes it).
     """
     g = rng(seed)
     n_true, d_in, d_sae = sizes(g)
     true = torch.randn(d_in, n_true, generator=g) * (0.4 + 1.6 * torch.rand(n_true, generator=g))
     unit = unit_columns(true)
-    W_dec = torch.randn(d_in, d_sae, generator=g)
+    W_dec = torch.randn(d_sae, d_in, generator=g)
     n_close = n_true // 2
-    W_dec[:, :n_close] = unit[:, :n_close] + 0.25 * torch.randn(d_in, n_close, generator=g)  # found, same sign
+    W_dec[:n_close] = unit[:, :n_close].T + 0.25 * torch.randn(n_close, d_in, generator=g)  # found, same sign
     n_flipped = 3
-    W_dec[:, n_close:n_close + n_flipped] = -unit[:, n_close:n_close + n_flipped] \
-        + 0.1 * torch.randn(d_in, n_flipped, generator=g)  # pointing away: not a match
-    W_dec = W_dec * (0.3 + 2.0 * torch.rand(d_sae, generator=g))
-    W_enc = W_dec.T + 0.8 * torch.randn(d_sae, d_in, generator=g) * W_dec.norm(dim=0)[:, None]
+    W_dec[n_close:n_close + n_flipped] = -unit[:, n_close:n_close + n_flipped].T \
+        + 0.1 * torch.randn(n_flipped, d_in, generator=g)  # pointing away: not a match
+    W_dec = W_dec * (0.3 + 2.0 * torch.rand(d_sae, 1, generator=g))
+    W_enc = W_dec.T + 0.8 * torch.randn(d_in, d_sae, generator=g) * W_dec.norm(dim=1)
     perm = torch.randperm(d_sae, generator=g)  # the SAE's features come in no particular order
-    return {"true_directions": true, "W_enc": W_enc[perm].T.contiguous(), "W_dec": W_dec[:, perm].T.contiguous()}
+    return {"true_directions": true, "W_enc": W_enc[:, perm], "W_dec": W_dec[perm]}
 
 
 def real_recovery_inputs() -> dict:

@@ -17,7 +17,7 @@ from utils.checks.core import (
     Exercise,
     Misconception,
 )
-from utils.checks.toolkit import describe_parts, randint, rng, run_described, unit_columns
+from utils.checks.toolkit import describe_parts, randint, rng, run_described, unit_rows
 from utils.sae import exercises as ref
 from utils.sae.resampling import ENCODER_NORM_SCALE
 
@@ -39,25 +39,19 @@ def _resample_inputs(seed: int) -> dict:
     # Dead features' encoder columns are short (they drifted until they stopped firing): averaging the
     # norms over all columns instead of the live ones gives a visibly different scale.
     scale = torch.where(dead, 0.2, 1.0 + torch.rand(d_sae, generator=g))
-    # Drawn feature-first (as when the course stored W_enc [d_sae, d_in], W_dec [d_in, d_sae]), then
-    # the weights and their Adam states are transposed to W_enc [d_in, d_sae], W_dec [d_sae, d_in].
-    drawn = {"W_enc": (d_sae, d_in), "b_enc": (d_sae,), "W_dec": (d_in, d_sae)}
-
-    def course_layout(k, t):
-        return t if k == "b_enc" else t.T.contiguous()
-
+    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in)}
     inputs = {
-        "W_enc": course_layout("W_enc", torch.randn(d_sae, d_in, generator=g) * scale[:, None] / math.sqrt(d_in)),
+        "W_enc": torch.randn(d_in, d_sae, generator=g) * scale / math.sqrt(d_in),
         "b_enc": 0.3 * torch.randn(d_sae, generator=g),
-        "W_dec": course_layout("W_dec", unit_columns(torch.randn(d_in, d_sae, generator=g))),
+        "W_dec": unit_rows(torch.randn(d_sae, d_in, generator=g)),
         "b_dec": 1.5 * torch.randn(d_in, generator=g),
         "dead": dead,
         "replacement_inputs": 2 * torch.randn(int(dead.sum()), d_in, generator=g),
     }
     for k in STATE_KEYS:
-        inputs[f"exp_avg_{k}"] = course_layout(k, 0.01 * torch.randn(drawn[k], generator=g))
+        inputs[f"exp_avg_{k}"] = 0.01 * torch.randn(shapes[k], generator=g)
     for k in STATE_KEYS:
-        inputs[f"exp_avg_sq_{k}"] = course_layout(k, 1e-4 * torch.rand(drawn[k], generator=g) + 1e-6)
+        inputs[f"exp_avg_sq_{k}"] = 1e-4 * torch.rand(shapes[k], generator=g) + 1e-6
     return inputs
 
 

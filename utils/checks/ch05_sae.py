@@ -20,7 +20,7 @@ from utils.checks.core import (
     run_check,
     withholding_values,
 )
-from utils.checks.toolkit import describe_parts, randint, rng, run_described, unit_columns
+from utils.checks.toolkit import describe_parts, randint, rng, run_described, unit_rows
 from utils.sae import exercises as ref
 from utils.sae.model import geometric_median as ref_geometric_median
 
@@ -36,9 +36,9 @@ def _forward_inputs(seed: int) -> dict:
     b_dec = 1.5 * torch.randn(d_in, generator=g)  # far from 0: forgetting it changes everything
     return {
         "x": b_dec + torch.randn(batch, d_in, generator=g),
-        "W_enc": (0.6 * torch.randn(d_sae, d_in, generator=g)).T.contiguous(),  # [d_in, d_sae]
+        "W_enc": 0.6 * torch.randn(d_in, d_sae, generator=g),
         "b_enc": 0.4 * torch.randn(d_sae, generator=g),  # both signs, so the ReLU matters
-        "W_dec": unit_columns(torch.randn(d_in, d_sae, generator=g)).T.contiguous(),  # [d_sae, d_in], unit rows
+        "W_dec": unit_rows(torch.randn(d_sae, d_in, generator=g)),
         "b_dec": b_dec,
     }
 
@@ -120,7 +120,7 @@ def _loss_inputs(seed: int) -> dict:
         "x": x,
         "x_hat": x + 0.7 * torch.randn(batch, d_in, generator=g),
         "f": sparse_activations(g, batch, d_sae),
-        "W_dec": unit_columns(torch.randn(d_in, d_sae, generator=g)).T.contiguous(),  # unit rows, as in training
+        "W_dec": unit_rows(torch.randn(d_sae, d_in, generator=g)),  # unit rows, as in training
         "l1_coeff": uniform(g, 0.3, 3.0),
     }
 
@@ -196,8 +196,8 @@ def sae_loss(fn, cases: Cases = None) -> None:
 def _decoder_inputs(seed: int) -> dict:
     g = rng(seed)
     _, d_in, d_sae = sizes(g)
-    W = torch.randn(d_in, d_sae, generator=g) * (0.3 + 1.7 * torch.rand(1, d_sae, generator=g))
-    return {"W_dec": W.T.contiguous()}  # [d_sae, d_in]: rows of many lengths
+    W = torch.randn(d_sae, d_in, generator=g) * (0.3 + 1.7 * torch.rand(d_sae, 1, generator=g))
+    return {"W_dec": W}  # rows of many lengths
 
 
 NORMALIZE_DECODER = Exercise(
@@ -240,7 +240,7 @@ def normalize_decoder(fn, cases: Cases = None) -> None:
 
 def _grad_inputs(seed: int) -> dict:
     W = _decoder_inputs(seed)["W_dec"]
-    return {"W_dec": W, "grad": torch.randn(W.T.shape, generator=rng(seed + 1)).T.contiguous()}
+    return {"W_dec": W, "grad": torch.randn(W.shape, generator=rng(seed + 1))}
 
 
 def _along(W, G, dim=1):

@@ -3,8 +3,7 @@ notebook imports, ``from utils.checks import ch06 as check``.
 
 Layout as in utils.sae and utils.features (and SAELens): W_enc [d_in, d_sae] (column i = what
 feature i reads), W_dec [d_sae, d_in] (ROW i is feature i), b_enc [d_sae], b_dec [d_in]; the model's
-W_out [d_mlp, d_model], W_U [d_model, d_vocab]. SAE weights are drawn as they were when the course
-stored their transposes, then transposed, so every case holds the same numbers as before.
+W_out [d_mlp, d_model], W_U [d_model, d_vocab]. Random weights are drawn in that layout.
 The reference answers are utils/features/exercises.py.
 
 Most random cases keep every dimension different, so a transposed weight or a reduction over the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from utils.checks.core import Cases, Exercise, Misconception, run_check
-from utils.checks.toolkit import describe_parts, randint, rng, run_described, unit_columns
+from utils.checks.toolkit import describe_parts, randint, rng, run_described, unit_rows
 from utils.features import exercises as ref
 
 CHAPTER = "06"
@@ -92,7 +92,7 @@ def _logit_inputs(seed: int) -> dict:
     else:
         d_model, d_mlp, d_sae, d_vocab = randint(g, 4, 5), randint(g, 7, 9), randint(g, 11, 13), randint(g, 15, 19)
     return {
-        "W_dec": unit_columns(torch.randn(d_mlp, d_sae, generator=g)).T.contiguous(),  # [d_sae, d_mlp]
+        "W_dec": unit_rows(torch.randn(d_sae, d_mlp, generator=g)),  # [d_sae, d_mlp], unit rows
         "W_out": torch.randn(d_mlp, d_model, generator=g) / d_mlp ** 0.5,
         "W_U": torch.randn(d_model, d_vocab, generator=g) / d_model ** 0.5,
         "feature": randint(g, 0, d_sae - 1),

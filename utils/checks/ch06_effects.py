@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from utils.checks.core import Cases, Exercise, Misconception, run_check
-from utils.checks.toolkit import randint, rng, unit_columns
+from utils.checks.toolkit import randint, rng, unit_rows
 from utils.features import exercises as ref
 
 CHAPTER = "06"
@@ -22,8 +22,8 @@ def edit_inputs(seed: int) -> dict:
     g = rng(seed)
     batch, d_in, d_sae = randint(g, 9, 12), randint(g, 4, 7), randint(g, 14, 18)
     b_dec = torch.randn(d_in, generator=g)
-    W_dec = unit_columns(torch.randn(d_in, d_sae, generator=g)).T.contiguous()  # [d_sae, d_in], unit rows
-    W_enc = (W_dec + 0.5 * torch.randn(d_sae, d_in, generator=g)).T.contiguous()  # [d_in, d_sae], not W_dec.T
+    W_dec = unit_rows(torch.randn(d_sae, d_in, generator=g))  # [d_sae, d_in], unit rows
+    W_enc = W_dec.T + 0.5 * torch.randn(d_in, d_sae, generator=g)  # [d_in, d_sae], not W_dec.T
     feature = randint(g, 0, d_sae - 1)
     x = b_dec + 1.5 * torch.randn(batch, d_in, generator=g)
     b_enc = 0.3 * torch.randn(d_sae, generator=g)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from utils.checks.core import Cases, Exercise, Misconception, run_check, square_case
-from utils.checks.toolkit import describe_parts, randint, rng, run_described, unit_columns
+from utils.checks.toolkit import describe_parts, randint, rng, run_described, unit_rows
 from utils.features import exercises as ref
 
 CHAPTER = "06"
@@ -117,7 +117,7 @@ def attribution_inputs(seed: int) -> dict:
     f = torch.relu(torch.randn(seq, d_sae, generator=g) - 0.3) * 3
     position = randint(g, 1, seq - 2)
     f[position, :2] = torch.tensor([0.0, 2.5])  # some features off, some on, at the position itself
-    W_dec = unit_columns(torch.randn(d_mlp, d_sae, generator=g)).T.contiguous()  # [d_sae, d_mlp], unit rows
+    W_dec = unit_rows(torch.randn(d_sae, d_mlp, generator=g))  # [d_sae, d_mlp], unit rows
     # offsets along the all-ones direction of d_model, which the final LayerNorm removes
     W_out = torch.randn(d_mlp, d_model, generator=g) / d_mlp ** 0.5 + torch.randn(d_mlp, 1, generator=g)
     W_U = torch.randn(d_model, d_vocab, generator=g) / d_model ** 0.5 + 0.5

@@ -18,10 +18,8 @@ g = dL/dx̂ = 2 (x̂ - x) / n and the loss L = ||x - x̂||² / n + λ Σ f / n (
     dL/dW_enc   = (x - b_dec)^T dL/dz                   = x^T dL/dz - b_dec ⊗ dL/db_enc
     dL/db_dec   = Σ_rows g - W_enc @ dL/db_enc          (b_dec enters x̂ and, subtracted, z)
 
-The code computes each product as the TRANSPOSE of the one written (``W_enc.T``, ``W_dec.T`` are
-the parameters' contiguous storage, see ``utils.sae.model``) and hands the parameters
-``grad.T``: the memory order the parameters have, and the arithmetic of the course's earlier
-layout, so the numbers are the same as before it, bit for bit.
+Every gradient is computed contiguous in its parameter's layout (W_enc [d_in, d_sae], W_dec
+[d_sae, d_in], see ``utils.sae.model``): the layout torch's fused Adam reads it in.
 
 tests/test_ch05_sae.py checks every gradient against autograd's in float64, on the dense and the
 sparse path, for both architectures.
@@ -59,7 +57,8 @@ def applies(sae, device: torch.device) -> bool:
 
 def _set_grad(param: Tensor, grad: Tensor) -> None:
     """``param.grad = grad`` in param's memory layout: torch's fused Adam reads a gradient as if it
-    had its parameter's strides (a transposed parameter with a row-major gradient trains on garbage)."""
+    had its parameter's strides (a transposed parameter with a row-major gradient trains on garbage).
+    The gradients below are computed in that layout already; this copies only if one is not."""
     param.grad = grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
 
 
@@ -89,14 +88,11 @@ def step_gradients_(sae, x: Tensor, sparsity_coeff: float, workspace: Optional[d
         raise ValueError(f"the CPU step handles 'l1' and 'topk' SAEs on [batch, d_in] CPU batches; got "
                          f"architecture {sae.cfg.architecture!r}, x of shape {tuple(x.shape)} on {x.device}")
     sae._check_input(x)
-    b_enc, b_dec = sae.b_enc, sae.b_dec
-    # The parameters' contiguous storage: enc [d_sae, d_in] (row i = what feature i reads) and
-    # dec [d_in, d_sae] (column i = feature i's direction); W_enc = enc.T, W_dec = dec.T.
-    enc, dec = sae.W_enc.T, sae.W_dec.T
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec  # [d_in, d_sae], [d_sae, d_in]
     n = len(x)
 
-    d_in, d_sae = dec.shape
-    z = torch.addmm(b_enc - enc @ b_dec, x, enc.T,  # (x - b_dec) @ W_enc + b_enc, bias folded
+    d_sae, d_in = W_dec.shape
+    z = torch.addmm(b_enc - b_dec @ W_enc, x, W_enc,  # (x - b_dec) @ W_enc + b_enc, bias folded
                     out=_buffer(workspace, "z", (n, d_sae), x))
     f = z.relu_() if sae.cfg.architecture == "l1" else sae.activation(z)
     active = torch.sign(f, out=_buffer(workspace, "active", (n, d_sae), x))  # 1 where f > 0, else 0 (f >= 0)
@@ -108,7 +104,7 @@ def step_gradients_(sae, x: Tensor, sparsity_coeff: float, workspace: Optional[d
     else:
         fired = active.amax(0) > 0
 
-    x_hat = torch.sparse.mm(f_csr, dec.T).add_(b_dec) if sparse else torch.addmm(b_dec, f, dec.T)  # f @ W_dec
+    x_hat = torch.sparse.mm(f_csr, W_dec).add_(b_dec) if sparse else torch.addmm(b_dec, f, W_dec)  # f @ W_dec
     err = x_hat.sub_(x)
     mse = err.pow(2).sum() / n
     l1 = f.sum() / n
@@ -117,23 +113,23 @@ def step_gradients_(sae, x: Tensor, sparsity_coeff: float, workspace: Optional[d
 
     if sparse:
         # dL/dz at f's non-zeros only (everywhere else it is 0): a CSR matrix with f's pattern.
-        grad_z = torch.sparse.sampled_addmm(f_csr, g, dec, beta=0.0)  # g @ W_dec.T at f's non-zeros
+        grad_z = torch.sparse.sampled_addmm(f_csr, g, W_dec.T, beta=0.0)  # g @ W_dec.T at f's non-zeros
         values = grad_z.values()
         values.add_(c)
         grad_b_enc = torch.zeros_like(b_enc).index_add_(0, grad_z.col_indices(), values)
-        grad_enc = torch.sparse.mm(grad_z.t(), x)  # (dL/dW_enc).T = (dL/dz)^T x, then minus the b_dec term
-        grad_dec = torch.sparse.mm(f_csr.t(), g).T.contiguous()  # (dL/dW_dec).T = g^T f
+        grad_enc = torch.sparse.mm(grad_z.t(), x).T.contiguous()  # x^T dL/dz, then minus the b_dec term
+        grad_dec = torch.sparse.mm(f_csr.t(), g)  # f^T g
     else:
-        grad_z = torch.addmm(torch.tensor([c], dtype=g.dtype), g, dec,
+        grad_z = torch.addmm(torch.tensor([c], dtype=g.dtype), g, W_dec.T,
                              out=_buffer(workspace, "grad_z", (n, d_sae), x)).mul_(active)
         grad_b_enc = grad_z.sum(0)
-        grad_enc = torch.mm(grad_z.T, x, out=_buffer(workspace, "grad_W_enc", (d_sae, d_in), x))
-        grad_dec = torch.mm(g.T, f, out=_buffer(workspace, "grad_W_dec", (d_in, d_sae), x))
+        grad_enc = torch.mm(x.T, grad_z, out=_buffer(workspace, "grad_W_enc", (d_in, d_sae), x))
+        grad_dec = torch.mm(f.T, g, out=_buffer(workspace, "grad_W_dec", (d_sae, d_in), x))
 
-    _set_grad(sae.W_enc, grad_enc.addr_(grad_b_enc, b_dec, alpha=-1).T)
+    _set_grad(W_enc, grad_enc.addr_(b_dec, grad_b_enc, alpha=-1))
     _set_grad(b_enc, grad_b_enc)
-    _set_grad(sae.W_dec, grad_dec.T)
-    _set_grad(b_dec, g.sum(0).sub_(grad_b_enc @ enc))
+    _set_grad(W_dec, grad_dec)
+    _set_grad(b_dec, g.sum(0).sub_(W_enc @ grad_b_enc))
 
     sparsity = l1 if sae.cfg.architecture == "l1" else torch.zeros((), dtype=x.dtype)
     losses = {"loss": mse + sparsity_coeff * sparsity, "mse": mse, "sparsity": sparsity}

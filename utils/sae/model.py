@@ -18,11 +18,7 @@ shrinking f and growing the row. Column ``W_enc[:, i]`` is what feature i reads.
 before encoding makes b_dec the origin of the dictionary; it starts at the geometric median of the
 data.
 
-Memory order: each weight is a transposed view of row-major storage (``W_enc.T`` and ``W_dec.T``
-are contiguous, ``[d_sae, d_in]`` and ``[d_in, d_sae]``). That is how the course stored them before
-it adopted SAELens's shapes, and the matmuls below run on exactly that memory, so a seeded
-training run gives the numbers it gave then, bit for bit. Only strides differ from a contiguous
-tensor; every indexing and shape is the logical one. Files hold the logical tensors
+Each weight is stored contiguously in that layout, and files hold the same tensors
 (``utils.sae.saving``).
 
 Two other activation functions share the same parameters:
@@ -162,12 +158,12 @@ class SparseAutoencoder(nn.Module):
         # the L1 penalty has far fewer activations to switch off (on synthetic features in
         # superposition, 0.1 found all of them in 600 steps where 1.0 found none). JumpReLU starts
         # at full scale: its pre-activations must clear the initial thresholds.
-        # Drawn as the transpose, [d_in, d_sae], one feature per column, so a seed gives the same
-        # dictionary as in the course's earlier layout; stored as transposed views (module docstring).
+        # Drawn [d_in, d_sae], one feature per column (the draw of the course's earlier layout, so a
+        # seed gives the dictionary it always gave), and stored contiguously in the current layout.
         directions = torch.randn(cfg.d_in, cfg.d_sae, generator=g)
         directions /= directions.norm(dim=0, keepdim=True)
-        self.W_dec = nn.Parameter(directions.T)  # [d_sae, d_in]: row i is feature i's direction
-        self.W_enc = nn.Parameter((cfg.initial_encoder_norm * directions.T).contiguous().T)  # [d_in, d_sae]
+        self.W_dec = nn.Parameter(directions.T.contiguous())  # [d_sae, d_in]: row i is feature i's direction
+        self.W_enc = nn.Parameter(cfg.initial_encoder_norm * directions)  # [d_in, d_sae]: column i is what i reads
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         if cfg.architecture == "jumprelu":
@@ -201,11 +197,10 @@ class SparseAutoencoder(nn.Module):
         Same numbers, less work in training: written as (x - b_dec) @ W_enc, autograd would get
         b_dec's gradient through a [batch, d_sae] x [d_sae, d_in] matmul (a sixth of a step);
         folded into the bias it costs one matrix-vector product. ``F.linear(x, W.T, b)`` is
-        ``x @ W + b`` on W's row-major storage ``W.T`` (module docstring).
+        ``x @ W + b`` with the bias added inside the matmul.
         """
         self._check_input(x)
-        W_enc_t = self.W_enc.T  # [d_sae, d_in], contiguous
-        return F.linear(x, W_enc_t, self.b_enc - W_enc_t @ self.b_dec)
+        return F.linear(x, self.W_enc.T, self.b_enc - self.b_dec @ self.W_enc)
 
     def activation(self, z: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
         """The architecture's nonlinearity: ReLU, TopK-then-ReLU, or JumpReLU."""

@@ -93,10 +93,7 @@ def resample_dead_features_(
     directions = inputs[chosen] - sae.b_dec  # [n_dead, d_in]
     directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     alive = ~dead
-    # The live encoder columns' mean norm, taken on W_enc.T (the contiguous storage, rows = features)
-    # so that the sum runs in the order it always has: the same number, bit for bit, as before the
-    # layout switch (see utils.sae.model).
-    alive_norm = sae.W_enc.T[alive].norm(dim=-1).mean().item() if alive.any() else 1.0
+    alive_norm = sae.W_enc[:, alive].norm(dim=0).mean().item() if alive.any() else 1.0  # live columns' mean norm
 
     sae.W_dec[idx] = directions
     sae.W_enc[:, idx] = directions.T * (ENCODER_NORM_SCALE * alive_norm)
