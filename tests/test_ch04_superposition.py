@@ -358,7 +358,7 @@ def test_explorer_widget_retrains_on_change(capsys):
 @pytest.fixture(scope="module")
 def sweep20():
     """n = 20, m = 5, I_i = 0.7^i at a dense, an intermediate and a sparse level (ReLU), and the
-    dense and sparse levels for the linear model."""
+    dense and sparse levels for the linear model. ~20 s of training: every test reading it is slow."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     p = torch.tensor([[1.0], [0.4], [0.01]])
@@ -393,6 +393,7 @@ def test_intermediate_sparsity_superposes_in_antipodal_pairs(sweep20):
         assert D[i] + D[j] == pytest.approx(1.0, abs=0.05)  # a pair shares exactly one dimension
 
 
+@pytest.mark.slow
 def test_sparse_relu_model_packs_many_more_than_m_features(sweep20):
     W = sweep20[0][2]
     represented = sp.feature_norms(W) > sp.REPRESENTED_NORM
@@ -401,6 +402,7 @@ def test_sparse_relu_model_packs_many_more_than_m_features(sweep20):
     assert sp.dims_per_feature(W[None]).item() < 0.5
 
 
+@pytest.mark.slow
 def test_linear_model_keeps_the_top_m_features_at_any_sparsity(sweep20):
     for W in sweep20[1]:
         norms = sp.feature_norms(W)
@@ -411,7 +413,7 @@ def test_linear_model_keeps_the_top_m_features_at_any_sparsity(sweep20):
 @pytest.fixture(scope="module")
 def small_models():
     """n = 5 in m = 2: the geometry sweep (I_i = 0.9^i) and the anti-aligned non-uniform case, as
-    instances of one stack."""
+    instances of one stack. ~10 s of training: every test reading it is slow."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     geometry_p = torch.tensor([1.0, 0.46, 0.2, 0.01])[:, None].expand(4, 5)
@@ -437,6 +439,7 @@ def test_geometry_goes_from_orthogonal_to_pairs_to_pentagon(small_models):
     assert torch.allclose(D[pentagon], torch.full((5,), 0.4), atol=0.03)
 
 
+@pytest.mark.slow
 def test_dimensionality_sticks_to_simple_fractions(small_models):
     W = small_models[:4]
     represented = sp.feature_norms(W) > sp.REPRESENTED_NORM
@@ -448,6 +451,7 @@ def test_dimensionality_sticks_to_simple_fractions(small_models):
     assert all(((D - f).abs() < 0.03).any() for f in fractions)  # each fraction occurs
 
 
+@pytest.mark.slow
 def test_anti_aligned_importance_and_sparsity_leave_no_feature_alone(small_models):
     for W in small_models[4:]:
         alone, shared = sp.alone_and_shared(W)

@@ -104,6 +104,7 @@ def test_a_resume_refuses_a_config_that_rewrites_the_synthetic_rows_already_trai
         (0, 1500, 4), (3000, 3750, 32)]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     cfg = TrainConfig(model=ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, n_ctx=32, normalization_type="LN"),
                       steps=12, batch_size=4, seq_len=32, warmup_steps=2, decay_steps=4, eval_every=4, seed=3,
