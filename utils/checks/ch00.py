@@ -9,7 +9,7 @@ from utils.checks.core import Cases, Exercise, Misconception, question, run_chec
 from utils.models.transformer import lm_cross_entropy
 
 CHAPTER = "00"
-EXERCISES = ["per_token_loss", "hook_question"]
+EXERCISES = ("per_token_loss", "hook_question")
 
 
 def _random_inputs(seed: int) -> dict:

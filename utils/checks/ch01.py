@@ -23,11 +23,11 @@ from utils.checks.toolkit import INF, attn_only_1l, misconception, nan_as_inf, r
 from utils.tensors import causal_mask, kron
 
 CHAPTER = "01"
-EXERCISES = [
+EXERCISES = (
     "attention_pattern", "head_output", "tensor_head_einsum", "tensor_head_kron", "multihead_residual",
     "path_logits", "read_write_weights", "virtual_weight", "compose_heads",
     "factor_question", "bias_question", "exactness_question",
-]
+)
 
 @lru_cache(maxsize=1)
 def _real_tokens() -> torch.Tensor:

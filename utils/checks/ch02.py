@@ -48,11 +48,11 @@ from utils.checks.ch02_skip_trigrams import (  # noqa: F401
 from utils.checks.core import question
 
 CHAPTER = "02"
-EXERCISES = [
+EXERCISES = (
     "full_ov_circuit", "full_qk_circuit", "ov_from_activations", "positional_qk_pattern",
     "positional_head_scores", "top_for_source", "confirmation_effect", "spearman",
     "axis_question", "baseline_question", "shortformer_question",
-]
+)
 
 
 # --------------------------------------------------------------------------- conceptual questions

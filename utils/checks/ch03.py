@@ -72,9 +72,9 @@ from utils.checks.ch03_patching import (  # noqa: F401
 from utils.checks.core import question
 
 CHAPTER = "03"
-EXERCISES = (_copying.EXERCISES + _induction.EXERCISES + _composition.EXERCISES
-             + ["copying_question", "k_composition_question", "baseline_question"]
-             + _circuit.EXERCISES + _patching.EXERCISES + ["patching_question"])
+EXERCISES = tuple(_copying.EXERCISES + _induction.EXERCISES + _composition.EXERCISES
+                  + ["copying_question", "k_composition_question", "baseline_question"]
+                  + _circuit.EXERCISES + _patching.EXERCISES + ["patching_question"])
 
 
 # --------------------------------------------------------------------------- conceptual questions

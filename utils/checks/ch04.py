@@ -36,8 +36,8 @@ from utils.checks.ch04_model import LOSS, TOY_FORWARD, toy_forward, weighted_los
 from utils.checks.core import question
 
 CHAPTER = "04"
-EXERCISES = ["toy_forward", "generate_batch", "weighted_loss", "superposition", "dimensionality",
-             "dense_regime_question", "antipodal_question", "privileged_basis_question", "anticorrelated_batch"]
+EXERCISES = ("toy_forward", "generate_batch", "weighted_loss", "superposition", "dimensionality",
+             "dense_regime_question", "antipodal_question", "privileged_basis_question", "anticorrelated_batch")
 
 
 # --------------------------------------------------------------------------- multiple choice

@@ -61,10 +61,10 @@ from utils.checks.ch05_topk import TOPK, topk_activation  # noqa: F401
 from utils.checks.core import question
 
 CHAPTER = "05"
-EXERCISES = ["feature_recovery", "sae_forward", "sae_loss", "normalize_decoder", "remove_parallel_grad",
+EXERCISES = ("feature_recovery", "sae_forward", "sae_loss", "normalize_decoder", "remove_parallel_grad",
              "geometric_median", "l0", "fraction_variance_explained", "ce_loss_recovered", "dead_dense_fractions",
              "resample_dead_features", "topk_activation",
-             "l0_question", "shrinkage_question", "resampling_question"]
+             "l0_question", "shrinkage_question", "resampling_question")
 
 
 # =========================================================================== multiple choice

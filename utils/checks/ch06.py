@@ -39,9 +39,9 @@ from utils.checks.ch06_hunt import ATTRIBUTION, RUBRIC, feature_logit_attributio
 from utils.checks.core import question
 
 CHAPTER = "06"
-EXERCISES = ["top_activating", "logit_weights", "pearson_correlation", "specificity_sensitivity",
+EXERCISES = ("top_activating", "logit_weights", "pearson_correlation", "specificity_sensitivity",
              "ablate_feature", "steer_feature", "match_features", "rubric_agreement",
-             "feature_logit_attribution", "neuron_question", "specificity_question", "universality_question"]
+             "feature_logit_attribution", "neuron_question", "specificity_question", "universality_question")
 
 
 # =========================================================================== multiple choice

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -428,6 +429,15 @@ class _ReplayProbe:
         return value
 
 
+_NAMED = re.compile(r"^[A-Za-z_][\w.]*(?: \(case \d+ of \d+\))?: ")
+
+
+def _unnamed(message: str) -> str:
+    """A hidden call's diagnosis without the check's name and the case's label: feedback never
+    names a hidden test (which check it runs, which of its cases failed)."""
+    return _NAMED.sub("", message, count=1)
+
+
 def score_cell(cell, plan: ChapterPlan, run_result: RunResult, limits: Limits) -> ExerciseGrade:
     import importlib
 
@@ -481,7 +491,10 @@ def score_cell(cell, plan: ChapterPlan, run_result: RunResult, limits: Limits) -
         tally[1] += len(outcomes)
         if passed < len(outcomes):
             first = next(o.message for o in outcomes if not o.passed)
-            messages.append((call.hidden, final or first))
+            text = final or first
+            if call.hidden:
+                text = f"{len(outcomes) - passed} of {len(outcomes)} failed. {_unnamed(text)}"
+            messages.append((call.hidden, text))
     total = visible[1] + hidden[1]
     points = cell.points * (visible[0] + hidden[0]) / total if total else 0.0
     message = ""

@@ -16,7 +16,9 @@ Each CHILD (one submission, see ``serve``):
 3. writes the copy of the submission into its scratch folder and runs its non-test cells in an
    IPython shell, one by one, as a notebook would (an error in a cell is reported and the next
    cell runs; graded test cells are never sent, so no check runs here);
-4. calls the student's functions on the grader's arguments and sends back each output.
+4. calls the student's functions on the grader's arguments and sends back each output; each call
+   runs under the tripwire's mark (``tripwire.Tripwire.graded``), so a reference of the chapter
+   running anywhere beneath it taints that case, whoever calls the reference.
 
 Frames go back on the result pipe (``codec``): the pid to watch, a cell or call starting (the grader
 enforces the time limits from these), its end, each result and every refused action. Nothing is
@@ -157,6 +159,21 @@ def zygote(control_fd: int) -> None:
 
 # --------------------------------------------------------------------------- one submission
 
+_INTERRUPTED = [False]  # the grader's SIGINT arrived (a KeyboardInterrupt the student raised is theirs)
+
+
+def _on_sigint(signum, frame):
+    _INTERRUPTED[0] = True
+    raise KeyboardInterrupt
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of what a cell raised, whatever its ``__str__`` does."""
+    try:
+        return f"{type(exc).__name__}: {str(exc)[:300]}"
+    except BaseException:  # a hostile __str__ (raising, even SystemExit): the type alone
+        return f"{type(exc).__name__} (its message could not be read)"
+
 
 def _child(fds: list, work: dict, tensors: dict, shell) -> None:
     """A forked child of the zygote: becomes the submission's process (never returns)."""
@@ -166,7 +183,7 @@ def _child(fds: list, work: dict, tensors: dict, shell) -> None:
     # The grader stops a slow cell or call with SIGINT, which must raise KeyboardInterrupt here. Set
     # that up explicitly: a Python started with SIGINT ignored (as a child of some shells, CI
     # runners and test harnesses) keeps it ignored, and forks inherit that and any blocked mask.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _on_sigint)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the zygote
@@ -213,6 +230,14 @@ def _child(fds: list, work: dict, tensors: dict, shell) -> None:
     os._exit(0)
 
 
+def _raised(raised_message, exc: BaseException) -> str:
+    """What the student's function raised, in at most 2000 characters (whatever its __str__ does)."""
+    try:
+        return raised_message("{exercise}", exc)[:2000]
+    except BaseException:  # a hostile __str__ or __repr__: the type alone
+        return f"{{exercise}}: your function raised {type(exc).__name__}"[:2000]
+
+
 def serve(header: dict, work: dict, tensors: dict, shell, send) -> None:
     started = time.perf_counter()
     config = header["config"]
@@ -240,7 +265,7 @@ def serve(header: dict, work: dict, tensors: dict, shell, send) -> None:
     from utils.grading import tripwire
 
     # Before any student code: the chapter's references note their use, their source is unreadable.
-    used_references = tripwire.install(work["checks_module"]) if work.get("checks_module") else set()
+    wire = tripwire.install(work["checks_module"]) if work.get("checks_module") else tripwire.Tripwire()
     tripwire.block_source_reads(lambda what: send({"t": "violation", "what": what}))
     jail.set_limits(int(config["memory_mb"]) * 2**20, int(config["fsize_mb"]) * 2**20, int(config["cpu_seconds"]))
     if config.get("seccomp"):  # the kernel's wall under the audit hook (before it: it uses ctypes)
@@ -262,9 +287,9 @@ def serve(header: dict, work: dict, tensors: dict, shell, send) -> None:
             result = shell.run_cell(cell["source"], store_history=False, silent=False)
             exc = result.error_before_exec or result.error_in_exec
             if exc is not None:
-                error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                error = _describe(exc)
         except BaseException as exc:  # KeyboardInterrupt outside IPython's own handler: a timeout
-            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            error = _describe(exc)
         dt = time.perf_counter() - t0
         cells_s += dt
         send({"t": "cell", "i": cell["index"], "phase": "end", "error": error, "seconds": dt})
@@ -296,25 +321,33 @@ def serve(header: dict, work: dict, tensors: dict, shell, send) -> None:
                     args, kwargs = codec.decode(req["call"], tensors)
                     if req.get("rng") is not None:
                         torch.set_rng_state(tensors[req["rng"]])
-                    used_references.clear()
-                    try:
-                        with torch.no_grad():
-                            got = fn(*args, **kwargs)
-                    except NotImplementedError:
-                        out["error"] = {"kind": "not_implemented"}
-                    except KeyboardInterrupt:
-                        out["error"] = {"kind": "timeout"}
-                        stuck.add(symbol)
-                    except MemoryError:
-                        out["error"] = {"kind": "memory"}
-                    except BaseException as exc:  # SystemExit included: the student's bug
-                        out["error"] = {"kind": "raised", "message": raised_message("{exercise}", exc)[:2000]}
-                    else:
-                        out_tensors: dict = {}
-                        out["value"] = codec.encode(got, out_tensors)
-                        payload = codec.tensors_to_bytes(out_tensors)
-                    if used_references:
-                        out["used_reference"] = sorted(used_references)
+                    # The mark: a reference of the chapter running anywhere beneath this call (or
+                    # while its output is encoded: a lazy value) taints the case, whoever calls it.
+                    with wire.graded() as used_references:
+                        try:
+                            _INTERRUPTED[0] = False
+                            try:
+                                with torch.no_grad():
+                                    got = fn(*args, **kwargs)
+                            except NotImplementedError:
+                                out["error"] = {"kind": "not_implemented"}
+                            except KeyboardInterrupt as exc:
+                                if _INTERRUPTED[0]:  # the grader's interrupt: out of time
+                                    out["error"] = {"kind": "timeout"}
+                                    stuck.add(symbol)
+                                else:  # raised by the student's own code: an error like any other
+                                    out["error"] = {"kind": "raised", "message": _raised(raised_message, exc)}
+                            except MemoryError:
+                                out["error"] = {"kind": "memory"}
+                            except BaseException as exc:  # SystemExit included: the student's bug
+                                out["error"] = {"kind": "raised", "message": _raised(raised_message, exc)}
+                            else:
+                                out_tensors: dict = {}
+                                out["value"] = codec.encode(got, out_tensors)
+                                payload = codec.tensors_to_bytes(out_tensors)
+                        finally:
+                            if used_references:
+                                out["used_reference"] = sorted(used_references)
         except KeyboardInterrupt:
             out, payload = {"t": "result", "k": k, "error": {"kind": "timeout"}}, b""
             stuck.add(symbol)
