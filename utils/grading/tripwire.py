@@ -186,26 +186,33 @@ def is_tripwire(fn) -> bool:
     return getattr(fn, "__is_tripwire__", False) is True
 
 
-def _replace_everywhere(original: Callable, wrapper: Callable) -> None:
-    """Point every dict and closure cell that holds ``original`` at ``wrapper`` (but the
-    wrapper's own cell, which must keep the original)."""
-    own = {id(cell) for cell in wrapper.__closure__ or ()}
-    for holder in gc.get_referrers(original):
-        if id(holder) in own:
+def _replace_everywhere(wrappers: dict) -> None:
+    """Point every dict, object attribute and closure cell that holds an original (``wrappers``:
+    id(original) -> (original, wrapper)) at its wrapper, but the wrappers' own cells, which must keep
+    the originals. One scan of the heap for all of them (``gc.get_referrers`` walks every object)."""
+    own = {id(cell) for _, wrapper in wrappers.values() for cell in wrapper.__closure__ or ()}
+
+    def swap(value):
+        found = wrappers.get(id(value))
+        return found[1] if found is not None and found[0] is value else None
+
+    originals = [original for original, _ in wrappers.values()]
+    for holder in gc.get_referrers(*originals):
+        if id(holder) in own or holder is originals:
             continue
         if isinstance(holder, dict):
             for key, value in list(holder.items()):
-                if value is original:
+                if (wrapper := swap(value)) is not None:
                     holder[key] = wrapper
         elif isinstance(getattr(holder, "__dict__", None), dict) and not isinstance(holder, (type, types.ModuleType)):
             # An object whose attributes live inline (CPython 3.11+ has no separate dict to find),
             # such as a check's Exercise record.
             for key, value in list(vars(holder).items()):
-                if value is original:
+                if (wrapper := swap(value)) is not None:
                     object.__setattr__(holder, key, wrapper)
         elif type(holder).__name__ == "cell":
             try:
-                if holder.cell_contents is original:
+                if (wrapper := swap(holder.cell_contents)) is not None:
                     holder.cell_contents = wrapper
             except ValueError:  # an empty cell
                 pass
@@ -214,9 +221,10 @@ def _replace_everywhere(original: Callable, wrapper: Callable) -> None:
 def install(checks_module: str) -> Tripwire:
     """Wrap the chapter's references; returns the Tripwire whose ``graded()`` marks a graded call."""
     wire = Tripwire()
-    for name, functions in references(checks_module).items():
-        for original in functions:
-            _replace_everywhere(original, _wrapper(name, original, wire))
+    wrappers = {id(original): (original, _wrapper(name, original, wire))
+                for name, functions in references(checks_module).items() for original in functions}
+    if wrappers:
+        _replace_everywhere(wrappers)
     return wire
 
 
