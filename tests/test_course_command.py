@@ -78,7 +78,9 @@ def _fake_python_dir(tmp_path: Path, name: str) -> Path:
 
 
 def _course_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
+    # A shell that is not inside scripts/test.sh: no environment chosen, nothing announced yet.
+    leave_out = ("VIRTUAL_ENV", "CONDA_PREFIX", "DEMYSTIFY_PYTHON", "DEMYSTIFY_PYTHON_SHOWN")
+    env = {k: v for k, v in os.environ.items() if k not in leave_out}
     return {**env, "DEMYSTIFY_SKIP_SETUP": "1", **extra}
 
 
@@ -156,7 +158,8 @@ def test_both_readme_commands_from_a_fresh_clone_on_a_pep_668_system_python(tmp_
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", REPO, clone], check=True)
     env = {k: v for k, v in os.environ.items()
-           if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "DEMYSTIFY_VENV", "PYENV_VERSION")}
+           if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "DEMYSTIFY_VENV", "PYENV_VERSION",
+                        "DEMYSTIFY_PYTHON", "DEMYSTIFY_PYTHON_SHOWN")}
     env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # no pyenv, no venv
     port = _free_port()
     log = tmp_path / "course.log"
