@@ -147,3 +147,29 @@ def test_the_command_line_is_documented():
     out = subprocess.run([sys.executable, "-m", "utils.induction", "--help"], check=True, capture_output=True,
                          text=True)
     assert "python -m utils.induction" in out.stdout and "--gate" in out.stdout and out.stderr == ""
+
+
+def test_research_model_comparison_reads_a_tl_checkpoint_and_is_offline_safe(tmp_path, monkeypatch):
+    """The optional cell of section 4: the research checkpoint (TL layout, its own vocabulary) is
+    summarised exactly as the course model is; offline it fails at once with ConnectionError."""
+    import json
+
+    from random_models import randomized
+
+    from utils.induction.experiments import induction_summary, research_model_comparison
+    from utils.models.loading import config_from_tl_json
+
+    tl_config = {"n_layers": 2, "d_model": 16, "d_head": 4, "n_heads": 2, "n_ctx": 128, "d_vocab": 37,
+                 "d_mlp": -1, "attn_only": True, "act_fn": "solu_ln", "normalization": "LN",
+                 "shortformer_pos": True}
+    source = randomized(config_from_tl_json(tl_config))
+    (tmp_path / "config.json").write_text(json.dumps(tl_config))
+    torch.save(dict(source.state_dict()), tmp_path / "Attn_Only_2L_final.pth")
+    course = randomized(ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=4, d_mlp=None, d_vocab=23,
+                                    n_ctx=128, positional_embedding_type="shortformer", normalization_type="LN"))
+    out = research_model_comparison(course, local_dir=tmp_path)
+    assert out == {"course": induction_summary(course), "research": induction_summary(source)}
+    assert out["research"]["d_vocab"] == 37 and out["course"]["d_vocab"] == 23
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConnectionError, match="its card says how it was trained"):
+        research_model_comparison(course)

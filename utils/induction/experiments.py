@@ -32,7 +32,7 @@ from utils.induction.copying import (
     self_top_k_fraction,
 )
 from utils.induction.patching import patched_head_outputs, patched_residual_positions
-from utils.models.evaluation import repeated_random_tokens
+from utils.models.evaluation import induction_report, repeated_random_tokens
 from utils.tensors import require_ndim
 
 # --------------------------------------------------------------------------- 1. copying
@@ -135,6 +135,28 @@ def training_report(name: str = "attn-only-2l", model_dir=None) -> dict:
 
     path = (model_dir or MODEL_DIR) / f"{name}.train.json"
     return json.loads(path.read_text())
+
+
+def induction_summary(model, seq_len: int = 50, batch: int = 32) -> dict:
+    """Repeated random tokens (BOS, r, r; r of ``seq_len`` ids drawn from the model's own
+    vocabulary): mean loss on each copy, and the best previous-token head of layer 0 and the best
+    induction head of the last layer. Works for any tokenizer: only token ids are used."""
+    report = induction_report(model, seq_len=seq_len, batch=batch)
+    last = model.cfg.n_layers - 1
+    return {"d_vocab": model.cfg.d_vocab, "loss_first_copy": report["loss_first_half"],
+            "loss_second_copy": report["loss_second_half"],
+            "best_previous_token_score": max(report["layers"][0]["previous_token_score"]),
+            "best_induction_score": max(report["layers"][last]["induction_score"])}
+
+
+def research_model_comparison(model, name: str = "attn-only-2l", local_dir=None) -> dict:
+    """``induction_summary`` of ``model`` and of Neel Nanda's research checkpoint ``name`` (trained
+    on natural text and code only). Offline, ``load_pretrained`` raises ConnectionError at once;
+    ``local_dir`` reads a downloaded copy instead."""
+    from utils.models.loading import load_pretrained
+
+    research = load_pretrained(name, local_dir=local_dir, device="cpu")
+    return {"course": induction_summary(model), "research": induction_summary(research)}
 
 
 def synthetic_share(report: dict) -> float:

@@ -262,8 +262,8 @@ def load_pretrained(name: str, local_dir: Union[str, Path, None] = None, device:
         if not hub_reachable():
             raise ConnectionError(
                 f"load_pretrained({name!r}) needs the Hugging Face hub, which is not reachable "
-                f"(offline, or HF_HUB_OFFLINE=1). The course ships a model trained the same way: "
-                f"use load_model({name!r}).")
+                f"(offline, or HF_HUB_OFFLINE=1). The course ships its own model of that name (its card says "
+                f"how it was trained): use load_model({name!r}).")
         local_dir = _download(PRETRAINED_REPOS[name])
     local_dir = Path(local_dir)
     cfg = config_from_tl_json(json.loads((local_dir / "config.json").read_text()))
