@@ -112,6 +112,16 @@ PRESETS = {
         steps=1500, seed=3,
         notes="1 layer with a GELU MLP (d_mlp=512), standard positions, pre-LayerNorm: the SAE chapters' model.",
     ),
+    "gelu-2l": TrainConfig(
+        # Chapter 07's model: two MLP layers, so an attribution graph has feature -> feature edges
+        # across layers (directly through the residual stream and through layer 1's attention).
+        # gelu-1l's shape, twice; twice its steps (12 M tokens, about 3.5 passes over the training split).
+        model=ModelConfig(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512,
+                          positional_embedding_type="standard", normalization_type="LN", seed=4),
+        steps=3000, seed=4,
+        notes="2 layers, each attention + a GELU MLP (d_mlp=512), standard positions, pre-LayerNorm: chapter 07's "
+              "model, with per-layer transcoders for its attribution graphs.",
+    ),
 }
 
 
