@@ -19,7 +19,7 @@ from utils.models.transformer import HookedTinyTransformer
 from utils.paths import ASSETS
 
 MODEL_DIR = ASSETS / "models"
-BUNDLED = ("attn-only-1l", "attn-only-2l", "gelu-1l")
+BUNDLED = ("attn-only-1l", "attn-only-2l", "gelu-1l", "gelu-2l")
 PRETRAINED_REPOS = {
     "attn-only-1l": "NeelNanda/Attn_Only_1L512W_C4_Code",
     "attn-only-2l": "NeelNanda/Attn_Only_2L512W_C4_Code",
