@@ -37,6 +37,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import nbformat
 from nbformat import NotebookNode
@@ -51,6 +52,7 @@ from nbgrader.preprocessors import (
     LockCells,
 )
 
+from utils import exercise_index
 from utils.paths import QUESTION_BANK as BANK_NAME
 from utils.paths import REPO
 
@@ -163,6 +165,7 @@ def validate(nb: NotebookNode) -> list[str]:
                 validator.validate_cell(cell)
             except Exception as e:  # ValidationError, SchemaTooOld/New, jsonschema errors
                 problems.append(f"{where}: invalid nbgrader metadata: {str(e).splitlines()[0]}")
+    problems += [f"notebook: {problem}" for problem in exercise_index.validate(nb)]
     return problems
 
 
@@ -284,6 +287,8 @@ def build_chapter(slug: str, solutions_dir: Path = SOLUTIONS, chapters_dir: Path
     all but the question bank); return its path. Files are only rewritten when their content
     changes."""
     text = render(slug, solutions_dir, exam=exam)
+    if not exam:
+        _update_exercise_index(slug, solutions_dir)
     out_dir = Path(chapters_dir) / slug
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{slug}.ipynb"
@@ -298,6 +303,26 @@ def build_chapter(slug: str, solutions_dir: Path = SOLUTIONS, chapters_dir: Path
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
     return target
+
+
+def _index_problem(slug: str, solutions_dir: Path) -> Optional[str]:
+    """Why utils/assets/exercises.json does not match this chapter's headings (None: it does, or
+    the solutions are not the repository's own, whose index is not ours to write)."""
+    if Path(solutions_dir).resolve() != SOLUTIONS.resolve():
+        return None
+    entry = exercise_index.index_entry(read_source(_source_notebook(slug, solutions_dir)))
+    if exercise_index.read_index().get(slug[:2]) != entry:
+        return f"{slug}: OUT OF SYNC {exercise_index.INDEX} (run: python -m utils.build {slug})"
+    return None
+
+
+def _update_exercise_index(slug: str, solutions_dir: Path) -> None:
+    """Record the chapter's exercise headings in the shipped index (the repository's solutions only)."""
+    if _index_problem(slug, solutions_dir) is None:
+        return
+    index = exercise_index.read_index()
+    index[slug[:2]] = exercise_index.index_entry(read_source(_source_notebook(slug, solutions_dir)))
+    exercise_index.INDEX.write_text(exercise_index.dumps_index(index))
 
 
 def discover(solutions_dir: Path = SOLUTIONS) -> list[str]:
@@ -368,6 +393,9 @@ def _check_chapter(slug: str, solutions_dir: Path, chapters_dir: Path) -> tuple[
     if not target.is_file():
         return "MISSING", [f"{slug}: MISSING {target}"], []
     problems, diff = [], []
+    index_problem = _index_problem(slug, solutions_dir)
+    if index_problem:
+        problems.append(index_problem)
     committed = target.read_bytes()
     if committed != text.encode("utf-8"):
         problems.append(f"{slug}: OUT OF SYNC {target} (run: python -m utils.build {slug})")

@@ -18,6 +18,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.exercise_index import chapter_minutes
 from utils.notebook_setup import REPO_URL
 from utils.paths import REPO
 
@@ -92,6 +93,11 @@ CHAPTERS: tuple[Chapter, ...] = (
             "judge SAE features by specificity, sensitivity, logit weights, ablation and steering, not-a-neuron "
             "and universality across seeds; watch a feature split; hunt your own",
             "utils.features", 240),
+    Chapter("07", "07_attribution_graphs", "Attribution graphs",
+            "replace gelu-2l's MLPs by transcoders, freeze attention and LayerNorms on a prompt, and build its "
+            "attribution graph: edges checked by intervention, influence, pruning, replacement and completeness "
+            "scores, an offline graph view, and interventions in the real model",
+            "utils.attribution", 240),
 )
 
 
@@ -106,12 +112,19 @@ def chapter(name: str) -> Chapter:
 BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
+def duration(minutes: int) -> str:
+    """'~2 h 35 min' for the course map."""
+    hours, rest = divmod(minutes, 60)
+    return f"~{hours} h {rest} min" if hours else f"~{rest} min"
+
+
 def course_map() -> str:
-    """The README's course map: a markdown table, one row per chapter."""
-    rows = ["| # | chapter | you will | open in Colab |", "|---|---|---|---|"]
+    """The README's course map: a markdown table, one row per chapter. A chapter's time is the sum of
+    its exercises' estimates (their headings, through utils/assets/exercises.json)."""
+    rows = ["| # | chapter | you will | exercise time | open in Colab |", "|---|---|---|---|---|"]
     for ch in CHAPTERS:
         link = f"chapters/{ch.slug}/{ch.slug}.ipynb"
-        rows.append(f"| {ch.number} | [{ch.title}]({link}) | {ch.summary} | "
+        rows.append(f"| {ch.number} | [{ch.title}]({link}) | {ch.summary} | {duration(chapter_minutes(ch.number))} | "
                     f"[![Open In Colab]({BADGE})]({ch.colab_url}) |")
     return "\n".join(rows)
 

@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import sys
 import traceback
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -53,7 +55,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
-from utils import progress
+from utils import exercise_index, progress
 from utils.checks import questions
 
 Cases = Union[int, Iterable[int], None]
@@ -61,11 +63,30 @@ Cases = Union[int, Iterable[int], None]
 
 class CheckFailure(AssertionError):
     """A check did not pass; the message says why in the student's terms. ``case_index`` is the
-    0-based index of the failing case in the check's list of cases (None: not tied to one case)."""
+    0-based index of the failing case in the check's list of cases (None: not tied to one case).
+    A failure of a hard exercise's check also points to the hints under the exercise: the message
+    starts with the check's name (the convention every check follows) and the chapter is that of the
+    checks module raising it."""
 
     def __init__(self, message: str = "", case_index: Optional[int] = None):
-        super().__init__(message)
+        super().__init__(message + _hint_pointer(message))
         self.case_index = case_index
+
+
+_CHECKS_MODULE = re.compile(r"^utils\.checks\.ch(\d\d)(?:_\w+)?$")
+
+
+def _hint_pointer(message: str) -> str:
+    name = re.match(r"\w+", message)
+    if name is None:
+        return ""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = _CHECKS_MODULE.match(frame.f_globals.get("__name__", ""))
+        if module is not None:
+            return exercise_index.hint_pointer(module.group(1), name.group(0))
+        frame = frame.f_back
+    return ""
 
 
 @dataclass(frozen=True)
