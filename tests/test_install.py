@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from venv_kernel import execute, fake_colab_cell, run, stdout
 
+from utils.models.loading import BUNDLED
 from utils.paths import REPO
 
 pytestmark = pytest.mark.slow  # scripts/test.sh --quick leaves these out
@@ -68,7 +69,7 @@ def _assert_ran_from_the_install(nb, venv_dir: Path):
     report = _installed_report(nb)
     assert Path(report["utils"]).is_relative_to(venv_dir), f"utils came from {report['utils']}, not the install"
     assert not Path(report["utils"]).is_relative_to(REPO)
-    assert len(report["models"]) == 3 and len(report["saes"]) >= 4
+    assert report["models"] == list(BUNDLED) and len(report["saes"]) >= 4
     return report
 
 
