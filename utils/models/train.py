@@ -6,6 +6,11 @@ done and measured), then regenerates utils/assets/models/MODEL_CARD.md.
 
 Long runs are resumable: ``--checkpoint PATH`` saves the whole training state (weights, Adam,
 the data generator, the logged trajectory) every eval, and ``--resume`` continues from it.
+
+``--fast`` (``train(cfg, fast=True)``) computes the same loss with ``utils.models.fast_step`` (no
+stored logits, fused attention, no hooks) and a fused AdamW: the same losses and weights up to
+float rounding (tests/test_train_fast.py), about twice the speed on a CPU
+(scripts/bench_lm_step.py). The default step stays the plain one.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from tqdm.auto import tqdm
 from utils.data.dataset import analysis_tokens, batches
 from utils.models.config import ModelConfig
 from utils.models.evaluation import trajectory_point
+from utils.models.fast_step import fast_loss
 from utils.models.loading import MODEL_DIR, save_model, write_model_card
 from utils.models.transformer import HookedTinyTransformer
 
@@ -219,6 +225,27 @@ def mm_gflops(device: str, n: int = 1024, repeats: int = 20) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def make_optimizer(model: HookedTinyTransformer, cfg: TrainConfig, fast: bool = False) -> torch.optim.AdamW:
+    """AdamW, weight decay on matrices only; ``fast``: the fused implementation (same update)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98),
+                             fused=True if fast else None)
+
+
+def training_step(model: HookedTinyTransformer, optim: torch.optim.Optimizer, tokens: torch.Tensor,
+                  fast: bool = False) -> torch.Tensor:
+    """One step on ``tokens`` (already on the model's device); returns the loss before the step.
+    ``fast`` computes the same loss with ``utils.models.fast_step.fast_loss``."""
+    loss = fast_loss(model, tokens) if fast else model(tokens, return_type="loss")
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optim.step()
+    return loss
+
+
 def save_checkpoint(path, model, optim, generator, step: int, history: list, seconds: float, cfg: TrainConfig) -> None:
     """Everything a run needs to continue exactly where it stopped; written atomically."""
     path = Path(path)
@@ -233,17 +260,16 @@ def save_checkpoint(path, model, optim, generator, step: int, history: list, sec
 
 def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoint: Optional[str] = None,
           resume: bool = False, checkpoint_every: Optional[int] = None,
-          stop_at: Optional[int] = None) -> tuple[HookedTinyTransformer, dict]:
+          stop_at: Optional[int] = None, fast: bool = False) -> tuple[HookedTinyTransformer, dict]:
     """Train from scratch, or with ``resume`` continue from ``checkpoint`` (same preset; ``cfg.steps``
     may be larger than before). With ``checkpoint`` set, the state is saved every
     ``checkpoint_every`` steps (default: every eval) and at the end. ``stop_at`` ends the run early
-    (at that step, on the full run's schedule), to be resumed later."""
+    (at that step, on the full run's schedule), to be resumed later. ``fast``: the faster step
+    (``training_step``), same losses up to float rounding; a run may switch at a resume.
+    Nothing is written to disk unless ``checkpoint`` is given."""
     torch.manual_seed(cfg.seed)
     model = HookedTinyTransformer(cfg.model).to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    optim = make_optimizer(model, cfg, fast)
     generator = torch.Generator().manual_seed(cfg.seed)
     history, first_step, seconds_before = [], 0, 0.0
     if resume:
@@ -260,6 +286,8 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
                              "this config would record other ones")
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
+        for group in optim.param_groups:  # the saved groups carry the saving run's implementation flags
+            group["fused"], group["foreach"] = (True if fast else None), None
         generator.set_state(state["generator"])
         history, first_step, seconds_before = state["history"], state["step"], state["seconds"]
     every = checkpoint_every or cfg.eval_every
@@ -277,11 +305,7 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
         tokens = with_synthetic_rows(next(stream), step, cfg, generator)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = model(tokens.to(device), return_type="loss")
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
+        loss = training_step(model, optim, tokens.to(device), fast)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         done = step + 1
@@ -323,6 +347,8 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
         "date": date.today().isoformat(),
         "torch": torch.__version__,
     }
+    if fast:
+        report["fast_step"] = True
     return model.cpu().eval(), report
 
 
@@ -349,6 +375,8 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig field for an experiment, e.g. --set lr=0.002 "
                              "(recorded in the report)")
+    parser.add_argument("--fast", action="store_true",
+                        help="the faster step (utils.models.fast_step): same losses up to float rounding")
     parser.add_argument("--no-save", action="store_true",
                         help="train (and checkpoint) without writing the bundled files")
     args = parser.parse_args(argv)
@@ -360,7 +388,7 @@ def main(argv=None) -> None:
     for item in args.set:
         set_field(cfg, item)
     model, report = train(cfg, device=args.device, checkpoint=args.checkpoint, resume=args.resume,
-                          checkpoint_every=args.checkpoint_every, stop_at=args.stop_at)
+                          checkpoint_every=args.checkpoint_every, stop_at=args.stop_at, fast=args.fast)
     print(json.dumps({k: report[k] for k in ("tokens_seen", "train_seconds", "final_val_loss", "tokens_per_second",
                                              "step_gflop", "achieved_gflops", "torch_mm_gflops")}))
     if args.no_save or (args.stop_at is not None and args.stop_at < cfg.steps):
