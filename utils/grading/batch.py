@@ -1,8 +1,9 @@
 """A batch: find the submissions, grade them in parallel, keep the gradebook and the feedback.
 
 Gradebook (CSV). One row per graded submission is appended, flushed and fsync'ed the moment it is
-graded, so a crash mid-batch loses nothing already graded. When the batch ends the file is
-compacted atomically (temporary file + rename) to one row per student, the latest one winning,
+graded, so a crash mid-batch loses nothing already graded. When the batch ends every notebook is
+checked against the copy it was graded from (``verify_snapshots``), and the file is compacted
+atomically (temporary file + rename) to one row per student, the latest one winning,
 sorted by student. Running the same command again SKIPS every student whose notebook is unchanged
 (same SHA-256) and whose row is final (status graded or invalid), and REPLACES the rows of
 students whose notebook changed, or whose last attempt hit a grader-side error; ``--regrade``
@@ -375,7 +376,49 @@ def write_feedback(folder: Path, grade: SubmissionGrade, plan: ChapterPlan, take
 class BatchReport:
     graded: list = field(default_factory=list)  # SubmissionGrade, in completion order
     skipped: list = field(default_factory=list)  # students whose row was kept
+    changed: list = field(default_factory=list)  # what verify_snapshots found and did, one line each
     seconds: float = 0.0
+
+
+def verify_snapshots(subs: list[Submission], gradebook: Gradebook) -> list[str]:
+    """After the batch: each notebook on disk must still hold the bytes it was graded from (the
+    copy ``discover`` took before any submission ran). One that changed while submissions ran (a
+    classmate's native code can write where the audit hook does not look, in the basic sandbox
+    run by an ordinary user) is put back as it was graded, the changed file kept beside it as
+    ``<name>.changed-<sha256 prefix>`` (no longer a notebook to discovery), and the student's row
+    flagged. So the next run finds the graded bytes and keeps the row, and nothing is lost when
+    the change was the student's own late resubmission. Returns one line per change."""
+    lines = []
+    for sub in subs:
+        if sub.problem or not sub.data:
+            continue
+        path = Path(sub.path)
+        try:
+            now = path.read_bytes()
+        except FileNotFoundError:
+            now = None
+        except OSError as e:
+            now = f"unreadable ({e})".encode()
+        if now == sub.data:
+            continue
+        what = "deleted" if now is None else f"changed (now sha256 {hashlib.sha256(now).hexdigest()[:12]})"
+        try:
+            if now is not None:
+                aside = path.with_name(f"{path.name}.changed-{hashlib.sha256(now).hexdigest()[:12]}")
+                aside.write_bytes(now)
+                what += f", kept as {aside.name}"
+            tmp = path.with_name(f".{path.name}.restoring")
+            tmp.write_bytes(sub.data)
+            os.replace(tmp, path)
+            what += "; restored to the graded copy"
+        except OSError as e:
+            what += f"; NOT restored ({e}): the next run would grade the changed file"
+        note = f"notebook {what} while the batch ran"
+        row = gradebook.previous.get(sub.student)
+        if row is not None:
+            row["flags"] = "; ".join(f for f in (row.get("flags", ""), note) if f)
+        lines.append(f"{sub.student}: {note}")
+    return lines
 
 
 def run_batch(subs: list[Submission], plan: ChapterPlan, options: Options, gradebook: Gradebook,
@@ -428,6 +471,7 @@ def run_batch(subs: list[Submission], plan: ChapterPlan, options: Options, grade
     finally:
         if own_runtime:
             runtime.close()
+        report.changed = verify_snapshots(subs, gradebook)  # no submission runs any more
         gradebook.compact()
         report.seconds = time.monotonic() - start
     return report

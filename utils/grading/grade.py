@@ -50,6 +50,7 @@ class Options:
     protected: list = field(default_factory=list)  # refused by the audit hook (both sandboxes)
     other_chapters: dict = field(default_factory=dict)  # slug -> grade_ids, to name a wrong chapter
     seccomp: bool = True  # load the seccomp filter in each submission's process (see grading.seccomp)
+    unprivileged: Optional[tuple] = None  # (uid_base, shared_uid): a root grader's basic sandbox (privileges)
 
 
 @dataclass
@@ -564,6 +565,7 @@ def _run(sub: Submission, cells: list, options: Options, runtime: Runtime) -> Ru
             "scratch_mb": options.limits.scratch_mb, "memory_mb": options.limits.memory_mb,
             "fsize_mb": options.limits.fsize_mb, "threads": options.limits.threads,
             "cpu_seconds": int(options.limits.timeout_total) + 30, "notebook_name": name,
+            "unprivileged": options.unprivileged,
             "env": child_env(str(scratch), options.limits.threads),
         },
         "notebook": sub.data.decode("utf-8"),

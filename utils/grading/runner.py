@@ -12,7 +12,8 @@ Each CHILD (one submission, see ``serve``):
    output pipe from the grader (file descriptors passed over the zygote's control socket);
 2. enters the sandbox (``jail``): new user, mount, pid and network namespaces (the submission's
    code runs as pid 1 of its own namespace, seeing no other process), hidden files, a read-only
-   filesystem but for its scratch folder; then limits and the audit hook;
+   filesystem but for its scratch folder; or, in the basic sandbox under a root grader, becomes an
+   unprivileged user of its own (``privileges``); then limits and the audit hook;
 3. writes the copy of the submission into its scratch folder and runs its non-test cells in an
    IPython shell, one by one, as a notebook would (an error in a cell is reported and the next
    cell runs; graded test cells are never sent, so no check runs here);
@@ -221,6 +222,10 @@ def _child(fds: list, work: dict, tensors: dict, shell) -> None:
         else:
             send({"t": "pid", "pid": os.getpid()})
             os.makedirs(config["scratch"], exist_ok=True)
+            if config.get("unprivileged"):  # a root grader: from here on, a user of its own (privileges)
+                from utils.grading import privileges
+
+                privileges.drop(config["scratch"], *config["unprivileged"])
         serve(header, work, tensors, shell, send)
     except BaseException as e:
         try:
