@@ -3,8 +3,9 @@
 From a gradebook the sandboxed grader wrote, for the instructor: per exercise the mean, the score
 distribution, and how many students hit each misconception the checks name ("There is no causal
 mask ...: 14 of 60"); the students with flags (references used, refused actions, edited tests);
-time-outs. One self-contained HTML file (figures inline as PNG, no scripts, no network) and, with
-``--csv``, the misconception counts as a table.
+time-outs; pairs of students whose solution code is unusually alike, with their shared passages
+side by side (``similarity``). One self-contained HTML file (figures inline as PNG, no scripts, no
+network) and, with ``--csv``, the misconception counts as a table.
 """
 from __future__ import annotations
 
@@ -139,13 +140,37 @@ def _figures(summaries: list[ExerciseSummary], facts: dict) -> dict[str, str]:
     return out
 
 
-def render_html(slug: str, summaries: list[ExerciseSummary], facts: dict) -> str:
+def _similarity_html(pairs: list, notes: list) -> list[str]:
+    """The similar pairs, each with its shared passages side by side (see similarity.py)."""
+    e = html.escape
+    from utils.grading.similarity import MIN_SHARED, THRESHOLD
+
+    parts = ["<h2>Similar solution code</h2>",
+             f"<p>Pairs whose solution cells share at least {THRESHOLD:.0%} of the smaller one's fingerprints "
+             f"(and at least {MIN_SHARED}), after names, strings, comments and layout are normalised and the "
+             "code every student was given is left out. Similar is not copied: read the passages.</p>"]
+    if not pairs:
+        parts.append("<p>None.</p>")
+    for p in pairs:
+        parts.append(f"<h3>{e(p.a)} and {e(p.b)}: {p.score:.0%} ({p.shared} shared fingerprints)</h3>"
+                     f"<table class='pair'><tr><th>{e(p.a)}</th><th>{e(p.b)}</th></tr>")
+        for ga, la, text_a, gb, lb, text_b in p.passages:
+            parts.append(f"<tr><td><i>{e(ga)}, line {la}</i><pre>{e(text_a)}</pre></td>"
+                         f"<td><i>{e(gb)}, line {lb}</i><pre>{e(text_b)}</pre></td></tr>")
+        parts.append("</table>")
+    if notes:
+        parts.append("<p>Not compared:</p><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+    return parts
+
+
+def render_html(slug: str, summaries: list[ExerciseSummary], facts: dict, similar: tuple = ([], [])) -> str:
     figs = _figures(summaries, facts)
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Class report: {e(slug)}</title>",
              "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:left;vertical-align:top}th{background:#f2f2f2}.num{text-align:right}</style></head><body>",
+             "text-align:left;vertical-align:top}th{background:#f2f2f2}.num{text-align:right}"
+             ".pair td{width:50%}.pair pre{margin:2px 0;white-space:pre-wrap;background:#fff6d5}</style></head><body>",
              f"<h1>Class report: {e(slug)}</h1>",
              f"<p>{facts['graded']} of {facts['students']} submissions graded; mean total "
              f"{(sum(facts['totals']) / len(facts['totals']) if facts['totals'] else 0):.2f} of {facts['max_total']:g}."
@@ -174,6 +199,7 @@ def render_html(slug: str, summaries: list[ExerciseSummary], facts: dict) -> str
     parts.append(f"<h2>Time-outs</h2><p>{e(', '.join(facts['timeouts'])) or 'None.'}</p>")
     if facts["not graded"]:
         parts.append("<h2>Not graded</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in facts["not graded"]) + "</ul>")
+    parts += _similarity_html(*similar)
     parts.append("</body></html>\n")
     return "".join(parts)
 
@@ -200,13 +226,21 @@ def main(argv: list[str]) -> int:
     p.add_argument("--solutions", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
-        slug, summaries, facts = summarise(_read(args.gradebook), args.solutions)
+        rows = _read(args.gradebook)
+        slug, summaries, facts = summarise(rows, args.solutions)
     except (BatchError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from utils.grading.similarity import class_pairs
+
+    pairs, notes = class_pairs(rows, slug, args.solutions)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render_html(slug, summaries, facts), encoding="utf-8")
+    args.out.write_text(render_html(slug, summaries, facts, (pairs, notes)), encoding="utf-8")
     if args.csv:
         write_csv(args.csv, summaries, facts)
     print(f"report for {facts['students']} student(s) of {slug}: {args.out}" + (f", {args.csv}" if args.csv else ""))
+    for p in pairs:
+        print(f"similar solution code: {p.a} and {p.b} ({p.score:.0%}, {p.shared} shared fingerprints)")
+    for note in notes:
+        print(f"not compared for similarity: {note}")
     return 0
