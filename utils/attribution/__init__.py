@@ -23,7 +23,12 @@ from utils.attribution.influence import (
     output_influence,
     prune_mask,
 )
-from utils.attribution.interventions import intervention_agreement, predicted_logit_change, real_logit_change
+from utils.attribution.interventions import (
+    frozen_quantities_shift,
+    intervention_agreement,
+    predicted_logit_change,
+    real_logit_change,
+)
 from utils.attribution.metrics import evaluate_transcoders, replacement_hooks
 from utils.attribution.replacement import FrozenPrompt, freeze, frozen_forward
 from utils.attribution.saving import TRANSCODER_DIR, load_transcoder, load_transcoders, save_transcoder
@@ -32,7 +37,8 @@ from utils.attribution.transcoder import Transcoder, TranscoderConfig, topk_relu
 
 __all__ = [
     "exercises", "Graph", "build_graph", "top_logits", "graph_scores", "influence_matrix", "normalize_adjacency",
-    "output_influence", "prune_mask", "intervention_agreement", "predicted_logit_change", "real_logit_change",
+    "output_influence", "prune_mask", "frozen_quantities_shift",
+    "intervention_agreement", "predicted_logit_change", "real_logit_change",
     "evaluate_transcoders", "replacement_hooks", "FrozenPrompt", "freeze", "frozen_forward", "TRANSCODER_DIR",
     "load_transcoder", "load_transcoders", "save_transcoder", "PairedActivations", "train_transcoder",
     "transcoder_loss", "Transcoder", "TranscoderConfig", "topk_relu",

@@ -78,3 +78,34 @@ def intervention_agreement(fp: FrozenPrompt, graph: Graph, nodes, factor: float 
     return {"real": real_t, "predicted": full_t, "direct": direct_t, "pearson": pearson(real_t, full_t),
             "pearson_direct": pearson(real_t, direct_t),
             "slope": float(real_t @ full_t / (full_t @ full_t))}
+
+
+@torch.no_grad()
+def frozen_quantities_shift(fp: FrozenPrompt, node: tuple[int, int, int], factor: float = 0.0) -> dict:
+    """What the graph froze, and how much it moves in the real model when feature ``node`` is scaled:
+    the largest change of any attention probability after the feature's layer, the largest relative
+    change of any LayerNorm scale there, and how many later transcoder features switch on or off."""
+    layer, position, index = node
+    model, tc = fp.model, fp.transcoders[layer]
+    delta = (factor - 1) * fp.acts[layer][position, index] * tc.W_dec[index].to(fp.logits.dtype)
+
+    def edit(y, hook):
+        y = y.clone()
+        y[:, position] += delta
+        return y
+
+    with model.hooks(fwd_hooks=[(tc.cfg.hook_out, edit)]):
+        _, cache = model.run_with_cache(fp.tokens[None])
+    later = range(layer + 1, fp.n_layers)
+    pattern = max((float((cache[f"blocks.{la}.attn.hook_pattern"][0] - fp.patterns[la]).abs().max()) for la in later),
+                  default=0.0)
+    scales = [(cache[f"blocks.{la}.ln1.hook_scale"][0, :, 0], fp.ln1_scale[la]) for la in later]
+    scales += [(cache[f"blocks.{la}.ln2.hook_scale"][0, :, 0], fp.ln2_scale[la]) for la in later]
+    scales += [(cache["ln_final.hook_scale"][0, :, 0], fp.lnf_scale)]
+    scale = max(float(((new - old) / old).abs().max()) for new, old in scales)
+    flips = 0
+    for la in later:
+        tc_later = fp.transcoders[la]
+        acts = tc_later.encode(cache[tc_later.cfg.hook_in][0].to(tc_later.W_enc.dtype))
+        flips += int(((acts > 0) != (fp.acts[la] > 0)).sum())
+    return {"max_pattern_change": pattern, "max_scale_change": scale, "features_switched": flips}
