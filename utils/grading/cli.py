@@ -103,29 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         cleanup(base)
 
 
-def _unprivileged(options, base: str) -> str:
-    """As root, the basic sandbox runs each submission as an unprivileged user (``privileges``):
-    choose the uids and let them into the scratch folder; returns a problem, or ""."""
-    from utils.grading import privileges
-
-    uid_base, shared = privileges.choose_ids()
-    if uid_base is None and shared is None:
-        return ("--sandbox basic as root: this user namespace maps neither the uids "
-                f"{privileges.UID_BASE}+ nor nobody ({privileges.NOBODY}), so submissions cannot run unprivileged; "
-                "run the grader as an ordinary user")
-    if shared is not None:
-        print(f"warning: every submission runs as nobody ({shared}): uids {privileges.UID_BASE}+ are not mapped here, "
-              "so submissions graded at the same time share a user (use --jobs 1 to keep them apart)",
-              file=sys.stderr)
-    os.chmod(base, 0o711)  # each submission's scratch folder inside is its own (0700)
-    blocked = privileges.unreachable(base, listed=False)
-    if blocked:
-        return (f"--sandbox basic as root: the scratch folder {base} lies under {blocked}, which other users "
-                "cannot enter; set TMPDIR to a folder they can (such as /tmp)")
-    options.unprivileged = (uid_base, shared)
-    return ""
-
-
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -148,10 +125,13 @@ def _grade(args, slug: str, subs: list, base: str) -> int:
     # resolve_sandbox has checked the filter for "namespace"; "basic" takes it where the kernel does.
     options = Options(limits=limits, sandbox=sandbox, scratch_base=base,
                       seccomp=sandbox == "namespace" or seccomp.available())
-    if sandbox == "basic" and os.geteuid() == 0:
-        problem = _unprivileged(options, base)
-        if problem:
-            return _fail(problem)
+    if sandbox == "basic" and os.geteuid() == 0:  # each submission as an unprivileged user of its own
+        from utils.grading.privileges import PrivilegeError, prepare
+
+        try:
+            options.unprivileged = prepare(base)
+        except PrivilegeError as e:
+            return _fail(str(e))
     runtime = Runtime(options).start()  # the zygote imports torch & co. while the chapter is planned
     try:
         try:

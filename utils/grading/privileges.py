@@ -56,6 +56,30 @@ def choose_ids(uid_map: Optional[str] = None, pid_max: Optional[int] = None) -> 
     return None, None
 
 
+class PrivilegeError(RuntimeError):
+    """A root grader cannot run submissions unprivileged here (the message says why and what to do)."""
+
+
+def prepare(scratch_base: str) -> tuple[Optional[int], Optional[int]]:
+    """The grader's side, as root: choose the uids (``choose_ids``, warning on stderr when every
+    submission must share ``nobody``) and let them into the scratch folder (made 0711: each
+    submission's own folder inside stays 0700). Returns ``Options.unprivileged``."""
+    uid_base, shared = choose_ids()
+    if uid_base is None and shared is None:
+        raise PrivilegeError(f"--sandbox basic as root: this user namespace maps neither the uids {UID_BASE}+ nor "
+                             f"nobody ({NOBODY}), so submissions cannot run unprivileged; run the grader as an "
+                             "ordinary user")
+    if shared is not None:
+        print(f"warning: every submission runs as nobody ({shared}): uids {UID_BASE}+ are not mapped here, so "
+              "submissions graded at the same time share a user (use --jobs 1 to keep them apart)", file=sys.stderr)
+    os.chmod(scratch_base, 0o711)
+    blocked = unreachable(scratch_base, listed=False)
+    if blocked:
+        raise PrivilegeError(f"--sandbox basic as root: the scratch folder {scratch_base} lies under {blocked}, which "
+                             "other users cannot enter; set TMPDIR to a folder they can (such as /tmp)")
+    return uid_base, shared
+
+
 def unreachable(path: str, listed: bool = True) -> Optional[str]:
     """The first folder on the way to ``path`` that a user other than its owner and group cannot
     search (or ``path`` itself: a file such a user cannot read, or with ``listed`` a folder it
