@@ -10,6 +10,9 @@ re-exported here under its own name:
 - ``ch03_composition``  3. composition scores (attn-only-2l's K-composition)
 - ``ch03_circuit``      the induction circuit read from the weights
 - ``ch03_patching``     activation patching and direct logit attribution
+- ``ch03_hooks``        hooks the student writes (zero- and mean-ablation, patching one head at one
+                        position), run inside attn-only-2l's forward pass, and the held-out text's
+                        in-context-learning score with heads ablated through them
 
 The conceptual questions live here (their options and keys are in the solutions' questions.json).
 Every check runs the student's function on seeded random inputs and on a bundled model, and
@@ -20,6 +23,7 @@ from __future__ import annotations
 from utils.checks import ch03_circuit as _circuit
 from utils.checks import ch03_composition as _composition
 from utils.checks import ch03_copying as _copying
+from utils.checks import ch03_hooks as _hooks
 from utils.checks import ch03_induction as _induction
 from utils.checks import ch03_patching as _patching
 from utils.checks.ch03_circuit import (  # noqa: F401
@@ -42,6 +46,16 @@ from utils.checks.ch03_copying import (  # noqa: F401
                                        eigenvalues_via_small_product,
                                        full_ov_circuit_eigenvalues,
                                        self_top_k_fraction,
+)
+from utils.checks.ch03_hooks import (  # noqa: F401
+                                       ABLATED_ICL_SCORE,
+                                       MEAN_ABLATION_HOOK,
+                                       PATCH_HEAD_POSITION_HOOK,
+                                       ZERO_ABLATION_HOOK,
+                                       ablated_icl_score,
+                                       mean_ablation_hook,
+                                       patch_head_position_hook,
+                                       zero_ablation_hook,
 )
 from utils.checks.ch03_induction import (  # noqa: F401
                                        ABLATE_HEADS,
@@ -74,7 +88,8 @@ from utils.checks.core import question
 CHAPTER = "03"
 EXERCISES = tuple(_copying.EXERCISES + _induction.EXERCISES + _composition.EXERCISES
                   + ["copying_question", "k_composition_question", "baseline_question"]
-                  + _circuit.EXERCISES + _patching.EXERCISES + ["patching_question"])
+                  + _circuit.EXERCISES + _hooks.EXERCISES[:2] + _patching.EXERCISES + ["patching_question"]
+                  + _hooks.EXERCISES[2:])
 
 
 # --------------------------------------------------------------------------- conceptual questions
