@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 
@@ -80,7 +81,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, CPU; "
-          f"median of {args.rounds} alternating rounds; GFLOP/s from CPU time (wall time beside it)")
+          f"median of {args.rounds} alternating rounds; GFLOP/s from CPU time (wall time beside it); "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     header = (f"{'preset':13s} {'GFLOP/step':>10s} {'plain s':>8s} {'(wall)':>7s} {'fast s':>7s} {'(wall)':>7s} "
               f"{'plain':>6s} {'fast':>6s} {'mm1024':>6s} {'mm_unemb':>8s} {'speed-up':>8s} "
               f"{'plain/mm':>8s} {'fast/mm':>7s} {'fast/mm_unemb':>13s}")
@@ -92,6 +94,7 @@ def main(argv=None) -> None:
               f"{fast['wall_s']:7.3f} {plain['gflops']:6.1f} {fast['gflops']:6.1f} {sq['gflops']:6.1f} "
               f"{un['gflops']:8.1f} {plain['cpu_s'] / fast['cpu_s']:8.2f} {plain['gflops'] / sq['gflops']:8.2f} "
               f"{fast['gflops'] / sq['gflops']:7.2f} {fast['gflops'] / un['gflops']:13.2f}", flush=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,7 @@ def test_fast_loss_refuses_hooks_and_bad_tokens():
     with pytest.raises(ValueError, match="hooks attached"):
         fast_loss(model, tokens)
     model.reset_hooks()
+    assert fast_loss(model, tokens.int()).item() == pytest.approx(fast_loss(model, tokens).item())  # any integer dtype
     for bad in (tokens[0], tokens.float(), torch.zeros(2, 33, dtype=torch.long)):
         with pytest.raises(ValueError, match="tokens must be"):
             fast_loss(model, bad)
