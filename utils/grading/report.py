@@ -147,7 +147,7 @@ def _similarity_html(pairs: list, notes: list) -> list[str]:
 
     parts = ["<h2>Similar solution code</h2>",
              f"<p>Pairs whose solution cells share at least {THRESHOLD:.0%} of the smaller one's fingerprints "
-             f"(and at least {MIN_SHARED}), after names, strings, comments and layout are normalised and the "
+             f"(and at least {MIN_SHARED}), after names, quotes, comments and layout are normalised and the "
              "code every student was given is left out. Similar is not copied: read the passages.</p>"]
     if not pairs:
         parts.append("<p>None.</p>")

@@ -1,23 +1,26 @@
 """Pairs of students whose solution code is unusually alike (for ``python -m utils.grading report``).
 
 Only what students wrote counts: the code of their solution cells (the cells nbgrader marks as
-solution, matched to the released notebook by ``grade_id``; in a notebook that still has them,
-only the lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION``). Each cell is reduced to
-tokens that survive renaming and reformatting: every name a student chooses becomes ``N`` (names
-after a dot, such as ``.softmax``, are the library's and stay), every string ``S``; comments,
-line breaks and indentation are dropped. Runs of ``K`` tokens are hashed, and winnowing (Schleimer,
-Wilkerson and Aiken, 2003) keeps the smallest hash of every ``W`` consecutive ones: a passage of
-``K + W - 1`` tokens shared by two students always leaves a common fingerprint, wherever it sits, so
-moving functions around or between cells does not hide a copy.
+solution in the trusted notebook, found by ``grade_id``; in a notebook that still has them, only
+the lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION``), less every line the released
+notebook gives (signatures, docstrings, starter code). Each cell is reduced to tokens that survive
+renaming and reformatting: every name a student chooses becomes ``N`` (names after a dot, such as
+``.softmax``, are the library's and stay), strings count by their value (``"ij->i"`` and
+``'ij->i'`` alike); comments, line breaks and indentation are dropped. Runs of ``K`` tokens are
+hashed, and winnowing (Schleimer, Wilkerson and Aiken, 2003) keeps the smallest hash of every
+``W`` consecutive ones: a passage of ``K + W - 1`` tokens shared by two students always leaves a
+common fingerprint, wherever it sits, so moving functions around or between cells does not hide
+a copy.
 
-What everyone shares is no evidence: fingerprints of any code in the released notebook (the
-signatures and docstrings students are given) are removed, and so is any fingerprint found in more
-than ``common_share`` of the class (an idiom nearly everyone writes). A pair is reported when
-they share at least ``MIN_SHARED`` fingerprints and those make at least ``threshold`` of the
-smaller student's own fingerprints.
+What everyone shares is no evidence: fingerprints of any code in the released notebook are
+removed, and so is any fingerprint of more than ``common_share`` of the class (an idiom nearly
+everyone writes; never one of ``COMMON_FLOOR`` students or fewer, so a copy shared by a few still
+counts). A pair is reported when they share at least ``MIN_SHARED`` fingerprints and those make at
+least ``threshold`` of the smaller student's own fingerprints.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import keyword
@@ -92,13 +95,21 @@ def tokens(source: str, given: frozenset = frozenset()) -> list[tuple[str, int]]
             text = tok.string
             if tok.type == tokenize.NAME and not keyword.iskeyword(text) and previous != ".":
                 text = "N"
-            elif tok.type == tokenize.STRING or tok.type == getattr(tokenize, "FSTRING_START", -1):
-                text = "S"
+            elif tok.type == tokenize.STRING:
+                text = _literal(text)
             out.append((text, tok.start[0]))
             previous = tok.string
     except (tokenize.TokenError, IndentationError, SyntaxError):
         return out
     return out
+
+
+def _literal(text: str) -> str:
+    """A string token by its value, whatever its quotes or prefix (an f-string: just a string)."""
+    try:
+        return "S" + repr(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+        return "S"
 
 
 def _hash(run: list[tuple[str, int]]) -> int:
