@@ -114,6 +114,8 @@ class Transcoder(nn.Module):
     def decode(self, f: Float[Tensor, "... d_trans"]) -> Float[Tensor, "... d_out"]:
         return f @ self.W_dec + self.b_dec
 
-    def forward(self, x: Float[Tensor, "... d_in"]) -> tuple[Tensor, Tensor]:
-        f = self.encode(x)
-        return self.decode(f), f
+    def forward(self, x: Float[Tensor, "batch d_in"]) -> tuple[Tensor, Tensor]:
+        """(y_hat, f): the chapter's reference ``transcoder_forward``, on this module's weights."""
+        from utils.attribution.exercises import transcoder_forward
+
+        return transcoder_forward(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.cfg.k)
