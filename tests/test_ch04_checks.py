@@ -237,7 +237,20 @@ def anti_loops(batch_size, group_probability, group_size):
     return x
 
 
+def pair_losses_moments(p, r):
+    """From the moments: Var(x) = E[x^2] - E[x]^2 and E[min(u, v)^2] = int 2 (1 - t) t^2 dt."""
+    second, mean = p / 3, p / 2
+    e_min_sq = 2 * (1 / 3 - 1 / 4)
+    return torch.stack([r * (second - mean ** 2), p * p * e_min_sq * (1 + r)], dim=1)
+
+
+def pair_losses_loop(p, r):
+    return torch.tensor([[ri * (pi / 3 - pi * pi / 4), (1 + ri) * pi * pi / 6]
+                         for pi, ri in zip(p.tolist(), r.tolist())])
+
+
 CORRECT = {
+    "pair_losses": [ref.pair_losses, pair_losses_moments, pair_losses_loop],
     "toy_forward": [ref.toy_forward, forward_einsum, forward_loops, forward_float64],
     "generate_batch": [generate_two_draws, generate_bernoulli, generate_one_draw],
     "weighted_loss": [ref.importance_weighted_loss, loss_einsum, loss_loops],
@@ -349,3 +362,29 @@ def test_anticorrelated_check_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     check.anticorrelated_batch(anti_scatter)
     assert torch.equal(torch.rand(3), expected_next)
+
+
+# --------------------------------------------------------------------------- 4b. the phase change in closed form
+
+
+def test_pair_losses_match_the_toy_model_on_sampled_data():
+    """The closed forms against the two solutions run through the toy model on 400k sampled rows:
+    W = [1, 0], b = [0, p/2] (feature 0 alone) and W = [1, -1], b = 0 (the antipodal pair)."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.9, 0.5, 0.2, 0.05])
+    r = torch.tensor([0.3, 1.0, 0.6, 0.8])
+    k = len(p)
+    importance = torch.stack([torch.ones(k), r], dim=1)
+    x = ref.generate_batch(400_000, p[:, None].expand(k, 2), g)
+    alone_W = torch.tensor([[[1.0, 0.0]]]).expand(k, 1, 2)
+    alone_b = torch.stack([torch.zeros(k), p / 2], dim=1)
+    pair_W = torch.tensor([[[1.0, -1.0]]]).expand(k, 1, 2)
+    sampled = torch.stack([ref.per_instance_loss(ref.toy_forward(W, b, x), x, importance)
+                           for W, b in ((alone_W, alone_b), (pair_W, torch.zeros(k, 2)))], dim=1)
+    assert torch.allclose(sampled, ref.pair_losses(p, r), rtol=0.03, atol=2e-4)
+    # the crossing: both columns equal at the critical probability, the pair cheaper below it
+    crit = ref.critical_probability(r)
+    at = ref.pair_losses(crit, r)
+    assert torch.allclose(at[:, 0], at[:, 1], rtol=1e-5)
+    below = ref.pair_losses(0.9 * crit, r)
+    assert (below[:, 1] < below[:, 0]).all()

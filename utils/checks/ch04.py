@@ -18,6 +18,9 @@ with their exact statistics), and every check and Exercise is re-exported here u
 - ``ch04_data``            2. the sparse data generator (``batch_statistics``)
 - ``ch04_measures``        4-5. superposition, feature dimensionality
 - ``ch04_anticorrelated``  6. anti-correlated feature groups (``anti_statistics``)
+- ``ch04_phase``           4b. the phase change of two features in one dimension, in closed form
+- ``ch04_training``        3b. the student's own training loop, graded on what it trains
+                           (``last_run``: the weights it trained, for the notebook's plots)
 
 The conceptual questions live here (their options and keys are in the solutions' questions.json).
 """
@@ -33,11 +36,14 @@ from utils.checks.ch04_anticorrelated import (  # noqa: F401
 from utils.checks.ch04_data import GENERATE_BATCH, GENERATE_ROWS, GENERATE_TOL, batch_statistics, generate_batch  # noqa: F401
 from utils.checks.ch04_measures import DIMENSIONALITY, SUPERPOSITION, dimensionality, superposition  # noqa: F401
 from utils.checks.ch04_model import LOSS, TOY_FORWARD, toy_forward, weighted_loss  # noqa: F401
+from utils.checks.ch04_phase import PAIR_LOSSES, pair_losses  # noqa: F401
+from utils.checks.ch04_training import BANDS, TRAIN_TOY, last_run, train_toy  # noqa: F401
 from utils.checks.core import question
 
 CHAPTER = "04"
-EXERCISES = ("toy_forward", "generate_batch", "weighted_loss", "superposition", "dimensionality",
-             "dense_regime_question", "antipodal_question", "privileged_basis_question", "anticorrelated_batch")
+EXERCISES = ("toy_forward", "generate_batch", "weighted_loss", "train_toy", "superposition", "dimensionality",
+             "dense_regime_question", "antipodal_question", "pair_losses", "privileged_basis_question",
+             "anticorrelated_batch")
 
 
 # --------------------------------------------------------------------------- multiple choice

@@ -1,6 +1,7 @@
 """Chapter 04's graded exercises in their plain form: the reference answers ``utils.checks.ch04``
 grades against (``check.toy_forward``, ``generate_batch``, ``weighted_loss``, ``superposition``,
-``dimensionality``, ``anticorrelated_batch``).
+``dimensionality``, ``anticorrelated_batch``, ``pair_losses``), and the training loop ``train_toy``
+(graded on the outcome of training, ``check.train_toy``).
 
 Shapes: the instance axis comes first, W [inst, d_hidden, feat], b [inst, feat],
 x [inst, batch, feat], importance and feature probability [inst, feat]; see the package docstring
@@ -130,7 +131,39 @@ def importance_weighted_loss(
     return per_instance_loss(out, x, importance).sum()
 
 
-# =========================================================================== 4. the measures
+# =========================================================================== 4. the training loop
+
+
+def train_toy(
+    W: Float[Tensor, "inst d_hidden feat"],
+    b: Float[Tensor, "inst feat"],
+    importance: Float[Tensor, "inst feat"],
+    feature_probability: Float[Tensor, "inst feat"],
+    steps: int,
+    batch_size: int,
+    lr: float,
+) -> tuple[Float[Tensor, "inst d_hidden feat"], Float[Tensor, "inst feat"]]:
+    """Adam on the importance-weighted loss from the weights (W, b), a fresh batch every step;
+    returns the trained (W, b). The loop of ``training.train``, written with the plain pieces.
+
+    Batches come from torch's global random stream (``generate_batch`` without a generator), so a
+    caller seeds it with ``torch.manual_seed``. Gradients are switched on inside: checks and graders
+    call a student's function under ``torch.no_grad()``.
+    """
+    W = W.detach().clone().requires_grad_(True)  # leaves of our own: the caller's tensors stay as they are
+    b = b.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([W, b], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            x = generate_batch(batch_size, feature_probability)
+            loss = importance_weighted_loss(toy_forward(W, b, x), x, importance)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return W.detach(), b.detach()
+
+
+# =========================================================================== 5. the measures
 
 
 def squared_overlaps(W: Float[Tensor, "inst d_hidden feat"]) -> Float[Tensor, "inst feat feat"]:
@@ -158,3 +191,33 @@ def dimensionality(W: Float[Tensor, "inst d_hidden feat"]) -> Float[Tensor, "ins
     """
     W = check_W(W)
     return W.norm(dim=-2).square() / (squared_overlaps(W).sum(-1) + EPS)
+
+
+# =========================================================================== 6. the phase change in closed form
+
+
+def pair_losses(
+    p: Float[Tensor, "k"],
+    r: Float[Tensor, "k"],
+) -> Float[Tensor, "k 2"]:
+    """Expected loss of the two candidate solutions of the smallest toy model, n = 2 features in
+    m = 1 dimension, importances (1, r), each feature present with probability p and then uniform
+    on [0, 1]: column 0 for feature 0 ALONE, column 1 for the ANTIPODAL PAIR.
+
+    Alone: W = [1, 0], b = [0, p/2]. Feature 0 passes through exactly; feature 1 is replaced by its
+    mean E[x_1] = p/2, the best constant, so its loss is r Var(x_1) = r (p/3 - p^2/4).
+    Pair: W = [1, -1], b = 0, so x'_0 = ReLU(x_0 - x_1) and x'_1 = ReLU(x_1 - x_0). A feature
+    alone comes back exactly; with both present (probability p^2) each output makes the error
+    min(x_0, x_1), and E[min(u, v)^2] = 1/6 for independent uniforms, so the loss is (1 + r) p^2 / 6.
+    """
+    p, r = torch.broadcast_tensors(torch.as_tensor(p), torch.as_tensor(r))
+    alone = r * (p / 3 - p ** 2 / 4)
+    pair = (1 + r) * p ** 2 / 6
+    return torch.stack([alone, pair], dim=-1)
+
+
+def critical_probability(r: Float[Tensor, "k"]) -> Float[Tensor, "k"]:
+    """The feature probability below which the antipodal pair beats feature 0 alone, where the
+    two columns of ``pair_losses`` are equal: (1 + r) p / 6 = r (1/3 - p/4), p* = 4 r / (2 + 5 r)."""
+    r = torch.as_tensor(r)
+    return 4 * r / (2 + 5 * r)
