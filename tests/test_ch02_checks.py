@@ -12,7 +12,7 @@ from transformer_lens import FactoredMatrix
 
 from utils import attention as at
 from utils import circuits as C
-from utils.checks import CheckFailure, toolkit
+from utils.checks import CheckFailure, ch02_skip_trigrams, toolkit
 from utils.checks import ch02 as check
 from utils.checks.core import seed_for
 
@@ -113,6 +113,36 @@ def top_factored(qk_A, qk_B, ov_A, ov_B, source, k, allowed):
     return tuple(dest.topk(k).indices), out.topk(k).indices
 
 
+def trigrams_loops(W_E, W_Q, W_K, W_V, W_O, W_U, allowed, n, context_len):
+    """Source by source in float64, with the dense circuits centred after the product (the real
+    model's 4096 x 4096 circuits fit in memory)."""
+    W_E, W_Q, W_K, W_V, W_O, W_U = (w.double() for w in (W_E, W_Q, W_K, W_V, W_O, W_U))
+    qk = (W_E @ W_Q) @ (W_E @ W_K).T / math.sqrt(W_Q.shape[1])
+    qk = qk - qk.mean(1, keepdim=True)
+    ov = W_E @ W_V @ W_O @ W_U
+    ov = ov - ov.mean(1, keepdim=True)
+    rows = []
+    for s in torch.nonzero(allowed)[:, 0].tolist():
+        q, d = qk[:, s].masked_fill(~allowed, -math.inf).max(0)
+        o, c = ov[s].masked_fill(~allowed, -math.inf).max(0)
+        rows.append((float(o) / (1 + math.exp(-(float(q) - math.log(context_len)))), s, int(d), int(c)))
+    rows.sort(key=lambda r: -r[0])
+    return [list(r[1:]) for r in rows[:n]], [r[0] for r in rows[:n]]
+
+
+def trigrams_from_circuits(W_E, W_Q, W_K, W_V, W_O, W_U, allowed, n, context_len):
+    """From the chapter's factored circuits: centre the QK columns with source_centred, mask with -inf."""
+    qk = C.source_centred(C.full_qk_circuit(W_E, W_Q[None], W_K[None])[0]).AB / math.sqrt(W_Q.shape[1])
+    ov = C.full_ov_circuit(W_E, W_V[None], W_O[None], W_U)[0].AB
+    ov = ov - ov.mean(1, keepdim=True)
+    off = ~allowed
+    best_q, dest = qk.masked_fill(off[:, None], float("-inf")).max(0)
+    best_o, out = ov.masked_fill(off[None, :], float("-inf")).max(1)
+    score = (best_o * torch.sigmoid(best_q - math.log(context_len))).masked_fill(off, float("-inf"))
+    top = score.topk(n).indices
+    return torch.stack([top, dest[top], out[top]], 1), score[top]
+
+
 def effect_loops(logits_with, logits_without, out_tokens):
     gains, lp = [], []
     for b in range(len(out_tokens)):
@@ -159,6 +189,7 @@ CORRECT = {
                               pos_tl_style],
     "positional_head_scores": [C.positional_head_scores, scores_loops, scores_einsum],
     "top_for_source": [C.top_for_source, top_dense, top_factored],
+    "head_skip_trigrams": [C.head_skip_trigrams, trigrams_loops, trigrams_from_circuits],
     "confirmation_effect": [C.confirmation_effect, effect_loops, effect_via_softmax],
     "spearman": [C.spearman, spearman_loops, spearman_unique],
 }
@@ -313,3 +344,25 @@ def test_inputs_are_plain_data():
         a = ex.make_inputs(seed_for(ex.name, 0))
         for inputs in [a, *(make() for make in ex.extra_inputs)]:
             assert all(isinstance(v, (torch.Tensor, int, float)) for v in inputs.values()), ex.name
+
+
+def test_head_skip_trigrams_is_the_search_the_chapter_tabulates():
+    """The reference against utils.circuits.skip_trigrams (chunked over sources, all heads at once) on
+    attn-only-1l's frequent tokens: the same triples and scores for every head."""
+    model = toolkit.attn_only_1l()
+    allowed = ch02_skip_trigrams.real_head_trigram_inputs()["allowed"]
+    table = C.skip_trigrams(model, allowed, k=1)
+    for head in range(model.cfg.n_heads):
+        weights = [getattr(model, m)[0, head].detach() for m in ("W_Q", "W_K", "W_V", "W_O")]
+        triples, scores = C.head_skip_trigrams(model.W_E.detach(), *weights, model.W_U.detach(), allowed, 8)
+        expected = table.top(8, head=head)
+        assert torch.equal(triples, expected.triples())
+        torch.testing.assert_close(scores, expected.score, rtol=1e-4, atol=1e-5)
+
+
+def test_head_skip_trigrams_refuses_bad_arguments():
+    inputs = ch02_skip_trigrams.head_trigram_inputs(0)
+    with pytest.raises(ValueError, match="n must be between"):
+        C.head_skip_trigrams(**{**inputs, "n": int(inputs["allowed"].sum()) + 1})
+    with pytest.raises(ValueError, match="allowed"):
+        C.head_skip_trigrams(**{**inputs, "allowed": inputs["allowed"].float()})

@@ -16,7 +16,8 @@ and every check and Exercise is re-exported here under its own name:
 - ``ch02_full_circuits``  1. the full OV and QK circuits, an OV slice from activations (and the
                           helpers the parts share)
 - ``ch02_positions``      2. the positional QK pattern, positional head scores
-- ``ch02_skip_trigrams``  3-4. a source's top destinations and outs, behavioural confirmation
+- ``ch02_skip_trigrams``  3-4. a source's top destinations and outs, a head's best skip-trigrams
+                          over every source (hard), behavioural confirmation
 - ``ch02_bigrams``        5. Spearman's rank correlation (the direct path against bigrams)
 
 The conceptual questions live here (their options and keys are in the solutions' questions.json).
@@ -41,8 +42,10 @@ from utils.checks.ch02_positions import (  # noqa: F401
 )
 from utils.checks.ch02_skip_trigrams import (  # noqa: F401
     CONFIRMATION_EFFECT,
+    HEAD_TRIGRAMS,
     TOP_FOR_SOURCE,
     confirmation_effect,
+    head_skip_trigrams,
     top_for_source,
 )
 from utils.checks.core import question
@@ -50,7 +53,7 @@ from utils.checks.core import question
 CHAPTER = "02"
 EXERCISES = (
     "full_ov_circuit", "full_qk_circuit", "ov_from_activations", "positional_qk_pattern",
-    "positional_head_scores", "top_for_source", "confirmation_effect", "spearman",
+    "positional_head_scores", "top_for_source", "head_skip_trigrams", "confirmation_effect", "spearman",
     "axis_question", "baseline_question", "shortformer_question",
 )
 

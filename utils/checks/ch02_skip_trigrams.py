@@ -14,10 +14,12 @@ from utils.checks.ch02_full_circuits import real_weights
 from utils.checks.core import Cases, CheckFailure, Exercise, run_check
 from utils.checks.toolkit import (
     attn_only_1l,
+    describe_parts,
     misconception,
     nan_as_inf,
     randint,
     rng,
+    run_described,
 )
 from utils.circuits import exercises as ref
 from utils.circuits.experiments import confirmation_prompts, filler_contexts
@@ -122,6 +124,137 @@ def top_for_source(fn, cases: Cases = None) -> None:
     """Check ``fn(qk_A, qk_B, ov_A, ov_B, source, k, allowed) -> (destinations[k], outs[k])``, best
     first; the real-model case is head 2 of attn-only-1l with source "try"."""
     run_check(TOP_FOR_SOURCE, _as_ids(fn), cases)
+
+
+# --------------------------------------------------------------------------- 3b. a head's best skip-trigrams (hard)
+
+
+def head_trigram_inputs(seed: int) -> dict:
+    """One random head: embeddings sharing a common direction (so centring the keys matters),
+    queries of very different sizes (so centring per destination matters), a mask that drops a
+    few tokens, and scores of order one (so the attention factor is neither 0 nor 1)."""
+    g = rng(seed)
+    vocab, d, k = randint(g, 24, 40), randint(g, 6, 10), randint(g, 3, 5)
+    W_E = torch.randn(vocab, d, generator=g) + torch.randn(1, d, generator=g) * 1.5
+    W_E = W_E * (torch.rand(vocab, 1, generator=g) * 1.5 + 0.5)
+    allowed = torch.rand(vocab, generator=g) < 0.8
+    allowed[torch.randperm(vocab, generator=g)[:3]] = False
+    W_U = torch.randn(d, vocab, generator=g) / d ** 0.5
+    W_E[~allowed] *= 2.5  # like rare tokens, the excluded ones have large, noisy weights: they would top
+    W_U[:, ~allowed] *= 2.5  # an unmasked ranking
+    return dict(W_E=W_E, W_Q=torch.randn(d, k, generator=g) / d ** 0.5,
+                W_K=torch.randn(d, k, generator=g) / d ** 0.5, W_V=torch.randn(d, k, generator=g) / d ** 0.5,
+                W_O=torch.randn(k, d, generator=g) / k ** 0.5, W_U=W_U,
+                allowed=allowed, n=randint(g, 3, 6), context_len=(4, 8, 16)[randint(g, 0, 2)])
+
+
+@lru_cache(maxsize=1)
+def real_head_trigram_inputs() -> dict:
+    w, allowed = real_weights(), _real_top_inputs()["allowed"]
+    head = 2
+    return dict(W_E=w["W_E"], W_Q=w["W_Q"][head], W_K=w["W_K"][head], W_V=w["W_V"][head], W_O=w["W_O"][head],
+                W_U=w["W_U"], allowed=allowed, n=10, context_len=16)
+
+
+def _trigram_variant(*, centre_qk="vocab", centre_ov="vocab", scale=True, qk_axis="col", score="attention",
+                     mask=True):
+    def head_skip_trigrams(W_E, W_Q, W_K, W_V, W_O, W_U, allowed, n, context_len):
+        d_vocab = W_E.shape[0]
+        keep = torch.nonzero(allowed)[:, 0] if mask else torch.arange(d_vocab)
+        mean_from = {"vocab": W_E, "allowed": W_E[keep], None: None}
+        q, k = W_E @ W_Q, W_E @ W_K
+        if centre_qk is not None:
+            k = k - mean_from[centre_qk].mean(0) @ W_K
+        qk = (q @ k.T) / (W_Q.shape[-1] ** 0.5 if scale else 1.0)  # [query, key] over the whole vocabulary
+        if qk_axis == "row":
+            qk = qk.T
+        qk = qk[keep][:, keep]
+        ov = W_E[keep] @ W_V @ W_O @ W_U
+        if centre_ov == "vocab":
+            ov = ov - ov.mean(-1, keepdim=True)
+        elif centre_ov == "allowed":
+            ov = ov - ov[:, keep].mean(-1, keepdim=True)
+        dest_score, dest = qk.max(dim=0)
+        out_score, out = ov[:, keep].max(dim=1)
+        if score == "attention":
+            total = out_score * torch.sigmoid(dest_score - torch.log(torch.tensor(float(context_len))))
+        elif score == "no context":
+            total = out_score * torch.sigmoid(dest_score)
+        else:
+            total = out_score
+        best = total.argsort(descending=True, stable=True)[:n]
+        return torch.stack([keep[best], keep[dest[best]], keep[out[best]]], dim=1), total[best]
+
+    return head_skip_trigrams
+
+
+def _as_trigrams(fn):
+    """Compare (triples as a LongTensor [n, 3], scores as a float tensor [n])."""
+    if not callable(fn) or getattr(fn, "as_trigrams", False):
+        return fn
+
+    def wrapped(**inputs):
+        out = fn(**inputs)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise CheckFailure("head_skip_trigrams must return a pair (triples, scores).")
+        try:
+            triples, scores = torch.as_tensor(out[0]).long(), torch.as_tensor(out[1]).float()
+        except (TypeError, ValueError, RuntimeError):
+            raise CheckFailure("head_skip_trigrams must return two tensors: triples [n, 3] of token ids and "
+                               "scores [n].") from None
+        return triples, scores
+
+    wrapped.as_trigrams = True
+    return wrapped
+
+
+HEAD_TRIGRAMS = Exercise(
+    chapter=CHAPTER,
+    name="head_skip_trigrams",
+    reference=_as_trigrams(ref.head_skip_trigrams),
+    make_inputs=head_trigram_inputs,
+    rtol=1e-4, atol=1e-5,
+    extra_inputs=(lambda: dict(real_head_trigram_inputs()),),
+    misconceptions=(
+        misconception("QK row instead of column", "Your destination for s is the key that s attends to when s is "
+           "the QUERY (a row of the QK circuit). The destinations that attend to s are column s: QK[d, s] with d "
+           "the query; take the maximum over d of each column. (Hint 2 has the formula.)",
+           _as_trigrams(_trigram_variant(qk_axis="row"))),
+        misconception("destinations not centred", "Your destination scores are the raw QK[d, s]. A destination with a "
+           "large query scores high on every source, and the softmax only sees how s compares with the other keys: "
+           "subtract the average source's score, i.e. use keys (W_E[s] - W_E.mean(0)) @ W_K. (Hint 2.)",
+           _as_trigrams(_trigram_variant(centre_qk=None))),
+        misconception("centred over allowed tokens only", "You centred with the mean over the ALLOWED tokens only. "
+           "The average source (and the average out token) is the mean over the whole vocabulary, as in "
+           "top_for_source: restrict the candidates to `allowed`, not the means. (Hint 2.)",
+           _as_trigrams(_trigram_variant(centre_qk="allowed", centre_ov="allowed"))),
+        misconception("no 1/sqrt(d_head)", "Your destination scores are not divided by sqrt(d_head); the attention "
+           "scores the softmax sees are q.k / sqrt(d_head), so the attention factor needs them too. (Hint 2.)",
+           _as_trigrams(_trigram_variant(scale=False))),
+        misconception("outs not centred", "Your out scores are the raw OV[s, c]. A uniform shift of every logit "
+           "changes no prediction: subtract the row's mean over the whole vocabulary, OV[s, c] - mean_c' OV[s, c']. "
+           "(Hint 2.)",
+           _as_trigrams(_trigram_variant(centre_ov=None))),
+        misconception("attention factor without log(context_len)", "Your attention factor is sigmoid(q) without "
+           "the context: among context_len tokens, s wins attention with odds about exp(q) / context_len, i.e. "
+           "sigmoid(q - log(context_len)). (Hint 2.)",
+           _as_trigrams(_trigram_variant(score="no context"))),
+        misconception("ranked by the OV score alone", "You ranked the sources by the out token's boost alone. A "
+           "skip-trigram needs both halves: the boost counts only as much as d attends to s, so multiply it by "
+           "sigmoid(q - log(context_len)). (Hint 2.)",
+           _as_trigrams(_trigram_variant(score="ov"))),
+        misconception("allowed ignored", "Your triples contain tokens whose `allowed` entry is False: sources, "
+           "destinations and outs all come from the allowed tokens. (Hint 3 shows where the mask goes.)",
+           _as_trigrams(_trigram_variant(mask=False))),
+    ),
+)
+
+
+def head_skip_trigrams(fn, cases: Cases = None) -> None:
+    """Check ``fn(W_E, W_Q, W_K, W_V, W_O, W_U, allowed, n, context_len) -> (triples[n, 3], scores[n])``
+    for one head, best first; the real-model case is head 2 of attn-only-1l over its frequent tokens."""
+    run_described(HEAD_TRIGRAMS, _as_trigrams(fn), cases,
+                  describe_parts(("triples", "scores"), HEAD_TRIGRAMS.rtol, HEAD_TRIGRAMS.atol))
 
 
 # --------------------------------------------------------------------------- 4. behavioural confirmation

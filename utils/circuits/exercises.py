@@ -10,7 +10,8 @@ In the chapter's order:
    ``circuit_slice``, ``ov_from_activations``
 2. positions: ``positional_qk_scores``, ``positional_qk_pattern``, ``positional_head_scores``,
    ``classify_heads``
-3. one head's skip-trigrams for one source token: ``top_for_source`` (and ``check_token_mask``)
+3. one head's skip-trigrams for one source token: ``top_for_source`` (and ``check_token_mask``);
+   one head's best skip-trigrams over every source, from its weights: ``head_skip_trigrams``
 4. behavioural confirmation, the measurement: ``confirmation_effect``
 5. rank correlation with ties: ``average_ranks``, ``spearman``
 """
@@ -250,6 +251,50 @@ def top_for_source(qk_A: Float[torch.Tensor, "d_vocab r"], qk_B: Float[torch.Ten
         dest_scores = dest_scores.masked_fill(~allowed, MASKED)
         out_scores = out_scores.masked_fill(~allowed, MASKED)
     return dest_scores.topk(k).indices, out_scores.topk(k).indices
+
+
+def head_skip_trigrams(
+    W_E: Float[torch.Tensor, "d_vocab d_model"],
+    W_Q: Float[torch.Tensor, "d_model d_head"],
+    W_K: Float[torch.Tensor, "d_model d_head"],
+    W_V: Float[torch.Tensor, "d_model d_head"],
+    W_O: Float[torch.Tensor, "d_head d_model"],
+    W_U: Float[torch.Tensor, "d_model d_vocab"],
+    allowed: Bool[torch.Tensor, "d_vocab"],
+    n: int,
+    context_len: int = 16,
+) -> tuple[Int[torch.Tensor, "n 3"], Float[torch.Tensor, "n"]]:
+    """One head's n best skip-trigrams (s, d, c) over every allowed source s, from its weights alone
+    (the direct token path: no positions, biases or LayerNorm), best first, with their scores.
+
+    For each allowed source s:
+
+    * d = the allowed destination with the largest centred, scaled QK score
+      q(d, s) = (QK[d, s] - mean_{s'} QK[d, s']) / sqrt(d_head), the mean over the WHOLE vocabulary;
+    * c = the allowed out token with the largest centred OV entry o(s, c) = OV[s, c] - mean_{c'} OV[s, c'];
+    * score(s) = o(s, c) * sigmoid(q(d, s) - log(context_len)): the out token's logit boost times the
+      attention d would give s against context_len - 1 average tokens (roughly).
+
+    The same numbers as ``utils.circuits.experiments.skip_trigrams`` for one head (its ``.top(n)``).
+    """
+    for name, t in (("W_E", W_E), ("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V), ("W_O", W_O), ("W_U", W_U)):
+        require_ndim(t, name, 2)
+    d_vocab = W_E.shape[0]
+    allowed = check_token_mask(allowed, d_vocab)
+    keep = torch.nonzero(allowed)[:, 0] if allowed is not None else torch.arange(d_vocab)
+    if not 1 <= n <= len(keep):
+        raise ValueError(f"n must be between 1 and the number of allowed tokens ({len(keep)}), got {n}")
+    queries = W_E[keep] @ W_Q  # every allowed destination's query
+    keys = (W_E[keep] - W_E.mean(0)) @ W_K  # every allowed source's key, minus the average token's
+    qk = queries @ keys.T / math.sqrt(W_Q.shape[-1])  # [dest, src]
+    ov = W_E[keep] @ W_V @ W_O @ W_U  # [src, every out token]
+    ov = ov - ov.mean(-1, keepdim=True)
+    dest_score, dest = qk.max(dim=0)  # the best destination of each source (a column maximum)
+    out_score, out = ov[:, keep].max(dim=1)  # the best out token of each source (a row maximum)
+    score = out_score * torch.sigmoid(dest_score - math.log(context_len))
+    best = score.argsort(descending=True, stable=True)[:n]
+    triples = torch.stack([keep[best], keep[dest[best]], keep[out[best]]], dim=1)
+    return triples, score[best]
 
 
 # --------------------------------------------------------------------------- 4. behavioural confirmation
