@@ -90,9 +90,12 @@ def test_as_an_ordinary_user_a_changed_notebook_is_graded_from_its_copy_and_put_
     from utils.grading.cli import main
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    root, out = tmp_path / "submitted", tmp_path / "grades.csv"
+    root, out, fb = tmp_path / "submitted", tmp_path / "grades.csv", tmp_path / "feedback"
     victim, original = _class(root)
-    assert main([str(root), "--chapter", "01", "--out", str(out), *LIMITS]) == 0
+    late = subs.trim(subs.chapter(SLUG))  # graded after b_victim: rewrites the victim's feedback
+    subs.insert_after(late, None, subs.native_overwrite(str(fb / "b_victim.md"), b"# Feedback: 0 points"))
+    subs.write(root, SLUG, "z_late", late)
+    assert main([str(root), "--chapter", "01", "--out", str(out), "--feedback", str(fb), *LIMITS]) == 0
     captured = capsys.readouterr()
     rows = _rows(out)
     assert rows["b_victim"]["total"] == rows["b_victim"]["max_total"]  # graded from the copy taken first
@@ -101,8 +104,9 @@ def test_as_an_ordinary_user_a_changed_notebook_is_graded_from_its_copy_and_put_
     assert victim.read_bytes() == original  # put back ...
     (aside,) = victim.parent.glob(f"{victim.name}.changed-*")  # ... and the changed file kept beside it
     assert b'"cells"' in aside.read_bytes() and aside.read_bytes() != original
+    assert "0 points" not in (fb / "b_victim.md").read_text()  # written again after the last submission
     assert main([str(root), "--chapter", "01", "--out", str(out), *LIMITS]) == 0
-    assert "unchanged, kept from the gradebook: 2" in capsys.readouterr().out
+    assert "unchanged, kept from the gradebook: 3" in capsys.readouterr().out
     assert _rows(out)["b_victim"]["total"] == rows["b_victim"]["max_total"]
 
 

@@ -471,8 +471,13 @@ def run_batch(subs: list[Submission], plan: ChapterPlan, options: Options, grade
     finally:
         if own_runtime:
             runtime.close()
-        report.changed = verify_snapshots(subs, gradebook)  # no submission runs any more
+        # No submission runs any more: what the batch wrote is written again from memory (the
+        # gradebook by compact), so no native write of a submission into them survives it.
+        report.changed = verify_snapshots(subs, gradebook)
         gradebook.compact()
+        if feedback is not None:
+            for grade in report.graded:
+                write_feedback(feedback, grade, plan, taken)
         report.seconds = time.monotonic() - start
     return report
 
