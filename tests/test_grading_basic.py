@@ -132,3 +132,17 @@ def test_reachability_and_world_writable_files(open_tmp):
     (private / "lib" / "open.ipynb").write_text("{}")
     os.chmod(private / "lib" / "open.ipynb", 0o666)
     assert privileges.world_writable([str(private)]) == [str(private / "lib" / "open.ipynb")]
+
+
+def test_a_root_grader_refuses_when_the_course_files_are_out_of_the_submissions_reach(open_tmp, monkeypatch):
+    """Imports reach a private Python through descriptors; data files read by path (the bundled
+    models) would not: the grader says so before grading instead of failing honest notebooks."""
+    import utils
+
+    package = os.path.dirname(os.path.abspath(utils.__file__))
+    monkeypatch.setattr(privileges, "unreachable", lambda path, listed=True: "/root" if path == package else None)
+    with pytest.raises(privileges.PrivilegeError, match="could not read the data files"):
+        privileges.prepare(str(open_tmp))
+    monkeypatch.setattr(privileges, "unreachable", lambda path, listed=True: None)
+    assert privileges.prepare(str(open_tmp)) == privileges.choose_ids()
+    assert os.stat(open_tmp).st_mode & 0o777 == 0o711

@@ -12,6 +12,8 @@ that are not world-writable: the submissions, the gradebook, the feedback.
 Python may be installed where other users cannot look (pyenv under ``/root``, a private home): the
 process keeps a descriptor on each such folder of its import path, opened while it was root, and
 imports through ``/proc/self/fd/N`` from then on (a process may always follow its own descriptors).
+Files read by path are not covered that way, so the course package and site-packages (models,
+fonts) must be readable by other users: ``prepare`` refuses to start otherwise, and says so.
 """
 from __future__ import annotations
 
@@ -72,12 +74,33 @@ def prepare(scratch_base: str) -> tuple[Optional[int], Optional[int]]:
     if shared is not None:
         print(f"warning: every submission runs as nobody ({shared}): uids {UID_BASE}+ are not mapped here, so "
               "submissions graded at the same time share a user (use --jobs 1 to keep them apart)", file=sys.stderr)
+    for folder in _data_folders():  # imports get through (below), files read by path would not
+        blocked = unreachable(folder)
+        if blocked:
+            raise PrivilegeError(f"--sandbox basic as root: {folder} lies under {blocked}, which other users cannot "
+                                 "enter, so the submissions (each run as an unprivileged user) could not read the "
+                                 "data files there (the bundled models, matplotlib's fonts); install the course and "
+                                 "its environment where other users can read them (a virtual environment outside "
+                                 "/root, say), or run the grader as an ordinary user")
     os.chmod(scratch_base, 0o711)
     blocked = unreachable(scratch_base, listed=False)
     if blocked:
         raise PrivilegeError(f"--sandbox basic as root: the scratch folder {scratch_base} lies under {blocked}, which "
                              "other users cannot enter; set TMPDIR to a folder they can (such as /tmp)")
     return uid_base, shared
+
+
+def _data_folders() -> list[str]:
+    """The course package and the site-packages folders: where code reads data files by path."""
+    import site
+    import sysconfig
+
+    import utils
+
+    folders = {os.path.dirname(os.path.abspath(utils.__file__))}
+    folders.update(p for p in [sysconfig.get_paths().get(k) for k in ("purelib", "platlib")] + site.getsitepackages()
+                   if p and os.path.isdir(p))
+    return sorted(folders)
 
 
 def unreachable(path: str, listed: bool = True) -> Optional[str]:
