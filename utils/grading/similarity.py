@@ -173,7 +173,7 @@ def _passages(a: Code, b: Code, matches: list) -> list[tuple]:
         last = blocks[-1] if blocks else None
         if last and last[0] == ga and last[3] == gb and a0 <= last[2] + 1 and last[4] - 1 <= b0 <= last[5] + 1:
             last[2], last[5] = max(last[2], a1), max(last[5], b1)
-        else:
+        elif not any(x[0] == ga and x[1] <= a0 and a1 <= x[2] for x in blocks):  # a's lines shown once
             blocks.append([ga, a0, a1, gb, b0, b1])
 
     def lines(code: Code, gid: str, first: int, last: int) -> str:
