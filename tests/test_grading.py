@@ -200,8 +200,8 @@ def test_writing_into_other_submissions_fails(batch):
     row = _row(batch, "tamper_others")
     assert row["total"] == "0" and "sandbox refused" in _flags(row)
     after = _digest(batch["root"])
-    if row["sandbox"] == "basic":  # no namespaces here: a native extension's write gets through, but
-        after = {k: v for k, v in after.items() if k in batch["before"]}  # nothing existing changes
+    if row["sandbox"] == "basic":  # no namespaces: run by an ordinary user, a native extension's write
+        after = {k: v for k, v in after.items() if k in batch["before"]}  # gets through; notebooks are put back
     assert after == batch["before"], "a submission changed files under SUBMISSIONS"
     assert not (batch["root"] / "intruder").exists()
     assert _row(batch, "honest_correct")["total"] == "3"
@@ -490,8 +490,10 @@ def test_basic_sandbox_still_protects_grades(tmp_path):
     rows = _rows(out)
     assert rows["honest_correct"]["total"] == "3" and rows["tamper_others"]["total"] == "0"
     assert "sandbox refused" in rows["tamper_others"]["flags"] and rows["honest_correct"]["sandbox"] == "basic"
-    # Python-level writes are refused; a native extension writing files directly is only stopped by
-    # the namespace sandbox, so only the notebook itself is compared here.
+    # Python-level writes are refused; a native extension writing files directly is stopped by the
+    # namespace sandbox, or here by the unprivileged user a root grader runs it as (as an ordinary
+    # user, the notebook is put back after the batch: tests/test_grading_basic.py), so only the
+    # notebook itself is compared here.
     assert _digest(root / "honest_correct")[f"{SLUG}/{SLUG}.ipynb"] == before[f"{SLUG}/{SLUG}.ipynb"]
 
 
