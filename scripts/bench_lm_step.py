@@ -13,6 +13,18 @@ step's FLOPs are ``step_flops`` (the plain model's matrix products, counted by t
 number for both steps, so GFLOP/s = step_flops / median step time. Times are CPU time of this
 thread (``time.thread_time``: on a shared machine it leaves out the time other processes hold the
 core) and, beside it, wall time.
+
+Measured 2026-12-04 on the course's CPU machine (AMD EPYC, 2 cores shared with other work: load
+average 10-12, so wall time ran 3-4 times the CPU time; torch 2.13.0+cpu, one thread, float32):
+
+    preset        GFLOP/step  plain s  fast s  plain  fast  mm1024  mm_unemb  speed-up  plain/mm  fast/mm
+    attn-only-1l       15.20    0.464   0.260   32.7  58.4    79.1      50.3      1.78      0.41     0.74
+    attn-only-2l       22.45    0.675   0.413   33.3  54.3    80.3      51.0      1.63      0.41     0.68
+    gelu-1l            18.42    0.586   0.339   31.4  54.4    76.3      49.6      1.73      0.41     0.71
+    gelu-2l            24.06    0.757   0.459   31.8  52.4    73.3      47.0      1.65      0.43     0.71
+
+(GFLOP/s columns: plain step, fast step, torch.mm on 1024 squares and on the unembedding's shape;
+the issue's 41 against 188 GFLOP/s was a whole training run, evals included, on two threads.)
 """
 from __future__ import annotations
 

@@ -11,6 +11,11 @@ the data generator, the logged trajectory) every eval, and ``--resume`` continue
 stored logits, fused attention, no hooks): the same losses and weights up to float rounding
 (tests/test_train_fast.py), 1.6-1.9 times the plain step's speed on one CPU thread
 (scripts/bench_lm_step.py). The default step stays the plain one.
+
+From a notebook: ``model, report = train(TrainConfig(model=ModelConfig(...), steps=...), fast=True)``
+shows a progress bar and one JSON line per eval, writes nothing, and returns the model (CPU, eval
+mode) and the report (``report["history"]``: one point per eval, with the induction scores when
+``track_induction``).
 """
 from __future__ import annotations
 
