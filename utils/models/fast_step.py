@@ -15,13 +15,14 @@ stays the readable reference; this module trades readability for speed, where th
 - No HookPoints (each is a Python call per activation), 2-D residual stream, fused LayerNorm.
 
 Measured on one CPU thread (2026-12-04, a shared 2-core AMD EPYC, torch 2.13, CPU ms per training
-step, median of 6 alternating rounds; attn-only-2l / gelu-1l): the plain step 787 / 618, this one
-472 / 370. Undoing one idea at a time: the full [rows, d_vocab] logits with F.cross_entropy 644 /
-493; attention as einsums, mask and softmax 573 / 379 (8 heads gain more than 4); separate Q, K, V
-projections 476 / 376 (no gain: kept fused as it is no more code); the fused AdamW no gain beyond
-noise (not used); torch.backends.mkldnn off: no change (float32 matmuls go to MKL). torch.compile
-of the plain model (inductor, CPU) took 169 s to compile gelu-1l, then ran forward + backward in
-0.42 s against 0.53 s eager and 0.30-0.37 s for this path: not worth it for runs of minutes.
+step, median of 6 alternating rounds, attn-only-2l / gelu-1l, before the chunks shared one buffer,
+which took about 15% more off the loss): the plain step 787 / 618, this one 472 / 370. Undoing one
+idea at a time: the full [rows, d_vocab] logits with F.cross_entropy 644 / 493; attention as
+einsums, mask and softmax 573 / 379 (8 heads gain more than 4); separate Q, K, V projections
+476 / 376 (no gain: kept fused as it is no more code); the fused AdamW no gain beyond noise (not
+used); torch.backends.mkldnn off: no change (float32 matmuls go to MKL). torch.compile of the plain
+model (inductor, CPU) took 169 s to compile gelu-1l, then ran forward + backward in 0.42 s against
+0.53 s eager and 0.30-0.37 s for this path: not worth it for runs of minutes.
 
 A model with hooks attached is refused: this path would silently skip them.
 """
@@ -32,8 +33,8 @@ import torch.nn.functional as F
 
 from utils.models.transformer import HookedTinyTransformer
 
-# Rows of logits per chunk: 256 x 4096 floats (4 MB) stays in cache; 128-1024 were measured within
-# a few percent of each other, the whole batch at once about twice as slow (scripts/bench_lm_step.py).
+# Rows of logits per chunk: 256 x 4096 floats (4 MB) stays in cache; chunks of 128-1024 rows took
+# within a few percent of each other (the loss's CPU time, one thread).
 CHUNK_ROWS = 256
 
 
