@@ -166,6 +166,26 @@ def resample_masks(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg
             {k: v * masks[k] for k, v in exp_avg_sq.items()})
 
 
+def probabilities_loops(x, W_enc, b_enc, W_dec, b_dec, l1_coeff):
+    """One input at a time, in float64, with the all-zero case handled by torch.where."""
+    losses = []
+    for row in x.double():
+        f = torch.relu((row - b_dec.double()) @ W_enc.double() + b_enc.double())
+        x_hat = f @ W_dec.double() + b_dec.double()
+        losses.append(((row - x_hat) ** 2).sum() + l1_coeff * f.abs().sum())
+    w = torch.stack(losses) ** 2
+    return torch.where(w.sum() > 0, w / w.sum().clamp_min(1e-300), torch.ones_like(w) / len(w))
+
+
+def probabilities_log_space(x, W_enc, b_enc, W_dec, b_dec, l1_coeff):
+    """Normalised in log space (softmax of 2 log loss): the same distribution."""
+    f, x_hat = ref.sae_forward(x, W_enc, b_enc, W_dec, b_dec)
+    loss = F.mse_loss(x_hat, x, reduction="none").sum(-1) + l1_coeff * f.norm(p=1, dim=-1)
+    if not (loss > 0).any():
+        return torch.full_like(loss, 1.0 / len(loss))
+    return torch.softmax(2 * loss.log(), dim=0)
+
+
 def topk_relu_first(z, k):
     values, indices = torch.relu(z).topk(k, dim=-1)
     return torch.zeros_like(z).scatter(-1, indices, values)
@@ -196,6 +216,7 @@ CORRECT = {
     "ce_loss_recovered": [ref.ce_loss_recovered, ce_one_minus, ce_tensor],
     "dead_dense_fractions": [ref.dead_dense_fractions, dead_dense_tensors, dead_dense_counts_over_n],
     "resample_dead_features": [ref.resample_dead_features, resample_in_place, resample_masks],
+    "resampling_probabilities": [ref.resampling_probabilities, probabilities_loops, probabilities_log_space],
     "topk_activation": [topk_relu, topk_relu_first, topk_threshold, topk_loops],
 }
 HIDDEN_CASES = (7, 8)

@@ -148,3 +148,31 @@ def test_the_toy_sae_recovers_every_toy_feature():
     for name in ("resampled", "plain"):
         best = ref.feature_recovery(run["true_directions"], run[name]["W_enc"], run[name]["W_dec"])
         assert (best > 0.9).all() and best.min() > 0.99, name
+
+
+def test_resampling_probabilities_are_the_trainers_loss_squared():
+    """The trainer's per_input_loss on the module, squared and normalised; uniform when all are 0."""
+    sae = random_sae(seed=3)
+    x = randn(12, 6, seed=4) * 2
+    expected = per_input_loss(sae, x).pow(2)
+    with torch.no_grad():
+        p = ref.resampling_probabilities(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.l1_coeff)
+    assert torch.allclose(p, expected / expected.sum(), atol=1e-7) and abs(p.sum().item() - 1) < 1e-6
+    silent = ref.resampling_probabilities(sae.b_dec.detach().expand(5, 6), torch.zeros(6, 10), -torch.ones(10),
+                                          sae.W_dec.detach(), sae.b_dec.detach(), 2.0)
+    assert torch.equal(silent, torch.full((5,), 0.2))
+
+
+def test_the_loops_starting_point_is_seeded_and_a_quarter_dead():
+    """initial_parameters: unit decoder rows, the encoder their scaled transpose, leaves requiring
+    gradients, DEAD_AT_START of the features unable to fire; the same seed gives the same draw."""
+    from utils.sae.loop import DEAD_AT_START, DEAD_BIAS, ENCODER_INIT_NORM, initial_parameters
+
+    p = initial_parameters(16, 40, seed=5)
+    assert all(t.is_leaf and t.requires_grad for t in p.values())
+    assert torch.allclose(p["W_dec"].norm(dim=1), torch.ones(40))
+    assert torch.allclose(p["W_enc"], ENCODER_INIT_NORM * p["W_dec"].T)
+    assert int((p["b_enc"] == DEAD_BIAS).sum()) == int(DEAD_AT_START * 40) and p["b_dec"].eq(0).all()
+    again = initial_parameters(16, 40, seed=5)
+    assert all(torch.equal(p[k], again[k]) for k in p)
+    assert not torch.equal(p["W_dec"], initial_parameters(16, 40, seed=6)["W_dec"])

@@ -20,8 +20,9 @@ here under its own name:
 - ``ch05_recovery``    1. did the SAE find the features? (the toy model of chapter 04)
 - ``ch05_sae``         2-5. the forward pass, the loss, unit-norm decoder rows, the geometric median
 - ``ch05_metrics``     6. L0, fraction of variance explained, CE loss recovered, dead and dense
-- ``ch05_resampling``  7. resampling dead features
+- ``ch05_resampling``  7. resampling dead features; 7b. where they are sent (loss-squared probabilities)
 - ``ch05_topk``        8. TopK activations
+- ``ch05_training``    9. the student's own training loop, graded on the trained SAE's outcome
 
 The conceptual questions live here (their options and keys are in the solutions' questions.json).
 """
@@ -41,8 +42,10 @@ from utils.checks.ch05_recovery import FEATURE_RECOVERY, feature_recovery  # noq
 from utils.checks.ch05_resampling import (  # noqa: F401
     RESAMPLE,
     RESAMPLE_PARTS,
+    RESAMPLE_PROBABILITIES,
     STATE_KEYS,
     resample_dead_features,
+    resampling_probabilities,
 )
 from utils.checks.ch05_sae import (  # noqa: F401
     GEOMETRIC_MEDIAN,
@@ -58,12 +61,13 @@ from utils.checks.ch05_sae import (  # noqa: F401
     sae_loss,
 )
 from utils.checks.ch05_topk import TOPK, topk_activation  # noqa: F401
+from utils.checks.ch05_training import TRAIN_LOOP, train_my_sae, trained_run  # noqa: F401
 from utils.checks.core import question
 
 CHAPTER = "05"
 EXERCISES = ("feature_recovery", "sae_forward", "sae_loss", "normalize_decoder", "remove_parallel_grad",
              "geometric_median", "l0", "fraction_variance_explained", "ce_loss_recovered", "dead_dense_fractions",
-             "resample_dead_features", "topk_activation",
+             "resample_dead_features", "resampling_probabilities", "topk_activation", "train_my_sae",
              "l0_question", "shrinkage_question", "resampling_question")
 
 

@@ -1,5 +1,6 @@
 """Checks for chapter 05, exercise 7: resampling dead features (``utils.sae.resampling``), with
-Adam's moments as two dicts keyed 'W_enc', 'b_enc', 'W_dec'.
+Adam's moments as two dicts keyed 'W_enc', 'b_enc', 'W_dec'; and exercise 7b: the probability of
+sending a dead feature to each input (proportional to its loss squared).
 
 The reference answers are utils.sae's own functions; the layout, and why the random sizes differ, are in
 ``utils.checks.ch05``'s docstring. The notebook reaches these checks through ``utils.checks.ch05``.
@@ -16,6 +17,7 @@ from utils.checks.core import (
     CheckFailure,
     Exercise,
     Misconception,
+    run_check,
 )
 from utils.checks.toolkit import describe_parts, randint, rng, run_described, unit_rows
 from utils.sae import exercises as ref
@@ -191,3 +193,111 @@ def resample_dead_features(fn, cases: Cases = None) -> None:
     """Check ``fn(W_enc, b_enc, W_dec, b_dec, dead, replacement_inputs, exp_avg, exp_avg_sq)``."""
     run_described(RESAMPLE, fn, cases, describe_parts(RESAMPLE_PARTS, RESAMPLE.rtol, RESAMPLE.atol),
                    call=_call_resample)
+
+
+# =========================================================================== 7b. where dead features go
+
+
+def _probability_inputs(seed: int) -> dict:
+    g = rng(seed)
+    batch, d_in, d_sae = sizes(g)
+    x = 1.0 + torch.randn(batch, d_in, generator=g)
+    x[: batch // 3] *= 3.0  # a few inputs far from the rest: the squared loss must single them out
+    return {
+        "x": x,
+        "W_enc": torch.randn(d_in, d_sae, generator=g) / math.sqrt(d_in),
+        "b_enc": -0.2 + 0.1 * torch.randn(d_sae, generator=g),  # some features off on some inputs
+        "W_dec": unit_rows(torch.randn(d_sae, d_in, generator=g)),
+        "b_dec": 0.5 * torch.randn(d_in, generator=g),
+        # the L1 term is a sizeable part of each loss, so dropping it changes the draw
+        "l1_coeff": 0.5 + 1.5 * float(torch.rand((), generator=g)),
+    }
+
+
+def perfect_reconstruction_inputs() -> dict:
+    """Every input reconstructed exactly by an SAE that fires nothing: every loss is 0."""
+    inputs = _probability_inputs(9_999)
+    d_in, d_sae = inputs["W_enc"].shape
+    inputs["W_enc"] = torch.zeros(d_in, d_sae)
+    inputs["b_enc"] = -torch.ones(d_sae)
+    inputs["x"] = inputs["b_dec"].expand(len(inputs["x"]), d_in).clone()
+    return inputs
+
+
+def _losses(x, W_enc, b_enc, W_dec, b_dec, l1_coeff, *, squared_error=True, per_dim=False, l1=True):
+    f = torch.relu((x - b_dec) @ W_enc + b_enc)
+    error = (x - (f @ W_dec + b_dec)).pow(2)
+    error = error.mean(-1) if per_dim else error.sum(-1)
+    if not squared_error:
+        error = error.sqrt()
+    return error + (l1_coeff * f.sum(-1) if l1 else 0)
+
+
+def _normalised(weights):
+    return weights / weights.sum()
+
+
+RESAMPLE_PROBABILITIES = Exercise(
+    chapter=CHAPTER,
+    name="resampling_probabilities",
+    reference=ref.resampling_probabilities,
+    make_inputs=_probability_inputs,
+    extra_inputs=(perfect_reconstruction_inputs,),
+    misconceptions=(
+        Misconception(
+            "loss not squared",
+            "Draw each input with probability proportional to the SQUARE of its loss: squaring sends dead "
+            "features much more often to the inputs the SAE handles worst. Yours is proportional to the loss.",
+            lambda **i: _normalised(_losses(**i))),
+        Misconception(
+            "L1 term dropped",
+            "Each input's loss is the whole SAE loss, ||x - x_hat||^2 + l1_coeff * ||f||_1: you used the "
+            "reconstruction error alone.",
+            lambda **i: _normalised(_losses(**i, l1=False).pow(2))),
+        Misconception(
+            "mean over d_in",
+            "Sum the squared error over the d_in dimensions (as the training loss does), do not average it: the "
+            "mean shrinks the error next to the L1 term and changes the draw.",
+            lambda **i: _normalised(_losses(**i, per_dim=True).pow(2))),
+        Misconception(
+            "norm instead of squared norm",
+            "The reconstruction term is the SQUARED norm ||x - x_hat||^2 (then the whole loss is squared again "
+            "for the weighting); you used the norm ||x - x_hat||.",
+            lambda **i: _normalised(_losses(**i, squared_error=False).pow(2))),
+        Misconception(
+            "not normalised",
+            "Return probabilities: divide the squared losses by their sum, so they add up to 1.",
+            lambda **i: _losses(**i).pow(2)),
+        Misconception(
+            "softmax",
+            "The weights are proportional to loss squared, divided by their sum; a softmax exponentiates the "
+            "losses and hands almost all the probability to the single worst input.",
+            lambda **i: torch.softmax(_losses(**i), dim=0)),
+        Misconception(
+            "one loss for the whole batch",
+            "Compute one loss PER INPUT (sum over d_in and over features, no mean over the batch): with the "
+            "batch's mean loss every input gets the same probability.",
+            lambda **i: torch.full((len(i["x"]),), 1 / len(i["x"]))),
+    ),
+)
+
+
+def _explain_zero_losses(fn):
+    """When every loss is 0, 0 / 0 gives NaN: say what to return instead."""
+    if not callable(fn):
+        return fn
+
+    def run(**inputs):
+        out = fn(**inputs)
+        if isinstance(out, torch.Tensor) and not torch.isfinite(out).all() \
+                and bool((_losses(**inputs) == 0).all()):
+            raise CheckFailure("resampling_probabilities: when every input's loss is 0 (the SAE reconstructs "
+                               "all of them perfectly), the weights sum to 0 and dividing gives NaN: return the "
+                               "uniform distribution, 1/n for each input, instead.")
+        return out
+    return run
+
+
+def resampling_probabilities(fn, cases: Cases = None) -> None:
+    """Check ``fn(x, W_enc, b_enc, W_dec, b_dec, l1_coeff) -> p[n]``: p ∝ (each input's SAE loss)²."""
+    run_check(RESAMPLE_PROBABILITIES, _explain_zero_losses(fn), cases)

@@ -134,3 +134,75 @@ def feature_recovery(
     true_unit = true_directions / true_directions.norm(dim=0, keepdim=True).clamp_min(1e-12)
     dec_unit = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return (true_unit.T @ dec_unit.T).max(dim=1).values
+
+
+def resampling_probabilities(
+    x: Float[Tensor, "n d_in"],
+    W_enc: Float[Tensor, "d_in d_sae"],
+    b_enc: Float[Tensor, "d_sae"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    b_dec: Float[Tensor, "d_in"],
+    l1_coeff: float,
+) -> Float[Tensor, "n"]:
+    """Where resampling sends dead features: the probability of drawing each input, proportional to
+    the SQUARE of its own SAE loss, ||x - x_hat||^2 + l1_coeff * ||f||_1 (no batch mean: one loss per
+    input). Uniform when every loss is 0 (nothing is reconstructed badly)."""
+    f, x_hat = sae_forward(x, W_enc, b_enc, W_dec, b_dec)
+    loss = (x - x_hat).pow(2).sum(-1) + l1_coeff * f.abs().sum(-1)
+    weights = loss.pow(2)
+    if weights.sum() == 0:
+        return torch.full_like(weights, 1 / len(weights))
+    return weights / weights.sum()
+
+
+@torch.enable_grad()
+def training_loop(seed: int, d_sae: int, steps: int, batch_size: int, l1_coeff: float, lr: float,
+                  resample_steps, resample_window: int) -> dict[str, Tensor]:
+    """The chapter's training loop, assembled from the functions above: a correct ``train_my_sae``.
+
+    Not named like the exercise on purpose: a submission calling it is caught anyway (it runs the
+    chapter's references), and the tripwire's tests need not train with it.
+
+    The same step as ``utils.sae.training.train_sae`` (batch from the store, forward, loss, backward,
+    parallel gradient removed, Adam step, decoder renormalised, resampling at the scheduled steps),
+    without its warm-ups and clipping. Returns the trained parameters and Adam's exp_avg of W_dec.
+    """
+    from utils.sae.loop import initial_parameters, training_store
+    from utils.sae.model import geometric_median
+
+    store = training_store(seed=seed, batch_size=batch_size)
+    params = initial_parameters(store.d_in, d_sae, seed=seed)
+    W_enc, b_enc, W_dec, b_dec = (params[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    with torch.no_grad():
+        b_dec.copy_(geometric_median(store.sample(4096)))
+    optimizer = torch.optim.Adam(params.values(), lr=lr)
+    steps_since_fired = torch.zeros(d_sae, dtype=torch.long)
+    for step in range(1, steps + 1):
+        x = store.next_batch()
+        f, x_hat = sae_forward(x, W_enc, b_enc, W_dec, b_dec)
+        loss = sae_loss(x, x_hat, f, W_dec, l1_coeff)
+        optimizer.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            W_dec.grad.copy_(remove_parallel_grad(W_dec, W_dec.grad))
+        optimizer.step()
+        with torch.no_grad():
+            W_dec.copy_(normalize_decoder(W_dec))
+            steps_since_fired = torch.where((f > 0).any(0), 0, steps_since_fired + 1)
+            dead = steps_since_fired >= resample_window
+            if step in resample_steps and dead.any():
+                sample = store.sample(8192)
+                probs = resampling_probabilities(sample, W_enc, b_enc, W_dec, b_dec, l1_coeff)
+                chosen = torch.multinomial(probs, int(dead.sum()), replacement=False)
+                names = ("W_enc", "b_enc", "W_dec")
+                moments = [{k: optimizer.state[params[k]][s] for k in names} for s in ("exp_avg", "exp_avg_sq")]
+                new = resample_dead_features(W_enc, b_enc, W_dec, b_dec, dead, sample[chosen], *moments)
+                for k, value in zip(names, new[:3]):
+                    params[k].copy_(value)
+                for state, new_state in zip(moments, new[3:]):
+                    for k in names:
+                        state[k].copy_(new_state[k])
+                steps_since_fired[dead] = 0
+    out = {k: v.detach().clone() for k, v in params.items()}
+    out["W_dec_exp_avg"] = optimizer.state[W_dec]["exp_avg"].clone()
+    return out
