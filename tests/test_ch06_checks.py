@@ -139,6 +139,25 @@ def attribution_einsum(f, W_dec, W_out, W_U, scale, tokens, position):
     return torch.einsum("s,sd,d->s", f[position], writes, W_U[:, tokens[position + 1]]) / scale[position]
 
 
+def split_normal_equations(parent, children):
+    """Centre everything, solve (C^T C) w = C^T y, recover the intercept from the means; R^2 from
+    variances (numpy, float64)."""
+    C, y = children.double().numpy(), parent.double().numpy()
+    Cc, yc = C - C.mean(0), y - y.mean()
+    w = np.linalg.solve(Cc.T @ Cc, Cc.T @ yc)
+    b = y.mean() - C.mean(0) @ w
+    r2 = 1 - np.var(y - C @ w - b) / np.var(y)
+    return torch.tensor(w, dtype=torch.float32), float(b), float(r2)
+
+
+def split_pinv(parent, children):
+    """The pseudo-inverse of [children, 1] in float32; R^2 as the squared correlation of y with the fit."""
+    X = torch.cat([children, torch.ones(len(children), 1)], dim=1)
+    w = torch.linalg.pinv(X.double()) @ parent.double()
+    r = torch.corrcoef(torch.stack([parent.double(), X.double() @ w]))[0, 1]
+    return w[:-1], w[-1], r ** 2
+
+
 CORRECT = {
     "top_activating": [ref.top_activating, top_sort, top_loops],
     "logit_weights": [ref.logit_weights, logits_einsum, logits_virtual_weights],
@@ -147,6 +166,7 @@ CORRECT = {
     "ablate_feature": [ref.ablate_feature, ablate_via_reconstruction, ablate_einsum],
     "steer_feature": [ref.steer_feature, steer_via_reconstruction, steer_ablate_then_add],
     "match_features": [ref.match_features, match_loops, match_argmax],
+    "split_regression": [ref.split_regression, split_normal_equations, split_pinv],
     "rubric_agreement": [ref.rubric_agreement, rubric_scipy, rubric_tensors],
     "feature_logit_attribution": [ref.feature_logit_attribution, attribution_loops, attribution_centred_unembed,
                                   attribution_einsum],
@@ -233,3 +253,15 @@ def test_nan_for_a_dead_column_is_named():
 def test_unknown_wrong_answer_reports_location():
     with pytest.raises(CheckFailure, match="max abs error"):
         check.ablate_feature(lambda **kw: ref.ablate_feature(**kw) + 0.01)
+
+
+def test_split_regression_recovers_a_planted_family():
+    """A parent built exactly from its children (no noise) is explained fully, with the planted
+    weights and intercept; pure noise is explained by almost nothing."""
+    g = torch.Generator().manual_seed(0)
+    children = torch.relu(torch.randn(500, 3, generator=g))
+    weights, intercept, r2 = ref.split_regression(children @ torch.tensor([2.0, 0.5, 1.0]) + 0.3, children)
+    torch.testing.assert_close(weights, torch.tensor([2.0, 0.5, 1.0]), rtol=1e-4, atol=1e-4)
+    assert abs(intercept - 0.3) < 1e-4 and abs(r2 - 1) < 1e-6
+    _, _, r2_noise = ref.split_regression(torch.randn(500, generator=g), children)
+    assert 0 <= r2_noise < 0.02

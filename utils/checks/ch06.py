@@ -19,6 +19,7 @@ its own name:
 - ``ch06_dashboard``    1-3. top-activating examples, logit weights, specificity and sensitivity
 - ``ch06_effects``      4-5. ablating a feature, steering with it
 - ``ch06_correlation``  6-7. is it just a neuron? (Pearson correlation), universality across seeds
+- ``ch06_splitting``    7b. how much of a parent feature its children explain (hard)
 - ``ch06_hunt``         8-9. hand ratings against an automatic score, direct logit attribution
 
 The conceptual questions live here (their options and keys are in the solutions' questions.json).
@@ -36,11 +37,12 @@ from utils.checks.ch06_dashboard import (  # noqa: F401
 )
 from utils.checks.ch06_effects import ABLATE, STEER, ablate_feature, steer_feature  # noqa: F401
 from utils.checks.ch06_hunt import ATTRIBUTION, RUBRIC, feature_logit_attribution, rubric_agreement  # noqa: F401
+from utils.checks.ch06_splitting import SPLIT, split_regression  # noqa: F401
 from utils.checks.core import question
 
 CHAPTER = "06"
 EXERCISES = ("top_activating", "logit_weights", "pearson_correlation", "specificity_sensitivity",
-             "ablate_feature", "steer_feature", "match_features", "rubric_agreement",
+             "ablate_feature", "steer_feature", "match_features", "split_regression", "rubric_agreement",
              "feature_logit_attribution", "neuron_question", "specificity_question", "universality_question")
 
 

@@ -120,3 +120,17 @@ def feature_logit_attribution(f: Float[Tensor, "seq d_sae"], W_dec: Float[Tensor
     writes = W_dec @ W_out  # [d_sae, d_model]: row i is one unit of feature i in the residual stream
     writes = writes - writes.mean(-1, keepdim=True)
     return f[position] * (writes @ W_U[:, target]) / scale[position]
+
+
+def split_regression(parent: Float[Tensor, "n_tokens"], children: Float[Tensor, "n_tokens k"]
+                     ) -> tuple[Float[Tensor, "k"], float, float]:
+    """Feature splitting measured over tokens: regress a small dictionary's feature (the parent) on
+    its children in a larger dictionary, ``parent ~ children @ weights + intercept`` by least
+    squares, all children at once. Returns (weights, intercept, r2), with r2 = 1 - SS_res / SS_tot
+    the fraction of the parent's variance over tokens (centred) that the children explain together."""
+    X = torch.cat([children.double(), torch.ones(len(children), 1, dtype=torch.float64)], dim=1)
+    y = parent.double()
+    solution = torch.linalg.lstsq(X, y[:, None]).solution[:, 0]
+    residual = y - X @ solution
+    r2 = 1 - (residual ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    return solution[:-1].to(parent.dtype), float(solution[-1]), float(r2)
