@@ -13,6 +13,7 @@ re-exported here under its own name:
 - ``ch03_hooks``        hooks the student writes (zero- and mean-ablation, patching one head at one
                         position), run inside attn-only-2l's forward pass, and the held-out text's
                         in-context-learning score with heads ablated through them
+- ``ch03_text``         the induction score of any tokens (natural text), a hard exercise
 
 The conceptual questions live here (their options and keys are in the solutions' questions.json).
 Every check runs the student's function on seeded random inputs and on a bundled model, and
@@ -26,6 +27,7 @@ from utils.checks import ch03_copying as _copying
 from utils.checks import ch03_hooks as _hooks
 from utils.checks import ch03_induction as _induction
 from utils.checks import ch03_patching as _patching
+from utils.checks import ch03_text as _text
 from utils.checks.ch03_circuit import (  # noqa: F401
                                        IN_CONTEXT_LEARNING_SCORE,
                                        K_COMPOSITION_CIRCUIT,
@@ -83,13 +85,14 @@ from utils.checks.ch03_patching import (  # noqa: F401
                                        patched_head_outputs,
                                        patched_residual_positions,
 )
+from utils.checks.ch03_text import TEXT_INDUCTION_SCORES, text_induction_scores  # noqa: F401
 from utils.checks.core import question
 
 CHAPTER = "03"
 EXERCISES = tuple(_copying.EXERCISES + _induction.EXERCISES + _composition.EXERCISES
                   + ["copying_question", "k_composition_question", "baseline_question"]
                   + _circuit.EXERCISES + _hooks.EXERCISES[:2] + _patching.EXERCISES + ["patching_question"]
-                  + _hooks.EXERCISES[2:])
+                  + _hooks.EXERCISES[2:] + _text.EXERCISES)
 
 
 # --------------------------------------------------------------------------- conceptual questions
