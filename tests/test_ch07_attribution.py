@@ -183,3 +183,36 @@ def test_graph_view_is_self_contained():
     assert page.count('class="n"') == int(keep.sum())
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
     assert "<span>ctx<\\/span>" in page  # contexts travel inside the JSON, escaped for the script tag
+
+
+@pytest.mark.slow  # about 6 s of training
+def test_a_short_training_run_learns():
+    """A few dozen steps on gelu-2l's layer-1 pairs: the prediction's FVE rises from where the mean
+    output leaves it, every row has exactly k features, and the decoder rows stay unit vectors."""
+    from utils.attribution import train_transcoder
+    from utils.models import load_model
+
+    model = load_model("gelu-2l", device="cpu")
+    tc, log = train_transcoder(TranscoderConfig(layer=1, d_trans=128, k=8), model, steps=60, batch_size=128,
+                               lr=1e-2, pool_size=4096, progress=False, log_every=20)
+    fves = [record["fve"] for record in log["history"]]
+    assert fves[-1] > 0.4 and fves[-1] > fves[0] + 0.1, fves
+    assert all(record["l0"] == 8 for record in log["history"])
+    assert torch.allclose(tc.W_dec.norm(dim=1), torch.ones(128), atol=1e-5)  # unit decoder rows
+
+
+@pytest.mark.slow  # about 7 s: three passes of the model over the evaluation rows
+def test_bundled_transcoder_cards_match_a_fresh_evaluation():
+    """The cards' metrics (FVE, L0, dead fraction, the losses) are what evaluate_transcoders measures
+    on the fp16 files as shipped, and replacing both MLPs costs a small fraction of removing them."""
+    from utils.attribution import evaluate_transcoders, load_transcoders
+    from utils.models import load_model
+
+    model, transcoders = load_model("gelu-2l", device="cpu"), load_transcoders()
+    fresh = evaluate_transcoders(model, transcoders, n_seqs=transcoders[0].metrics["eval_tokens"] // 127)
+    for tc, record in zip(transcoders, fresh):
+        for key in ("fve", "l0", "dead_fraction", "ce_clean", "ce_replaced_all", "ce_zero_ablated_all"):
+            assert record[key] == pytest.approx(tc.metrics[key], abs=5e-3), (tc.cfg.layer, key)
+        assert record["fve"] > 0.9 and record["l0"] <= tc.cfg.k
+    clean, replaced, zero = (fresh[0][k] for k in ("ce_clean", "ce_replaced_all", "ce_zero_ablated_all"))
+    assert replaced - clean < 0.1 * (zero - clean)
