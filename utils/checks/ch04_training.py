@@ -134,7 +134,9 @@ class Band:
 EXPLODED = 10.0  # held-out loss above this many times the zero model's: the loop climbed the loss
 RUNAWAY = 5.0  # a trained model keeps |b| and ||W_i|| below about 1.2
 SPARSE_LEARNED = 0.25  # mean held-out loss of the sparse instances, as a fraction of the zero model's
-DROPPED, KEPT, ORTHOGONAL = 0.14, 0.9, 0.1  # dense: dropped features' norms, kept ones', |cos| between kept
+# Dense: dropped features' norms (correct loops: below 0.07; a model can take longer to let go of
+# feature 2, so the band asks it of most instances, not all), kept ones', |cos| between kept ones.
+DROPPED, KEPT, ORTHOGONAL = 0.1, 0.9, 0.1
 # Dense instances, mean over them of (mean norm of features 0-1) - (mean norm of features 2-4): about 1 for
 # a correct loop, 0 on average for a loop blind to importance (which features it keeps is up to the
 # initialisation), 0.6 or more for one that overfits a single batch (it still prefers 0 and 1).
@@ -170,6 +172,10 @@ def _superposed(m: Measures, k: int) -> bool:
 
 def _every(setting: float, test: Callable[[Measures, int], bool]) -> Callable[[Measures], bool]:
     return lambda m: all(test(m, k) for k in _which(setting).tolist())
+
+
+def _most(setting: float, test: Callable[[Measures, int], bool]) -> Callable[[Measures], bool]:
+    return lambda m: 2 * sum(test(m, k) for k in _which(setting).tolist()) > len(_which(setting))
 
 
 def _first_failing(setting: float, test: Callable[[Measures, int], bool]) -> Callable[[Measures], int]:
@@ -212,8 +218,8 @@ BANDS = (
          lambda m: (f"on average over the dense instances, features 0-1 are only {_preference(m):.2f} longer than "
                     "features 2-4 (a correct loop: about 1)."),
          "importance not applied"),
-    Band("the dense instances keep features 0 and 1 and drop features 2-4",
-         _every(DENSE, _dropped), _dense_words(_dropped), "one batch reused"),
+    Band("most dense instances keep features 0 and 1 and drop features 2-4",
+         _most(DENSE, _dropped), _dense_words(_dropped), "one batch reused"),
     Band("the dense instances converge: features 0 and 1 orthogonal at norm 1",
          _every(DENSE, _converged),
          lambda m: ("the dense models stopped short of their optimum (features 0 and 1 at norm 1 and orthogonal): "
@@ -276,7 +282,7 @@ EXPLANATIONS = {
         "feature's squared error by importance[k, i] (your weighted_loss with the importance given), not a plain "
         "squared error or torch.ones."),
     "one batch reused": (
-        "The dense models kept features 2-4 that fresh data makes them drop: they fitted the accidents of ONE "
+        "Most dense models kept features 2-4 that fresh data makes them drop: they fitted the accidents of ONE "
         "batch, seen again and again (a batch drawn once, before the loop). Draw a fresh batch with your "
         "generate_batch inside the loop, every step. (If you do, check the loop runs all the steps at the lr "
         "given.)"),
