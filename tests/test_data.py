@@ -75,7 +75,8 @@ def test_analysis_tokens_and_batches():
     assert torch.equal(next(batches("train", 4, 32, g1)), next(batches("train", 4, 32, g2)))
 
 
-SHIPPED = [n for n in ("attn-only-1l", "attn-only-2l", "gelu-1l", "gelu-2l") if (ASSETS / "models" / f"{n}.safetensors").exists()]
+SHIPPED = [n for n in ("attn-only-1l", "attn-only-2l", "gelu-1l", "gelu-2l")
+           if (ASSETS / "models" / f"{n}.safetensors").exists()]
 
 
 def test_the_one_layer_models_ship():
