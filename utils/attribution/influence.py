@@ -8,7 +8,7 @@ Definitions used here (after Ameisen et al. 2025, "Circuit Tracing", written out
 * Influence: ``B = Â + Â² + Â³ + ... = (I - Â)^{-1} - I`` sums the products of edge shares over
   every path of length >= 1; B[t, s] is how much of t's input comes from s, directly or not. With
   logit weights w (the logit nodes' probabilities, 0 elsewhere), a node's influence on the output
-  is ``(w @ B)[s]``. The series converges because the graph has no cycles (B is nilpotent's sum).
+  is ``(w @ B)[s]``. The series is finite: the graph has no cycles, so Â is nilpotent.
 * Pruning: sort the nodes by influence on the output and keep the smallest top set that carries a
   ``share`` of the total influence (the logit nodes, whose own influence is 0, are added back by the
   caller).
