@@ -211,7 +211,7 @@ def _as_trigrams(fn):
 HEAD_TRIGRAMS = Exercise(
     chapter=CHAPTER,
     name="head_skip_trigrams",
-    reference=_as_trigrams(ref.head_skip_trigrams),
+    reference=ref.head_skip_trigrams,
     make_inputs=head_trigram_inputs,
     rtol=1e-4, atol=1e-5,
     extra_inputs=(lambda: dict(real_head_trigram_inputs()),),
@@ -219,33 +219,33 @@ HEAD_TRIGRAMS = Exercise(
         misconception("QK row instead of column", "Your destination for s is the key that s attends to when s is "
            "the QUERY (a row of the QK circuit). The destinations that attend to s are column s: QK[d, s] with d "
            "the query; take the maximum over d of each column. (Hint 2 has the formula.)",
-           _as_trigrams(_trigram_variant(qk_axis="row"))),
+           _trigram_variant(qk_axis="row")),
         misconception("destinations not centred", "Your destination scores are the raw QK[d, s]. A destination with a "
            "large query scores high on every source, and the softmax only sees how s compares with the other keys: "
            "subtract the average source's score, i.e. use keys (W_E[s] - W_E.mean(0)) @ W_K. (Hint 2.)",
-           _as_trigrams(_trigram_variant(centre_qk=None))),
+           _trigram_variant(centre_qk=None)),
         misconception("centred over allowed tokens only", "You centred with the mean over the ALLOWED tokens only. "
            "The average source (and the average out token) is the mean over the whole vocabulary, as in "
            "top_for_source: restrict the candidates to `allowed`, not the means. (Hint 2.)",
-           _as_trigrams(_trigram_variant(centre_qk="allowed", centre_ov="allowed"))),
+           _trigram_variant(centre_qk="allowed", centre_ov="allowed")),
         misconception("no 1/sqrt(d_head)", "Your destination scores are not divided by sqrt(d_head); the attention "
            "scores the softmax sees are q.k / sqrt(d_head), so the attention factor needs them too. (Hint 2.)",
-           _as_trigrams(_trigram_variant(scale=False))),
+           _trigram_variant(scale=False)),
         misconception("outs not centred", "Your out scores are the raw OV[s, c]. A uniform shift of every logit "
            "changes no prediction: subtract the row's mean over the whole vocabulary, OV[s, c] - mean_c' OV[s, c']. "
            "(Hint 2.)",
-           _as_trigrams(_trigram_variant(centre_ov=None))),
+           _trigram_variant(centre_ov=None)),
         misconception("attention factor without log(context_len)", "Your attention factor is sigmoid(q) without "
            "the context: among context_len tokens, s wins attention with odds about exp(q) / context_len, i.e. "
            "sigmoid(q - log(context_len)). (Hint 2.)",
-           _as_trigrams(_trigram_variant(score="no context"))),
+           _trigram_variant(score="no context")),
         misconception("ranked by the OV score alone", "You ranked the sources by the out token's boost alone. A "
            "skip-trigram needs both halves: the boost counts only as much as d attends to s, so multiply it by "
            "sigmoid(q - log(context_len)). (Hint 2.)",
-           _as_trigrams(_trigram_variant(score="ov"))),
+           _trigram_variant(score="ov")),
         misconception("allowed ignored", "Your triples contain tokens whose `allowed` entry is False: sources, "
            "destinations and outs all come from the allowed tokens. (Hint 3 shows where the mask goes.)",
-           _as_trigrams(_trigram_variant(mask=False))),
+           _trigram_variant(mask=False)),
     ),
 )
 
