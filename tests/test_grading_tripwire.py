@@ -1,4 +1,4 @@
-"""The tripwire on the course's references (utils/grading/tripwire.py), on every chapter 00-06.
+"""The tripwire on the course's references (utils/grading/tripwire.py), on every chapter 00-07.
 
 Rule under test: a graded case is tainted when a reference of the graded chapter runs anywhere
 beneath the student's graded call, whoever calls it. The attacks are generated from the course
@@ -41,6 +41,7 @@ KNOWN_SITES = {
            ("utils.superposition.training", "train.data")},
     "05": {("utils.sae.metrics", "ce_loss_recovered_from")},
     "06": {("utils.features.dashboard", "feature_logit_weights")},
+    "07": {("utils.attribution.influence", "influence_matrix")},
 }
 
 

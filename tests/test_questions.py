@@ -44,7 +44,7 @@ def question_cells(nb, name):
 
 def test_every_chapter_with_questions_has_a_valid_bank_and_every_question_is_in_it():
     found = banks()
-    assert sum(len(b) for b in found.values()) == 20
+    assert sum(len(b) for b in found.values()) == 22
     for slug in CHAPTERS:
         module = __import__(f"utils.checks.ch{slug[:2]}", fromlist=["x"])
         asked = {n for n in module.EXERCISES if n.endswith("_question")}
