@@ -94,7 +94,7 @@ def test_batch_completes_with_one_row_each(batch):
 @pytest.mark.slow
 def test_correct_submission_gets_full_marks(batch):
     row = _row(batch, "honest_correct")
-    assert (row["status"], row["total"], row["max_total"]) == ("graded", "3", "3")
+    assert (row["status"], row["total"], row["max_total"]) == ("graded", "7", "7")
     assert (row["per_token_loss_check"], row["per_token_loss_check cases"]) == ("2", "9/9")
     assert (row["hook_question_check"], row["flags"]) == ("1", "")
 
@@ -164,7 +164,7 @@ def test_bad_files_are_invalid_with_a_reason(batch):
 @pytest.mark.slow
 def test_edited_locked_test_cells(batch):
     row = _row(batch, "edited_tests")
-    assert (row["total"], row["max_total"]) == ("0", "3")  # trusted tests and points, not the student's
+    assert (row["total"], row["max_total"]) == ("0", "7")  # trusted tests and points, not the student's
     assert "test cell per_token_loss_check edited" in _flags(row)
     assert "test cell hook_question_check edited" in _flags(row)
 
@@ -178,7 +178,7 @@ def test_deleted_test_cells(batch):
 @pytest.mark.slow
 def test_stripped_metadata_is_flagged_and_graded_by_name(batch):
     row = _row(batch, "stripped_metadata")
-    assert row["total"] == "3" and "nbgrader metadata stripped" in _flags(row)
+    assert row["total"] == "7" and "nbgrader metadata stripped" in _flags(row)
 
 
 @pytest.mark.slow
@@ -204,8 +204,8 @@ def test_writing_into_other_submissions_fails(batch):
         after = {k: v for k, v in after.items() if k in batch["before"]}  # gets through; notebooks are put back
     assert after == batch["before"], "a submission changed files under SUBMISSIONS"
     assert not (batch["root"] / "intruder").exists()
-    assert _row(batch, "honest_correct")["total"] == "3"
-    assert "3 / 3" in (batch["feedback"] / "honest_correct.md").read_text()
+    assert _row(batch, "honest_correct")["total"] == "7"
+    assert "7 / 7" in (batch["feedback"] / "honest_correct.md").read_text()
     assert batch["out"].read_text().count("\nhonest_correct,") == 1
 
 
@@ -488,7 +488,7 @@ def test_basic_sandbox_still_protects_grades(tmp_path):
                   *LIMITS, "--sandbox", "basic")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = _rows(out)
-    assert rows["honest_correct"]["total"] == "3" and rows["tamper_others"]["total"] == "0"
+    assert rows["honest_correct"]["total"] == "7" and rows["tamper_others"]["total"] == "0"
     assert "sandbox refused" in rows["tamper_others"]["flags"] and rows["honest_correct"]["sandbox"] == "basic"
     # Python-level writes are refused; a native extension writing files directly is stopped by the
     # namespace sandbox, or here by the unprivileged user a root grader runs it as (as an ordinary
@@ -672,7 +672,7 @@ def test_multiple_choice_keys_are_out_of_reach_at_grading_time(tmp_path):
     done = _grade(str(root), "--chapter", "00", "--out", str(out), "--jobs", "1", *LIMITS)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = _rows(out)
-    assert rows["honest"]["total"] == rows["honest"]["max_total"] == "3"
+    assert rows["honest"]["total"] == rows["honest"]["max_total"] == "7"
     assert rows["oracle"]["hook_question_check"] == "0", rows["oracle"]
     assert "set your answer" in rows["oracle"]["hook_question_check message"]
 

@@ -203,7 +203,7 @@ def test_laundered_references_score_zero_and_honest_helpers_keep_full_marks(tmp_
                       "import torch\n_ = lm_cross_entropy(torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5)))\n")
     subs.write(root, "00_orientation", "helper_outside", helper)
     rows = _grade(root, "00", out)
-    assert rows["honest"]["total"] == rows["helper_outside"]["total"] == "3", rows
+    assert rows["honest"]["total"] == rows["helper_outside"]["total"] == "7", rows
     assert rows["honest"]["flags"] == rows["helper_outside"]["flags"] == ""
     assert rows["laundered"]["per_token_loss_check"] == "0"
     assert "used reference: per_token_loss" in rows["laundered"]["flags"]

@@ -54,10 +54,10 @@ def test_instructor_workflow_end_to_end(tmp_path):
     def submit():
         """The guide: put each returned notebook at $DEMYSTIFY_COURSE_DIR/submitted/<student>/<id>/<nb>."""
         root = course / "submitted"
-        subs.write(root, SLUG, "alice", subs.correct(SLUG))  # everything right: 3 points
+        subs.write(root, SLUG, "alice", subs.correct(SLUG))  # everything right: 7 points
         nb = subs.trim(subs.correct(SLUG))
         subs.set_cell(nb, subs.HOOK_ANSWER, f'answer_hook = "{subs.wrong_answer("00", "hook_question")}"\n')
-        subs.write(root, SLUG, "bob", nb)  # the question wrong: 2 points
+        subs.write(root, SLUG, "bob", nb)  # the question wrong: 6 points
         nb = subs.trim(subs.chapter(SLUG))  # a syntax error, and the test cell deleted: 0 points
         subs.set_cell(nb, subs.PER_TOKEN_LOSS, "def per_token_loss(logits, tokens)\n    return logits\n")
         nb.cells = [c for c in nb.cells if c.get("metadata", {}).get("nbgrader", {}).get("grade_id")
@@ -90,7 +90,7 @@ def test_instructor_workflow_end_to_end(tmp_path):
     # scores, as exported
     with open(course / "grades.csv", newline="") as f:
         scores = {r["student_id"]: (float(r["score"]), float(r["max_score"])) for r in csv.DictReader(f)}
-    assert scores == {"alice": (3.0, 3.0), "bob": (2.0, 3.0), "carol": (0.0, 3.0)}
+    assert scores == {"alice": (7.0, 7.0), "bob": (6.0, 7.0), "carol": (0.0, 7.0)}
 
     # the sandboxed grader agrees on honest work
     with open(course / "sandboxed.csv", newline="") as f:
