@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from utils import course
 from utils.paths import REPO
 
 
@@ -62,7 +63,7 @@ def test_the_repository_url_lives_in_one_place():
 
     owner_repo = REPO_URL.removeprefix("https://github.com/")
     badges = re.findall(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/", (REPO / "README.md").read_text())
-    assert len(badges) == 7 and set(badges) == {owner_repo}
+    assert len(badges) == len(course.CHAPTERS) and set(badges) == {owner_repo}
     assert 'os.environ.get("DEMYSTIFY_REPO_URL"' in SETUP_CELL and REPO_URL in SETUP_CELL
 
 

@@ -46,6 +46,7 @@ from utils.induction.experiments import (
                                      random_init_copy,
                                      residual_hook_names,
 )
+from utils.induction.hooks import ablated_icl_score, mean_ablation_hook, patch_head_position_hook, zero_ablation_hook
 from utils.induction.patching import (
                                      head_logit_attribution,
                                      induction_logit_diff,
@@ -53,6 +54,7 @@ from utils.induction.patching import (
                                      patched_head_outputs,
                                      patched_residual_positions,
 )
+from utils.induction.text import text_induction_scores
 from utils.models.evaluation import (
                                      ICL_EARLY,
                                      ICL_LATE,
@@ -80,6 +82,9 @@ __all__ = [
     # patching
     "induction_logit_diff", "normalised_patching_metric", "patched_head_outputs", "patched_residual_positions",
     "head_logit_attribution",
+    # hooks and natural text
+    "zero_ablation_hook", "mean_ablation_hook", "patch_head_position_hook", "ablated_icl_score",
+    "text_induction_scores",
     # experiments
     "ov_weights", "random_init_copy", "copying_summary", "ablated_induction_loss_drop", "attn_weights",
     "random_composition_scores", "random_composition_baseline", "corrupted_first_copy", "folded_unembed",

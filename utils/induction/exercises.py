@@ -1,10 +1,12 @@
 """Every graded reference of chapter 03, in the notebook's order, gathered in one place.
 
-They are written in three modules of this package (one file would pass ~400 lines): ``copying``
+They are written in five modules of this package (one file would pass ~400 lines): ``copying``
 (sections 1-3: eigenvalues, the induction loss drop and ablation, composition scores), ``circuit``
-(the circuit read from the weights) and ``patching`` (activation patching and direct logit
-attribution). Three live in ``utils.models.evaluation`` because the LM trainer logs them:
-``induction_scores``, ``previous_token_scores`` and ``in_context_learning_score``.
+(the circuit read from the weights), ``patching`` (activation patching and direct logit
+attribution), ``hooks`` (the ablation and patching hooks, and the text in-context-learning score
+with heads ablated) and ``text`` (induction scores on any text). Three live in
+``utils.models.evaluation`` because the LM trainer logs them: ``induction_scores``,
+``previous_token_scores`` and ``in_context_learning_score``.
 ``utils.checks.ch03`` grades each one under the same name.
 """
 from utils.induction.circuit import k_composition_circuit, positional_attention_pattern, top_1_diagonal_accuracy
@@ -19,6 +21,7 @@ from utils.induction.copying import (
                                      per_token_loss,
                                      self_top_k_fraction,
 )
+from utils.induction.hooks import ablated_icl_score, mean_ablation_hook, patch_head_position_hook, zero_ablation_hook
 from utils.induction.patching import (
                                      head_logit_attribution,
                                      induction_logit_diff,
@@ -26,6 +29,7 @@ from utils.induction.patching import (
                                      patched_head_outputs,
                                      patched_residual_positions,
 )
+from utils.induction.text import text_induction_scores
 from utils.models.evaluation import in_context_learning_score, induction_scores, previous_token_scores
 
 __all__ = [
@@ -40,4 +44,7 @@ __all__ = [
     # 5. patching and direct logit attribution
     "induction_logit_diff", "normalised_patching_metric", "patched_head_outputs", "patched_residual_positions",
     "head_logit_attribution",
+    # 6. hooks and natural text
+    "zero_ablation_hook", "mean_ablation_hook", "patch_head_position_hook", "ablated_icl_score",
+    "text_induction_scores",
 ]
