@@ -30,6 +30,8 @@ import torch.nn as nn
 from jaxtyping import Float
 from torch import Tensor
 
+from utils.sae.model import topk_relu  # the TopK activation is chapter 05's, written once
+
 
 @dataclass
 class TranscoderConfig:
@@ -74,13 +76,6 @@ class TranscoderConfig:
         if unknown:
             raise ValueError(f"unknown transcoder config keys: {sorted(unknown)}")
         return cls(**data)
-
-
-def topk_relu(pre: Float[Tensor, "... d"], k: int) -> Float[Tensor, "... d"]:
-    """ReLU, then keep the k largest entries of each row and zero the rest."""
-    acts = torch.relu(pre)
-    values, index = acts.topk(k, dim=-1)
-    return torch.zeros_like(acts).scatter_(-1, index, values)
 
 
 class Transcoder(nn.Module):
