@@ -87,6 +87,7 @@ def broken(bug):
 
 CORRECT = {"train_my_sae": [ref.training_loop, loop_written_otherwise]}
 HIDDEN_CASES = [7]
+SLOW_EXERCISES = ("train_my_sae",)  # the check trains the loop: contract cases are slow
 AS_SUBMITTED = {"train_my_sae": {
     "no decoder renormalisation": broken("no_renormalisation"),
     "parallel gradient kept": broken("no_projection"),

@@ -19,6 +19,9 @@ has three), in one style; each of them keeps only its chapter-specific tests bes
     convention the check adapts); the entry covers every misconception of that exercise.
 ``TOLD_APART_ON_THE_FIRST_CASE_ONLY`` (optional)
     exercises whose variants may coincide on a later default case (the first case names them all).
+``SLOW_EXERCISES`` (optional)
+    exercises whose check trains something (a student's training loop): their contract cases are
+    marked slow, so the quick tier leaves them out and the full suite runs them.
 """
 import importlib
 
@@ -52,8 +55,21 @@ def _id(value):
     return value if isinstance(value, str) else getattr(value, "name", None) or getattr(value, "__name__", "fn")
 
 
-CORRECT_CASES = [(number, name, fn) for number, name in EXERCISES for fn in DATA_OF[number, name].CORRECT[name]]
-MISTAKES = [(number, name, wrong) for number, name in EXERCISES for wrong in _exercise(number, name).misconceptions]
+SLOW = {(number, name) for number, name in EXERCISES if name in getattr(DATA_OF[number, name], "SLOW_EXERCISES", ())}
+SLOW_CHAPTERS = {number for number, _ in SLOW}
+
+
+def _case(number, name, *rest):
+    """One parameter set, marked slow when the exercise's check trains."""
+    return pytest.param(number, name, *rest, marks=[pytest.mark.slow] if (number, name) in SLOW else [])
+
+
+CORRECT_CASES = [_case(number, name, fn) for number, name in EXERCISES for fn in DATA_OF[number, name].CORRECT[name]]
+MISTAKES = [_case(number, name, wrong)
+            for number, name in EXERCISES for wrong in _exercise(number, name).misconceptions]
+FUNCTION_EXERCISES = [_case(number, name) for number, name in EXERCISES]
+CHAPTERS_ALL_CHECKS = [pytest.param(number, marks=[pytest.mark.slow] if number in SLOW_CHAPTERS else [])
+                          for number in CHECKS]
 
 
 # --------------------------------------------------------------------------- every exercise listed and covered
@@ -112,7 +128,7 @@ def test_each_misconception_differs_from_the_reference_on_the_first_case(number,
     harness.assert_differs_on_first_case(_exercise(number, name), wrong)
 
 
-@pytest.mark.parametrize("number,name", EXERCISES, ids=_id)
+@pytest.mark.parametrize("number,name", FUNCTION_EXERCISES, ids=_id)
 def test_variants_are_told_apart(number, name):
     """On the first default case every variant runs and differs from the truth and from every other
     one; on the later default cases, every variant that runs does too (unless the chapter says its
@@ -121,17 +137,17 @@ def test_variants_are_told_apart(number, name):
     harness.assert_told_apart(_exercise(number, name), every_case=not alike_later)
 
 
-@pytest.mark.parametrize("number,name", EXERCISES, ids=_id)
+@pytest.mark.parametrize("number,name", FUNCTION_EXERCISES, ids=_id)
 def test_misconception_names_and_explanations_are_distinct(number, name):
     harness.assert_explanations_distinct([_exercise(number, name)])
 
 
-@pytest.mark.parametrize("number,name", EXERCISES, ids=_id)
+@pytest.mark.parametrize("number,name", FUNCTION_EXERCISES, ids=_id)
 def test_inputs_are_deterministic(number, name):
     harness.assert_deterministic([_exercise(number, name)])
 
 
-@pytest.mark.parametrize("number,name", EXERCISES, ids=_id)
+@pytest.mark.parametrize("number,name", FUNCTION_EXERCISES, ids=_id)
 def test_stub_crash_and_non_function_fail_clearly(number, name, capsys):
     harness.assert_fails_clearly(_check(number, name), capsys)
 
@@ -165,7 +181,7 @@ def test_progress_is_recorded_as_checks_pass(number, capsys):
     assert (left[0] in out and "all done" not in out) if left else "all done" in out
 
 
-@pytest.mark.parametrize("number", list(CHECKS))
+@pytest.mark.parametrize("number", CHAPTERS_ALL_CHECKS)  # it runs every check, training ones too
 def test_progress_shows_all_done_once_every_check_passes(number, capsys):
     correct = [(_check(number, name), DATA_OF[number, name].CORRECT[name], name)
                for name in CHECKS[number].EXERCISES if (number, name) in DATA_OF]
