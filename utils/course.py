@@ -65,7 +65,8 @@ class Chapter:
 
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter("00", "00_orientation", "Orientation",
-            "load a bundled model, cache activations, pass your first check",
+            "load a bundled model, cache activations, write a caching hook and an ablation hook, pass your first "
+            "checks",
             "utils.models", 60),
     Chapter("01", "01_tensorized_attention", "Tensorized attention",
             r"write attention as $(A \otimes W_O W_V)\,x$ and expand a 1-layer model into paths that sum to its "
