@@ -334,3 +334,15 @@ def test_loss_path_equals_cross_entropy_of_the_logits_with_the_same_gradients():
         torch.testing.assert_close(fast_grads[name], p.grad, msg=name)
     logits, loss = model(tokens, return_type="both")
     torch.testing.assert_close(loss, plain)
+
+
+def test_an_in_place_hook_on_the_positional_embedding_leaves_the_weights_alone():
+    """hook_pos_embed gets a copy of W_pos's rows (chapter 00's runner zeroes activations in place)."""
+    from utils.models import load_model
+    from utils.models.hooks import zero_in_place
+
+    model = load_model("attn-only-1l", device="cpu")
+    before = model.W_pos.detach().clone()
+    with torch.no_grad():
+        model.run_with_hooks(torch.randint(0, 4096, (2, 10)), fwd_hooks=[("hook_pos_embed", zero_in_place)])
+    assert torch.equal(model.W_pos.detach(), before)

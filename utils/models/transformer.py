@@ -10,6 +10,7 @@ Written to be read: every activation a chapter looks at is computed with one vis
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional, Sequence, Union
 
 import torch
@@ -129,6 +130,11 @@ class TransformerBlock(nn.Module):
             resid = self.hook_resid_mid(resid)
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
         return self.hook_resid_post(resid)
+
+
+# Held by every hooked run (run_with_hooks, run_with_cache), in any thread; re-entrant, since a hook may run
+# the model again.
+_HOOKED_RUNS = threading.RLock()
 
 
 class HookedTinyTransformer(HookedRootModule):
@@ -297,7 +303,8 @@ class HookedTinyTransformer(HookedRootModule):
         tokens = self._as_tokens(input)
         n = tokens.shape[1]
         embed = self.hook_embed(self.W_E[tokens])
-        pos = self.hook_pos_embed(self.W_pos[:n].expand(tokens.shape[0], n, -1))
+        # A copy, not a view of W_pos: a hook that edits its activation in place must not edit the weights.
+        pos = self.hook_pos_embed(self.W_pos[:n].expand(tokens.shape[0], n, -1).clone())
         if self.cfg.positional_embedding_type == "shortformer":
             resid, shortformer_pos = embed, pos
         else:
@@ -319,9 +326,17 @@ class HookedTinyTransformer(HookedRootModule):
         loss = lm_cross_entropy(logits, tokens, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
 
+    def run_with_hooks(self, *args, **kwargs):
+        """Like TransformerLens. Hooks are the modules' state, so two threads running hooks on one model
+        at once would each see the other's (the grader computes expected values in threads): hooked
+        runs take one lock."""
+        with _HOOKED_RUNS:
+            return super().run_with_hooks(*args, **kwargs)
+
     def run_with_cache(self, *args, return_cache_object: bool = True, **kwargs):
         """Like TransformerLens: (output, ActivationCache) with every hook's activation."""
-        out, cache = super().run_with_cache(*args, **kwargs)
+        with _HOOKED_RUNS:
+            out, cache = super().run_with_cache(*args, **kwargs)
         if return_cache_object:
             cache = ActivationCache(cache, self, has_batch_dim=kwargs.get("remove_batch_dim") is not True)
         return out, cache
