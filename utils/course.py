@@ -79,8 +79,8 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("03", "03_copying_and_composition", "Copying and composition",
             "eigenvalue copying scores; induction heads in a 2-layer model (seeded by a synthetic curriculum): the "
             "phase change on a copying task, K-composition and OV circuits from the weights, ablation, activation "
-            "patching, direct logit attribution, natural text",
-            "utils.induction", 180),
+            "patching, direct logit attribution, natural text; train your own induction heads",
+            "utils.induction", 240),
     Chapter("04", "04_superposition", "Superposition",
             "reproduce the toy models of Elhage et al. (2022): sparsity sweeps, antipodal pairs, feature "
             "dimensionality",

@@ -14,6 +14,8 @@ re-exported here under its own name:
                         position), run inside attn-only-2l's forward pass, and the held-out text's
                         in-context-learning score with heads ablated through them
 - ``ch03_text``         the induction score of any tokens (natural text), a hard exercise
+- ``ch03_training``     train your own induction heads: the student's schedule for the course
+                        trainer, graded on the outcome of the run it makes
 
 The conceptual questions live here (their options and keys are in the solutions' questions.json).
 Every check runs the student's function on seeded random inputs and on a bundled model, and
@@ -28,6 +30,7 @@ from utils.checks import ch03_hooks as _hooks
 from utils.checks import ch03_induction as _induction
 from utils.checks import ch03_patching as _patching
 from utils.checks import ch03_text as _text
+from utils.checks import ch03_training as _training
 from utils.checks.ch03_circuit import (  # noqa: F401
                                        IN_CONTEXT_LEARNING_SCORE,
                                        K_COMPOSITION_CIRCUIT,
@@ -86,13 +89,14 @@ from utils.checks.ch03_patching import (  # noqa: F401
                                        patched_residual_positions,
 )
 from utils.checks.ch03_text import TEXT_INDUCTION_SCORES, text_induction_scores  # noqa: F401
+from utils.checks.ch03_training import INDUCTION_SCHEDULE, induction_schedule  # noqa: F401
 from utils.checks.core import question
 
 CHAPTER = "03"
 EXERCISES = tuple(_copying.EXERCISES + _induction.EXERCISES + _composition.EXERCISES
                   + ["copying_question", "k_composition_question", "baseline_question"]
                   + _circuit.EXERCISES + _hooks.EXERCISES[:2] + _patching.EXERCISES + ["patching_question"]
-                  + _hooks.EXERCISES[2:] + _text.EXERCISES)
+                  + _hooks.EXERCISES[2:] + _text.EXERCISES + _training.EXERCISES)
 
 
 # --------------------------------------------------------------------------- conceptual questions

@@ -7,6 +7,8 @@
   (the patching metric, patched activations, direct logit attribution).
 - ``experiments``: the references run on a model (OV weights of a layer, a random-init baseline,
   ablated loss drops, the random composition baseline, corrupted tokens, patching sweeps).
+- ``training``: train your own induction heads (a small model, the synthetic curriculum, the course
+  trainer): the graded ``induction_schedule``, ``train_schedule``, ``best_heads``.
 - ``cli``: ``python -m utils.induction [MODEL] [--gate]``.
 
 The repeated-random-token data, the head scores, the held-out and in-context-learning losses and
@@ -55,6 +57,7 @@ from utils.induction.patching import (
                                      patched_residual_positions,
 )
 from utils.induction.text import text_induction_scores
+from utils.induction.training import SMALL_MODEL, best_heads, induction_schedule, train_schedule
 from utils.models.evaluation import (
                                      ICL_EARLY,
                                      ICL_LATE,
@@ -85,6 +88,8 @@ __all__ = [
     # hooks and natural text
     "zero_ablation_hook", "mean_ablation_hook", "patch_head_position_hook", "ablated_icl_score",
     "text_induction_scores",
+    # train your own induction heads
+    "SMALL_MODEL", "induction_schedule", "train_schedule", "best_heads",
     # experiments
     "ov_weights", "random_init_copy", "copying_summary", "ablated_induction_loss_drop", "attn_weights",
     "random_composition_scores", "random_composition_baseline", "corrupted_first_copy", "folded_unembed",

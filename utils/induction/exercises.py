@@ -4,7 +4,8 @@ They are written in five modules of this package (one file would pass ~400 lines
 (sections 1-3: eigenvalues, the induction loss drop and ablation, composition scores), ``circuit``
 (the circuit read from the weights), ``patching`` (activation patching and direct logit
 attribution), ``hooks`` (the ablation and patching hooks, and the text in-context-learning score
-with heads ablated) and ``text`` (induction scores on any text). Three live in
+with heads ablated), ``text`` (induction scores on any text) and ``training`` (a schedule that
+trains a small model's own induction heads). Three live in
 ``utils.models.evaluation`` because the LM trainer logs them: ``induction_scores``,
 ``previous_token_scores`` and ``in_context_learning_score``.
 ``utils.checks.ch03`` grades each one under the same name.
@@ -30,6 +31,7 @@ from utils.induction.patching import (
                                      patched_residual_positions,
 )
 from utils.induction.text import text_induction_scores
+from utils.induction.training import induction_schedule
 from utils.models.evaluation import in_context_learning_score, induction_scores, previous_token_scores
 
 __all__ = [
@@ -47,4 +49,6 @@ __all__ = [
     # 6. hooks and natural text
     "zero_ablation_hook", "mean_ablation_hook", "patch_head_position_hook", "ablated_icl_score",
     "text_induction_scores",
+    # 7. train your own induction heads
+    "induction_schedule",
 ]

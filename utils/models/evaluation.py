@@ -18,7 +18,7 @@ occurrence of the current token and copying the token that followed it. Two numb
 
 Contents: ``repeated_random_tokens``; ``induction_scores``, ``previous_token_scores``,
 ``induction_report``; ``in_context_learning_score`` (``ICL_EARLY``, ``ICL_LATE``),
-``held_out_losses``, ``second_copy_losses``, ``chunk_means``, ``trajectory_point``; the gate:
+``held_out_losses``, ``second_copy_losses``, ``chunk_means``, ``copying_point``, ``trajectory_point``; the gate:
 ``GATE``, ``gate_report``, ``gate_failures``, ``record_gate``.
 """
 from __future__ import annotations
@@ -139,17 +139,24 @@ def held_out_losses(model: HookedTinyTransformer, n_seqs: int = 256, batch_size:
     return out
 
 
-def trajectory_point(model: HookedTinyTransformer) -> dict:
-    """What the training log records at each eval of a 2-layer model: held-out loss, the
-    in-context-learning score, the second-copy loss at the whole context, and the best heads."""
+def copying_point(model: HookedTinyTransformer) -> dict:
+    """The copying half of a trajectory point, measured on repeated random tokens of the model's own
+    vocabulary (no text): the second-copy loss at the whole context, its chunks, and the best
+    previous-token (layer 0) and induction (last layer) heads."""
     n = (model.cfg.n_ctx - 1) // 2
-    point = held_out_losses(model)
     second = second_copy_losses(model, n, batch=32)
     report = induction_report(model, seq_len=n, batch=16)
     last = model.cfg.n_layers - 1
-    point.update({"second_copy_loss": round(second.mean().item(), 3), "second_copy_chunks": chunk_means(second),
-                  "best_previous_token_score": max(report["layers"][0]["previous_token_score"]),
-                  "best_induction_score": max(report["layers"][last]["induction_score"])})
+    return {"second_copy_loss": round(second.mean().item(), 3), "second_copy_chunks": chunk_means(second),
+            "best_previous_token_score": max(report["layers"][0]["previous_token_score"]),
+            "best_induction_score": max(report["layers"][last]["induction_score"])}
+
+
+def trajectory_point(model: HookedTinyTransformer) -> dict:
+    """What the training log records at each eval of a 2-layer model: held-out loss, the
+    in-context-learning score, and ``copying_point``'s second-copy loss and best heads."""
+    point = held_out_losses(model)
+    point.update(copying_point(model))
     return point
 
 

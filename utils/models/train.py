@@ -33,8 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from utils.data.dataset import analysis_tokens, batches
+from utils.data.tokenizer import VOCAB_SIZE
 from utils.models.config import ModelConfig
-from utils.models.evaluation import trajectory_point
+from utils.models.evaluation import copying_point, trajectory_point
 from utils.models.fast_step import fast_loss
 from utils.models.loading import MODEL_DIR, save_model, write_model_card
 from utils.models.transformer import HookedTinyTransformer
@@ -64,6 +65,9 @@ class TrainConfig:
     # ``synthetic_period``) tiled over the row. Empty: text only.
     synthetic_schedule: tuple = ()
     synthetic_period: tuple = (8, 63)
+    # Every row synthetic, no text at all: for a model with a vocabulary of its own (chapter 03's
+    # "train your own induction heads"); the evals then measure copying and heads only.
+    synthetic_only: bool = False
     seed: int = 0
     eval_every: int = 250
     track_induction: bool = False  # log the in-context-learning and head scores at each eval
@@ -152,6 +156,8 @@ def synthetic_rows_at(step: int, cfg: TrainConfig) -> int:
 
 def synthetic_token_count(cfg: TrainConfig, last_step: int) -> int:
     """Tokens of synthetic rows in steps [0, last_step)."""
+    if cfg.synthetic_only:
+        return last_step * cfg.batch_size * cfg.seq_len
     return sum(max(0, min(end, last_step) - first) * rows
                for first, end, rows in cfg.synthetic_schedule) * cfg.seq_len
 
@@ -173,11 +179,30 @@ def with_synthetic_rows(tokens: torch.Tensor, step: int, cfg: TrainConfig, gener
         return tokens
     if rows > tokens.shape[0]:
         raise ValueError(f"the synthetic schedule asks for {rows} rows at step {step}; the batch has {tokens.shape[0]}")
+    tokens = tokens.clone()
+    tokens[:rows] = synthetic_rows(rows, tokens.shape[1], cfg, generator)
+    return tokens
+
+
+def synthetic_rows(rows: int, seq_len: int, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """``rows`` tiled random blocks, all with one period drawn from ``cfg.synthetic_period``."""
     lo, hi = cfg.synthetic_period
     period = int(torch.randint(lo, hi + 1, (1,), generator=generator))
-    tokens = tokens.clone()
-    tokens[:rows] = synthetic_tiled_repeats(rows, period, tokens.shape[1], cfg.model.d_vocab, generator)
-    return tokens
+    return synthetic_tiled_repeats(rows, period, seq_len, cfg.model.d_vocab, generator)
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """ValueError for a config whose rows cannot be made: text for a vocabulary other than the
+    tokenizer's, windows beside ``synthetic_only``, a period range that is not one."""
+    lo, hi = cfg.synthetic_period
+    if not 1 <= lo <= hi:
+        raise ValueError(f"synthetic_period must be [shortest, longest] with 1 <= shortest <= longest, got {[lo, hi]}")
+    if cfg.synthetic_only:
+        if cfg.synthetic_schedule:
+            raise ValueError("synthetic_only makes every row synthetic: leave synthetic_schedule empty")
+    elif cfg.model.d_vocab != VOCAB_SIZE:
+        raise ValueError(f"a model with d_vocab={cfg.model.d_vocab} cannot read the course's text (its tokenizer has "
+                         f"{VOCAB_SIZE} tokens): train it with synthetic_only=True")
 
 
 @torch.no_grad()
@@ -272,6 +297,7 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
     (at that step, on the full run's schedule), to be resumed later. ``fast``: the faster step
     (``training_step``), same losses up to float rounding; a run may switch at a resume.
     Nothing is written to disk unless ``checkpoint`` is given."""
+    check_data(cfg)
     torch.manual_seed(cfg.seed)
     model = HookedTinyTransformer(cfg.model).to(device)
     optim = make_optimizer(model, cfg)
@@ -292,11 +318,13 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         generator.set_state(state["generator"])
+        if state["train_config"].get("synthetic_only", False) != cfg.synthetic_only:
+            raise ValueError("the checkpoint was trained with another synthetic_only")
         history, first_step, seconds_before = state["history"], state["step"], state["seconds"]
     every = checkpoint_every or cfg.eval_every
     flops = step_flops(model, cfg.batch_size, cfg.seq_len)
     mm_rate = mm_gflops(device)
-    stream = batches("train", cfg.batch_size, cfg.seq_len, generator)
+    stream = None if cfg.synthetic_only else batches("train", cfg.batch_size, cfg.seq_len, generator)
     if progress:
         print(f"one step: {flops / 1e9:.2f} GFLOP of matrix products (forward + backward); "
               f"torch.mm on this device: {mm_rate:.1f} GFLOP/s", flush=True)
@@ -305,7 +333,10 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
     bar = tqdm(range(first_step, last_step), disable=not progress, desc="train", initial=first_step, total=cfg.steps)
     loss = torch.tensor(float("nan"))
     for step in bar:
-        tokens = with_synthetic_rows(next(stream), step, cfg, generator)
+        if cfg.synthetic_only:
+            tokens = synthetic_rows(cfg.batch_size, cfg.seq_len, cfg, generator)
+        else:
+            tokens = with_synthetic_rows(next(stream), step, cfg, generator)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg)
         loss = training_step(model, optim, tokens.to(device), fast)
@@ -319,13 +350,16 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
             point = {"step": done, "train_loss": round(loss.item(), 4), "lr": lr_at(step, cfg),
                      "seconds": round(elapsed, 1), "tokens_per_second": round(rate * cfg.batch_size * cfg.seq_len),
                      "achieved_gflops": round(rate * flops / 1e9, 2), "torch_mm_gflops": round(mm_rate, 1)}
-            if cfg.track_induction:
+            if cfg.synthetic_only:
+                point.update(copying_point(model))
+            elif cfg.track_induction:
                 point.update(trajectory_point(model))
             else:
                 point["val_loss"] = round(evaluate(model), 4)
             history.append(point)
             model.train()
-            bar.write(json.dumps(history[-1]))
+            if progress:
+                bar.write(json.dumps(history[-1]))
         if checkpoint and (done % every == 0 or done == last_step):
             save_checkpoint(checkpoint, model, optim, generator, done, history,
                             seconds_before + time.time() - start, cfg)
@@ -346,7 +380,7 @@ def train(cfg: TrainConfig, device: str = "cpu", progress: bool = True, checkpoi
         "device": device,
         "history": history,
         "final_train_loss": history[-1]["train_loss"] if history else None,
-        "final_val_loss": history[-1]["val_loss"] if history else None,
+        "final_val_loss": history[-1].get("val_loss") if history else None,
         "date": date.today().isoformat(),
         "torch": torch.__version__,
     }
