@@ -384,6 +384,25 @@ def test_plan_refuses_question_cells_that_would_leak_or_share_their_answer(tmp_p
         plan_with(second_question_on_the_same_variable)
 
 
+def test_the_plans_checks_module_is_the_chapters_face_whatever_else_the_notebook_binds(tmp_path):
+    """A notebook may import a part of its checks under a second alias (chapter 05 reads its training
+    constants from utils.checks.ch05_training); the plan's module, which the sandbox installs the
+    tripwire from, stays the chapter's face module."""
+    import shutil
+
+    from utils.grading.plan import build_plan
+
+    solutions = tmp_path / "s"
+    shutil.copytree(REPO / "solutions" / SLUG, solutions / SLUG)
+    path = solutions / SLUG / f"{SLUG}.ipynb"
+    nb = nbformat.read(path, 4)
+    first_code = next(c for c in nb.cells if c.cell_type == "code" and "import" in c.source)
+    first_code.source += "\nfrom utils.checks import ch05_training as sae_training\nimport utils.checks.ch03 as other\n"
+    nbformat.write(nb, path)
+    plan = build_plan("00", solutions)
+    assert plan.module == "utils.checks.ch00" == build_plan("00").module
+
+
 def test_codec_sends_complex_tensors_exactly():
     for dtype in (torch.complex64, torch.complex128):
         value = {"eig": torch.randn(3, 5, dtype=dtype)}

@@ -172,6 +172,23 @@ def _literal(node: ast.AST, where: str) -> Any:
                         "only pass the student's symbol and literal values to a check") from None
 
 
+def _face_module(slug: str, aliases: dict[str, str]) -> str:
+    """The chapter's checks module (its face, ``utils.checks.chNN``: the tripwire reads its EXERCISES),
+    from the course registry; a notebook outside the registry must bind exactly one checks module.
+    A notebook may bind others too (a part such as ``utils.checks.ch05_training`` for its constants):
+    its test cells still name the module of each call."""
+    from utils.course import chapter
+
+    try:
+        return chapter(slug).checks
+    except ValueError:
+        modules = sorted(set(aliases.values()))
+        if len(modules) != 1:
+            raise PlanError(f"{slug}: not a chapter of the course, and its notebook binds {len(modules)} checks "
+                            f"modules ({', '.join(modules) or 'none'}); bind exactly one") from None
+        return modules[0]
+
+
 def parse_test_cell(source: str, aliases: dict[str, str], where: str) -> list[tuple[str, CheckCall]]:
     """[(module, CheckCall)] for every statement of a graded test cell."""
     hidden = _hidden_lines(source)
@@ -323,9 +340,8 @@ def build_plan(chapter: str, solutions_dir: Path = build.SOLUTIONS) -> ChapterPl
             raise PlanError(f"{where}: nothing in this cell is scored (a multiple-choice cell needs a hidden "
                             "`check.NAME(symbol, key=\"...\")` line)")
         cells.append(graded)
-    modules = sorted({m for m in aliases.values()})
     return ChapterPlan(
-        slug=slug, number=slug.split("_", 1)[0], trusted_path=path, module=",".join(modules), cells=cells,
+        slug=slug, number=slug.split("_", 1)[0], trusted_path=path, module=_face_module(slug, aliases), cells=cells,
         requests=requests, released=released, test_ids=test_ids, manual=manual,
         max_points=sum(c.points for c in cells), imports=_imports(nb), questions=trusted_bank(path))
 
