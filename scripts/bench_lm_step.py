@@ -1,7 +1,10 @@
 """Time the LM trainer's plain step and its fast step (``train(..., fast=True)``) beside torch.mm.
 
-    OMP_NUM_THREADS=1 python scripts/bench_lm_step.py              # the four presets, one thread
+    OMP_NUM_THREADS=1 python scripts/bench_lm_step.py              # every configuration, one thread
     python scripts/bench_lm_step.py --presets gelu-1l --rounds 20
+
+The configurations: the four presets, and ``ch03-induction``, chapter 03's "train your own induction
+heads" run (``utils.induction.training``: d_model 64, 256 tokens, batch 32 x 64 synthetic rows).
 
 For each preset, at its training shape (batch 32 x 128 tokens, float32), the two steps of
 ``utils.models.train.training_step`` (forward, backward, gradient clipping, AdamW) run in
@@ -37,8 +40,11 @@ import time
 import torch
 
 from utils.data.dataset import batches
-from utils.models.train import PRESETS, make_optimizer, step_flops, training_step
+from utils.induction.training import induction_schedule, schedule_config
+from utils.models.train import PRESETS, make_optimizer, step_flops, synthetic_rows, training_step
 from utils.models.transformer import HookedTinyTransformer
+
+CONFIGS = {**PRESETS, "ch03-induction": schedule_config(induction_schedule())}
 
 
 def timed(fn) -> tuple[float, float]:
@@ -49,7 +55,7 @@ def timed(fn) -> tuple[float, float]:
 
 
 def bench_preset(name: str, rounds: int, warmup: int) -> dict:
-    cfg = copy.deepcopy(PRESETS[name])
+    cfg = copy.deepcopy(CONFIGS[name])
     torch.manual_seed(cfg.seed)
     models = {"plain": HookedTinyTransformer(cfg.model)}
     models["fast"] = copy.deepcopy(models["plain"])
@@ -58,8 +64,12 @@ def bench_preset(name: str, rounds: int, warmup: int) -> dict:
         for group in optim.param_groups:
             group["lr"] = cfg.lr * 0.1
     flops = step_flops(models["plain"], cfg.batch_size, cfg.seq_len)
-    stream = batches("train", cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(cfg.seed))
-    data = [next(stream) for _ in range(4)]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if cfg.synthetic_only:
+        data = [synthetic_rows(cfg.batch_size, cfg.seq_len, cfg, generator) for _ in range(4)]
+    else:
+        stream = batches("train", cfg.batch_size, cfg.seq_len, generator)
+        data = [next(stream) for _ in range(4)]
     rows, d, v = cfg.batch_size * (cfg.seq_len - 1), cfg.model.d_model, cfg.model.d_vocab
     square = torch.randn(1024, 1024), torch.randn(1024, 1024)
     unembed = torch.randn(rows, d), torch.randn(d, v)
@@ -86,7 +96,7 @@ def bench_preset(name: str, rounds: int, warmup: int) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--presets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--rounds", type=int, default=10, help="timed steps of each kind per preset")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
@@ -95,14 +105,14 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, CPU; "
           f"median of {args.rounds} alternating rounds; GFLOP/s from CPU time (wall time beside it); "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    header = (f"{'preset':13s} {'GFLOP/step':>10s} {'plain s':>8s} {'(wall)':>7s} {'fast s':>7s} {'(wall)':>7s} "
+    header = (f"{'preset':14s} {'GFLOP/step':>10s} {'plain s':>8s} {'(wall)':>7s} {'fast s':>7s} {'(wall)':>7s} "
               f"{'plain':>6s} {'fast':>6s} {'mm1024':>6s} {'mm_unemb':>8s} {'speed-up':>8s} "
               f"{'plain/mm':>8s} {'fast/mm':>7s} {'fast/mm_unemb':>13s}")
-    print(header + "\n" + " " * 44 + "(GFLOP/s)")
+    print(header + "\n" + " " * 45 + "(GFLOP/s)")
     for name in args.presets:
         r = bench_preset(name, args.rounds, args.warmup)
         plain, fast, sq, un = r["plain"], r["fast"], r["mm_square"], r["mm_unembed"]
-        print(f"{name:13s} {r['step_gflop']:10.2f} {plain['cpu_s']:8.3f} {plain['wall_s']:7.3f} {fast['cpu_s']:7.3f} "
+        print(f"{name:14s} {r['step_gflop']:10.2f} {plain['cpu_s']:8.3f} {plain['wall_s']:7.3f} {fast['cpu_s']:7.3f} "
               f"{fast['wall_s']:7.3f} {plain['gflops']:6.1f} {fast['gflops']:6.1f} {sq['gflops']:6.1f} "
               f"{un['gflops']:8.1f} {plain['cpu_s'] / fast['cpu_s']:8.2f} {plain['gflops'] / sq['gflops']:8.2f} "
               f"{fast['gflops'] / sq['gflops']:7.2f} {fast['gflops'] / un['gflops']:13.2f}", flush=True)

@@ -346,3 +346,19 @@ def test_an_in_place_hook_on_the_positional_embedding_leaves_the_weights_alone()
     with torch.no_grad():
         model.run_with_hooks(torch.randint(0, 4096, (2, 10)), fwd_hooks=[("hook_pos_embed", zero_in_place)])
     assert torch.equal(model.W_pos.detach(), before)
+
+
+@pytest.mark.parametrize("kind", ["model", "sae", "transcoder"])
+def test_every_config_refuses_unknown_keys_by_name(kind):
+    """One rule (utils.models.config.config_from_dict) for the model, SAE and transcoder configs:
+    a saved config round-trips, and a key that is not a field is named, never dropped."""
+    from utils.attribution.transcoder import TranscoderConfig
+    from utils.models.config import ModelConfig
+    from utils.sae.config import SAEConfig, preset
+
+    cfg = {"model": ModelConfig(), "sae": preset("cpu"), "transcoder": TranscoderConfig(d_in=8, d_out=8, k=2)}[kind]
+    data = cfg.to_dict()
+    assert type(cfg).from_dict(data) == cfg
+    with pytest.raises(ValueError, match=rf"{type(cfg).__name__}: unknown config keys \['d_sea'\]"):
+        type(cfg).from_dict({**data, "d_sea": 3})
+    assert isinstance(preset("cpu"), SAEConfig)

@@ -23,13 +23,14 @@ input), so the choice of activation function never enters an edge.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 from jaxtyping import Float
 from torch import Tensor
 
+from utils.models.config import config_from_dict
 from utils.sae.model import topk_relu  # the TopK activation is chapter 05's, written once
 
 
@@ -71,11 +72,7 @@ class TranscoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TranscoderConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown transcoder config keys: {sorted(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 class Transcoder(nn.Module):

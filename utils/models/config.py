@@ -7,6 +7,16 @@ from pathlib import Path
 from typing import Literal, Optional
 
 
+def config_from_dict(cls, data: dict):
+    """``cls(**data)`` for a config dataclass (the course's model, SAE and transcoder configs), with
+    ValueError naming any key that is not one of its fields: a file from another version or a typo
+    is refused, never half-read."""
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
+    return cls(**data)
+
+
 @dataclass
 class ModelConfig:
     n_layers: int = 1
@@ -46,11 +56,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")

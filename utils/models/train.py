@@ -12,6 +12,10 @@ stored logits, fused attention, no hooks): the same losses and weights up to flo
 (tests/test_train_fast.py), 1.6-1.9 times the plain step's speed on one CPU thread
 (scripts/bench_lm_step.py). The default step stays the plain one.
 
+``synthetic_only=True`` trains on synthetic rows alone (BOS + a random block tiled over the row, from
+the model's own vocabulary, which may then be smaller than the tokenizer's): chapter 03's "train
+your own induction heads" (``utils.induction.training``); its evals measure copying and heads only.
+
 From a notebook: ``model, report = train(TrainConfig(model=ModelConfig(...), steps=...), fast=True)``
 shows a progress bar and one JSON line per eval, writes nothing, and returns the model (CPU, eval
 mode) and the report (``report["history"]``: one point per eval, with the induction scores when

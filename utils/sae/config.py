@@ -7,8 +7,10 @@ Sizes are counted in ACTIVATIONS (one per token position, BOS dropped), not in s
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Literal, Optional
+
+from utils.models.config import config_from_dict
 
 ARCHITECTURES = ("l1", "topk", "jumprelu")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
@@ -173,11 +175,7 @@ class SAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SAEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"SAEConfig: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
     def replace(self, **changes) -> "SAEConfig":
         """A copy with some fields changed (validated again)."""
