@@ -17,14 +17,20 @@ number for both steps, so GFLOP/s = step_flops / median step time. Times are CPU
 thread (``time.thread_time``: on a shared machine it leaves out the time other processes hold the
 core) and, beside it, wall time.
 
-Measured 2026-12-04 on the course's CPU machine (AMD EPYC, 2 cores shared with other work: load
-average 10-12, so wall time ran 3-4 times the CPU time; torch 2.13.0+cpu, one thread, float32):
+Measured 2026-12-04 on the course's CPU machine (AMD EPYC, 2 cores, nearly idle: load average
+0.8-1.4; torch 2.13.0+cpu, one thread, float32):
 
-    preset        GFLOP/step  plain s  fast s  plain  fast  mm1024  mm_unemb  speed-up  plain/mm  fast/mm
-    attn-only-1l       15.20    0.464   0.260   32.7  58.4    79.1      50.3      1.78      0.41     0.74
-    attn-only-2l       22.45    0.675   0.413   33.3  54.3    80.3      51.0      1.63      0.41     0.68
-    gelu-1l            18.42    0.586   0.339   31.4  54.4    76.3      49.6      1.73      0.41     0.71
-    gelu-2l            24.06    0.757   0.459   31.8  52.4    73.3      47.0      1.65      0.43     0.71
+    preset         GFLOP/step  plain s  fast s  plain  fast  mm1024  mm_unemb  speed-up  plain/mm  fast/mm
+    attn-only-1l        15.20    0.410   0.211   37.1  72.0    98.1      56.2      1.94      0.38     0.73
+    attn-only-2l        22.45    0.584   0.330   38.4  68.1    97.6      56.7      1.77      0.39     0.70
+    gelu-1l             18.42    0.447   0.243   41.2  75.7   100.4      56.7      1.84      0.41     0.75
+    gelu-2l             24.06    0.560   0.332   42.9  72.5    98.5      57.2      1.69      0.44     0.74
+    ch03-induction       0.80    0.026   0.019   30.3  42.1    99.2      96.1      1.39      0.31     0.42
+
+Under heavy load (load average 10-12, wall time 3-4x the CPU time) the fast step's ratio to torch.mm
+was 0.68-0.74 for the presets. ch03-induction's products are 64 wide: a step is 19 ms, mostly
+per-operation overhead rather than arithmetic, so its ratio to a 1024-wide torch.mm is lower; 2000
+steps take about 40 s.
 
 (GFLOP/s columns: plain step, fast step, torch.mm on 1024 squares and on the unembedding's shape;
 the issue's 41 against 188 GFLOP/s was a whole training run, evals included, on two threads.)
