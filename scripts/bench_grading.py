@@ -34,6 +34,12 @@ Measured (issue 31, 2 shared CPU cores, namespace sandbox, --n 20, --jobs 1):
   submission as an unprivileged user, 1.13 s mean (1.35 s max), 2.89 s shared, own execution
   4.31 s. Chapter 01 has nine graded exercises to score (chapter 00 had two). Becoming the
   unprivileged user, measured alone: about 45 ms per submission under that load.
+* re-measured on a nearly idle machine (2026-12-04, load average 0.2-1.1, namespace sandbox, as
+  root, --n 20; chapter 00 now has its hook exercises, so its own execution is longer): --jobs 1
+  81.2 s in all (3.2 s start-up), own execution 3.67 s mean, overhead 0.23 s mean (0.25 s max),
+  0.40 s with the start-up shared out; --jobs 2 43.6 s in all, own execution 3.72 s, overhead
+  0.26 s mean (0.31 s max), 0.64 s shared out; the baseline (each notebook alone in a fresh
+  Python) 177-179 s for all, so the grader took 0.45x (--jobs 1) and 0.25x (--jobs 2) its time.
 """
 from __future__ import annotations
 
