@@ -82,8 +82,8 @@ HIDDEN_CASES = (7, 8, 9)
 
 def test_misconceptions_are_distinct_on_raw_seed_0():
     """Every variant differs from the truth on the inputs of seed 0 too, so none can pass by accident."""
-    inputs = check._random_inputs(0)
-    expected = check._reference(**inputs)
+    inputs = check.PER_TOKEN_LOSS.make_inputs(0)
+    expected = check.PER_TOKEN_LOSS.reference(**inputs)
     for wrong in check.PER_TOKEN_LOSS.misconceptions:
         out = wrong.implementation(**inputs)
         assert out.shape != expected.shape or not torch.allclose(out, expected)

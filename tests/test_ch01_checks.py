@@ -244,9 +244,9 @@ def test_student_written_structural_mistakes_are_named():
 def test_path_cases_mix_square_and_rectangular_vocabularies():
     from utils.checks.core import seed_for
 
-    shapes = [check._path_inputs(seed_for("path_logits", c))["W_E"].shape for c in range(3)]
+    shapes = [check.PATH_LOGITS.make_inputs(seed_for("path_logits", c))["W_E"].shape for c in range(3)]
     assert shapes[0][0] == shapes[0][1], "the first case must let a transposed W_E run"
-    hidden = [check._path_inputs(seed_for("path_logits", c))["W_E"].shape for c in range(101, 107)]
+    hidden = [check.PATH_LOGITS.make_inputs(seed_for("path_logits", c))["W_E"].shape for c in range(101, 107)]
     assert any(v != d for v, d in shapes + hidden)
 
 
@@ -259,20 +259,22 @@ def test_real_model_cases_are_used_by_default():
 
 
 def test_real_model_case_is_the_models_own_activations():
-    """The extra case's expected output IS what the bundled model computes."""
+    """The extra cases' expected outputs ARE what the bundled model computes on its held-out text
+    (two rows of 24 tokens): head 0's pattern, the residual stream after the layer, the logits."""
+    from utils.data import analysis_tokens
     from utils.models import load_model
 
     model = toolkit.attn_only_1l()
     assert isinstance(model, type(load_model("attn-only-1l", device="cpu")))
-    data = check._real_head(0)
+    tokens = analysis_tokens(seq_len=24, n_seqs=2)
+    logits, cache = model.run_with_cache(tokens)
     expected = check.ATTENTION_PATTERN.reference(**check.ATTENTION_PATTERN.extra_inputs[0]())
-    torch.testing.assert_close(expected, data["pattern"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(expected, cache["blocks.0.attn.hook_pattern"][:, 0], rtol=1e-5, atol=1e-6)
     inputs = check.MULTIHEAD_RESIDUAL.extra_inputs[0]()
-    _, cache = model.run_with_cache(check._real_tokens())
     torch.testing.assert_close(check.MULTIHEAD_RESIDUAL.reference(**inputs), cache["blocks.0.hook_resid_post"],
                                rtol=1e-5, atol=1e-5)
     paths = check.PATH_LOGITS.reference(**check.PATH_LOGITS.extra_inputs[0]())
-    torch.testing.assert_close(paths.sum(1), model(check._real_tokens()), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(paths.sum(1), logits, rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_wrong_answers_report_the_difference():

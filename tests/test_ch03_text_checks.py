@@ -43,7 +43,7 @@ def test_the_reference_is_the_loop_on_random_and_real_inputs():
     for case in check.TEXT_INDUCTION_SCORES.default_cases:
         inputs = check.TEXT_INDUCTION_SCORES.make_inputs(seed_for("text_induction_scores", case))
         assert torch.allclose(text_induction_scores(**inputs), by_loops(**inputs), atol=1e-6)
-    real = check._real_inputs()
+    real = check.TEXT_INDUCTION_SCORES.extra_inputs[0]()  # the real-model case
     small = dict(pattern=real["pattern"][:2, :, :48, :48], tokens=real["tokens"][:2, :48])
     assert torch.allclose(text_induction_scores(**small), by_loops(**small), atol=1e-6)
 
