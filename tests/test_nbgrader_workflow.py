@@ -1,5 +1,6 @@
 """INSTRUCTORS.md, end to end: every command of its nbgrader workflow, exactly as written there, on
-a temporary course with a correct, a partly wrong and a broken chapter-00 submission.
+a temporary course with a correct, a partly wrong and a broken chapter-00 submission; then the same
+nbgrader steps on chapters 01 and 07 (free-text answers graded by hand among the autograded ones).
 
 The commands are read from the guide's ```bash blocks (so the guide and this test cannot drift
 apart): the nbgrader workflow, then our sandboxed grader on the same submissions. The only thing
@@ -114,3 +115,34 @@ def test_instructor_workflow_end_to_end(tmp_path):
     carol = re.sub(r"<[^>]+>", "", (course / "feedback" / "carol" / SLUG / f"{SLUG}.html").read_text())
     assert "NameError" in carol  # the student still sees why the check failed
     assert not list(REPO.glob("*.csv")), "nbgrader wrote into the repository"
+
+
+@pytest.mark.parametrize("slug", ["01_tensorized_attention", "07_attribution_graphs"])
+def test_autograde_of_a_later_chapter(slug, tmp_path):
+    """The same nbgrader steps on a later chapter (one with a free-text answer graded by hand): a
+    correct submission gets every autograded point, the unmodified chapter none."""
+    import json
+
+    course = tmp_path / "course"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg",
+               DEMYSTIFY_PROGRESS=str(tmp_path / "progress.json"), HOME=str(tmp_path / "home"),
+               DEMYSTIFY_COURSE_DIR=str(course))
+    (tmp_path / "home").mkdir()
+    course.mkdir()
+
+    def nbgrader(*args):
+        done = subprocess.run(["nbgrader", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{args}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+    nbgrader("generate_assignment", slug)
+    subs.write(course / "submitted", slug, "dora", subs.trim(subs.correct(slug)))
+    subs.write(course / "submitted", slug, "eve", subs.trim(subs.chapter(slug)))
+    nbgrader("autograde", slug)
+    nbgrader("export", "--to", str(course / "grades.csv"))
+    with open(course / "grades.csv", newline="") as f:
+        scores = {r["student_id"]: (float(r["score"]), float(r["max_score"])) for r in csv.DictReader(f)}
+    nb = json.loads((REPO / "solutions" / slug / f"{slug}.ipynb").read_text())
+    graded = [c["metadata"]["nbgrader"] for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade")]
+    total = sum(m["points"] for m in graded)
+    by_hand = sum(m["points"] for m in graded if m.get("solution"))  # free text, not scored until a person does
+    assert by_hand == 4 and scores == {"dora": (total - by_hand, total), "eve": (0.0, total)}
