@@ -106,6 +106,21 @@ def test_the_verdict_reads_the_trained_model_and_names_faults_only_when_the_head
         check.induction_schedule(lambda: {**ref.induction_schedule(), "lr": 2e-3})
 
 
+def test_a_run_trains_on_one_thread_whatever_the_setting(monkeypatch):
+    """The same schedule gives the same model in a 1-thread kernel and a 2-thread one (Colab, the
+    grader): training runs on one thread, and the setting is restored afterwards."""
+    seen = []
+    monkeypatch.setattr("utils.models.train.train", lambda cfg, **kw: seen.append(torch.get_num_threads()) or "run")
+    ref._train.cache_clear()
+    torch.set_num_threads(2)
+    try:
+        assert ref.train_schedule({**ref.induction_schedule(), "steps": 7}) == "run"
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+        ref._train.cache_clear()
+
+
 def test_training_seeds_the_default_case_with_the_notebooks_seed():
     from utils.checks.core import seed_for
 
