@@ -38,7 +38,8 @@ def bigger_batches():
 # Faulty schedules kept short where the fault allows it (each is trained by the contract test).
 FAULTY = {
     "period too long": {"steps": 600, "batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "synthetic_period": [64, 80]},
-    "learning rate too high": {**ref.induction_schedule(), "lr": 1e-2},
+    "learning rate too high": {"steps": 1000, "batch_size": 32, "lr": 1e-2, "warmup_steps": 100, "decay_steps": 200,
+                               "synthetic_period": [8, 31]},  # seed 0 stays on the plateau (0.05 / 0.002)
     "learning rate far too low": {"steps": 600, "batch_size": 32, "lr": 1e-4, "warmup_steps": 100,
                                   "synthetic_period": [8, 31]},
     "too few steps": {"steps": 400, "batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "decay_steps": 100,
@@ -216,14 +217,17 @@ def test_a_synthetic_only_checkpoint_does_not_resume_as_text(tmp_path):
 @pytest.mark.slow
 def test_a_run_the_check_made_is_the_notebooks_run_and_is_deterministic():
     """The check reuses the notebook's run (same schedule, seed 0); trained again from scratch in the
-    same process, the verdict's numbers are the same."""
-    model, report = ref.train_schedule(ref.induction_schedule())
-    check.induction_schedule(schedule_as_written, cases=[0])
+    same process, the verdict's numbers are the same. (A short schedule: the machinery is the same.)"""
+    short = {**ref.induction_schedule(), "steps": 300, "decay_steps": 100}
+    model, report = ref.train_schedule(short)
+    with pytest.raises(CheckFailure, match="fewer than 600 steps"):
+        check.induction_schedule(lambda: dict(short), cases=[0])
     run = check.trained_run(0)
     assert run["model"] is model and run["report"] is report
     first = run["scores"]
     ref._train.cache_clear()
-    check.induction_schedule(schedule_as_written, cases=[0])
+    with pytest.raises(CheckFailure, match="fewer than 600 steps"):
+        check.induction_schedule(lambda: dict(short), cases=[0])
     assert check.trained_run(0)["model"] is not model and check.trained_run(0)["scores"] == first
 
 
