@@ -66,7 +66,6 @@ def test_schedule_config_is_the_trainers_synthetic_only_run_and_refuses_what_is_
     assert cfg.synthetic_only and cfg.synthetic_schedule == () and cfg.synthetic_period == (8, 31)
     assert cfg.model.n_ctx == cfg.seq_len == 64 and cfg.model.d_vocab == 256 and cfg.model.seed == cfg.seed == 3
     assert ref.SMALL_MODEL.seed == 0  # the shared config is not edited
-    check_data(cfg)
     for bad, match in (({**ref.induction_schedule(), "seq_len": 32}, "unknown schedule fields"),
                        ({"lr": 1e-3}, "needs its number of steps"),
                        ({**ref.induction_schedule(), "steps": 10_000}, "budget"),
@@ -85,6 +84,9 @@ def test_malformed_schedules_are_refused_before_anything_trains(monkeypatch):
         check.induction_schedule(lambda: {**ref.induction_schedule(), "optimizer": "sgd"})
     with pytest.raises(CheckFailure, match="not a schedule the trainer can run: steps x batch_size"):
         check.induction_schedule(lambda: {**ref.induction_schedule(), "steps": 5000})
+    with pytest.raises(CheckFailure, match=r"not a schedule the trainer can run: synthetic_period must be "
+                                           r"\[shortest, longest\]"):
+        check.induction_schedule(lambda: {**ref.induction_schedule(), "synthetic_period": [31, 8]})
 
 
 def test_the_verdict_reads_the_trained_model_and_names_faults_only_when_the_heads_did_not_form(monkeypatch):

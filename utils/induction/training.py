@@ -49,8 +49,9 @@ def induction_schedule() -> dict:
 
 def schedule_config(schedule: dict, seed: int = TRAIN_SEED):
     """The course trainer's TrainConfig for ``schedule`` on ``SMALL_MODEL``; ValueError for a
-    schedule that is not one (unknown fields, no steps, more rows than the budget)."""
-    from utils.models.train import TrainConfig
+    schedule that is not one (unknown fields, no steps, more rows than the budget, rows the trainer
+    cannot make)."""
+    from utils.models.train import TrainConfig, check_data
 
     if not isinstance(schedule, dict):
         raise ValueError(f"a schedule is a dict of TrainConfig fields, got a {type(schedule).__name__}")
@@ -68,6 +69,7 @@ def schedule_config(schedule: dict, seed: int = TRAIN_SEED):
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.steps * cfg.batch_size > MAX_ROWS:
         raise ValueError(f"steps x batch_size must lie in [1, {MAX_ROWS}] (the section's budget); "
                          f"got {cfg.steps} x {cfg.batch_size}")
+    check_data(cfg)
     return cfg
 
 
@@ -91,9 +93,7 @@ def train_schedule(schedule: dict, seed: int = TRAIN_SEED):
     and seed are trained once per process (the notebook's run and its check share it).
     ``report["history"]`` has one point per ``EVAL_EVERY`` steps: the second-copy loss and the
     best previous-token and induction scores."""
-    from utils.models.train import check_data
-
-    check_data(schedule_config(schedule, seed))  # refuse a bad schedule before anything is cached
+    schedule_config(schedule, seed)  # refuse a bad schedule before anything is cached
     return _train(json.dumps(schedule, sort_keys=True), seed)
 
 
